@@ -1,0 +1,1 @@
+"""Loading a cluster spec from YAML (placeholder until the loader lands)."""

@@ -275,6 +275,8 @@ class HealthCheckSpec(_Model):
     rise: int = Field(default=2, ge=1, le=100)
     fall: int = Field(default=2, ge=1, le=100)
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    enabled: bool = True
+    """``false``: no active checks; a server is up unless ejected or set down by hand."""
 
 
 class BackendRef(_Model):
@@ -309,6 +311,23 @@ class ServiceSpec(_Model):
     client_timeout: Duration = 30.0
     drain_timeout: Duration = 30.0
     slow_start: Duration = 0.0
+    # ---- balancer tuning (``nonstop lb``; docs/lb.md): all optional, additive
+    retry_budget: float = Field(default=0.2, ge=0.0, le=10.0)
+    """Retries allowed per request on average (a token bucket), so a failing pool cannot multiply load."""
+    max_client_connections: int = Field(default=10_000, ge=1)
+    header_timeout: Duration = 10.0
+    """A client must send a whole request head within this (slowloris guard)."""
+    max_header_bytes: Size = 16 * 1024
+    max_headers: int = Field(default=100, ge=1, le=10_000)
+    queue_size: int = Field(default=100, ge=0)
+    """Requests waiting for a backend slot when every backend is at max_connections."""
+    queue_timeout: Duration = 5.0
+    outlier_errors: int = Field(default=5, ge=0)
+    """Consecutive connect errors / 5xx that eject a backend (0: passive detection off)."""
+    outlier_ejection: Duration = 1.0
+    """First ejection time; doubled on each repeated ejection up to ``outlier_max_ejection``."""
+    outlier_max_ejection: Duration = 30.0
+    access_log: bool = False
 
 
 # ------------------------------------------------------------------------ policies

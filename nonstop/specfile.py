@@ -1,1 +1,327 @@
-"""Loading a cluster spec from YAML (placeholder until the loader lands)."""
+"""Loading a cluster spec from YAML, with every problem tied to a file, line and field.
+
+Role: read ``lab.yaml``, build plain Python data from PyYAML's composed node tree (so each
+value keeps the line it came from, and duplicate keys are caught), validate it into
+``nonstop.core.spec.ClusterSpec``, run ``check_references``, and raise one ``SpecError``
+listing ALL problems at once, each rendered as::
+
+    lab.yaml:14 guests[1].memory: expected a size like 512MiB, got "lots"
+
+Pydantic's terse messages are rewritten so every one says what was expected. When pydantic
+rejects the document the cross-reference checks cannot run (there is no model yet); the
+pydantic errors alone are reported then.
+
+Must not: start, write or contact anything; know what a spec means beyond turning
+locations into lines (the model and its checks live in the pure core).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from nonstop.core.spec import NAME_PATTERN, ClusterSpec, Location, check_references
+
+__all__ = ["SpecError", "SpecProblem", "cluster_spec_schema", "load_spec", "load_spec_text", "render_field_path"]
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One thing wrong with a spec file. ``line`` is 1-based; 0 when no line applies."""
+
+    file: str
+    line: int
+    field_path: str
+    message: str
+    loc: Location = field(default=(), compare=False)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where} {self.field_path}: {self.message}" if self.field_path else f"{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "field": self.field_path, "message": self.message}
+
+
+class SpecError(Exception):
+    """A spec file that cannot be used; ``problems`` lists every problem, in line order."""
+
+    def __init__(self, problems: list[SpecProblem]) -> None:
+        self.problems = sorted(problems, key=lambda p: p.line)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+def render_field_path(loc: Location) -> str:
+    """``("guests", 1, "memory")`` -> ``guests[1].memory``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+# ------------------------------------------------------------------ YAML with lines
+
+
+class _Document:
+    """Plain data built from a YAML node tree, plus a way back from a location to a line."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.problems: list[SpecProblem] = []
+        loader = yaml.SafeLoader(text)
+        try:
+            self.root: yaml.Node | None = loader.get_single_node()
+            self.data: Any = self._build(loader, self.root, ()) if self.root is not None else None
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, loc: Location) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self._check_duplicate_keys(loader, node, loc)
+            loader.flatten_mapping(node)  # resolve ``<<: *anchor`` merges in place
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    self._add(key_node.start_mark.line + 1, loc, "expected a plain key (text), got a mapping or list")
+                    continue
+                result[key] = self._build(loader, value_node, (*loc, str(key)))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(loader, item, (*loc, i)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    def _check_duplicate_keys(self, loader: yaml.SafeLoader, node: yaml.MappingNode, loc: Location) -> None:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self._add(
+                    line,
+                    (*loc, str(key)),
+                    f'duplicate key "{key}" (first given on line {seen[key]}; each key may appear once)',
+                )
+            else:
+                seen[key] = line
+
+    def _add(self, line: int, loc: Location, message: str) -> None:
+        self.problems.append(SpecProblem(self.filename, line, render_field_path(loc), message, loc))
+
+    def line_of(self, loc: Location) -> int:
+        """The line of the value at ``loc``; for a missing key, the line of its parent."""
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else 1
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = next(
+                    ((k, v) for k, v in reversed(node.value) if isinstance(k, yaml.ScalarNode) and k.value == str(part)),
+                    None,
+                )
+                if match is None:
+                    return line
+                line, node = match[0].start_mark.line + 1, match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+
+# ------------------------------------------------------------- pydantic messages
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _choices(expected: str) -> str:
+    return ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside ``X | None``, ``Annotated[X, ...]`` and friends."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg) if t is not type(None)]
+    return [annotation]
+
+
+def _model_at(loc: Location) -> type[BaseModel] | None:
+    """The model class whose fields live at ``loc`` (walked from ClusterSpec's annotations)."""
+    current: list[Any] = [ClusterSpec]
+    for part in loc:
+        following: list[Any] = []
+        for candidate in current:
+            origin = typing.get_origin(candidate)
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel) and isinstance(part, str):
+                info = candidate.model_fields.get(part)
+                if info is not None:
+                    following += _unwrap(info.annotation)
+            elif origin is list and isinstance(part, int):
+                following += _unwrap(typing.get_args(candidate)[0])
+            elif origin is dict and isinstance(part, str):
+                following += _unwrap(typing.get_args(candidate)[1])
+        current = following
+    models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if models else None
+
+
+def _pydantic_message(error: Any) -> str:  # error: pydantic_core.ErrorDetails
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    loc: Location = tuple(error["loc"])
+    got = _got(value)
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "missing":
+        return f'missing required field "{loc[-1]}"' if loc else "missing required field"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = list(model.model_fields) if model else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        text = f'unknown field "{loc[-1]}"'
+        if hint:
+            text += f'; did you mean "{hint[0]}"?'
+        return text + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+    if kind in ("enum", "literal_error"):
+        return f"expected one of {_choices(str(ctx.get('expected', '')))}, got {got}"
+    if kind == "string_pattern_mismatch":
+        if ctx.get("pattern") == NAME_PATTERN:
+            return (
+                "expected a short lowercase name (a letter, then letters, digits or '-'; "
+                f"at most 15 characters), got {got}"
+            )
+        return f"expected text matching {ctx.get('pattern')}, got {got}"
+    simple = {
+        "int_parsing": "expected a whole number",
+        "int_type": "expected a whole number",
+        "int_from_float": "expected a whole number",
+        "float_parsing": "expected a number",
+        "float_type": "expected a number",
+        "bool_parsing": "expected true or false",
+        "bool_type": "expected true or false",
+        "string_type": "expected text",
+        "list_type": "expected a list",
+        "dict_type": "expected a mapping of key: value",
+        "model_type": "expected a mapping of fields",
+        "model_attributes_type": "expected a mapping of fields",
+    }
+    if kind in simple:
+        return f"{simple[kind]}, got {got}"
+    bounds = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        symbol, key = bounds[kind]
+        return f"expected a number {symbol} {ctx.get(key)}, got {got}"
+    if kind == "too_short":
+        return f"expected at least {ctx.get('min_length')} item(s), got {ctx.get('actual_length')}"
+    if kind == "too_long":
+        return f"expected at most {ctx.get('max_length')} item(s), got {ctx.get('actual_length')}"
+    message = str(error["msg"])
+    return f"{message[:1].lower()}{message[1:]}, got {got}"
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def _syntax_problem(filename: str, exc: yaml.YAMLError) -> SpecProblem:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        parts = [p for p in (exc.context, exc.problem) if p]
+        detail = ", ".join(parts) or "cannot parse"
+        line = mark.line + 1 if mark is not None else 0
+        if "expected" not in detail:
+            detail += " (expected valid YAML)"
+        return SpecProblem(filename, line, "", f"invalid YAML: {detail}")
+    return SpecProblem(filename, 0, "", f"invalid YAML: {exc} (expected valid YAML)")
+
+
+def load_spec_text(text: str, filename: str = "<spec>") -> ClusterSpec:
+    """The validated spec from YAML text; raises ``SpecError`` listing every problem."""
+    try:
+        document = _Document(text, filename)
+    except yaml.YAMLError as exc:
+        raise SpecError([_syntax_problem(filename, exc)]) from None
+    problems = list(document.problems)
+    if not isinstance(document.data, dict):
+        what = "the file is empty" if document.data is None else f"got {_got(document.data)}"
+        problems.append(
+            SpecProblem(filename, document.line_of(()), "", f"expected a mapping with cluster, hosts, ...; {what}")
+        )
+        raise SpecError(problems)
+    try:
+        spec = ClusterSpec.model_validate(document.data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc = tuple(part for part in error["loc"] if part != "[key]")
+            problems.append(
+                SpecProblem(filename, document.line_of(loc), render_field_path(loc), _pydantic_message(error), loc)
+            )
+        raise SpecError(problems) from None
+    for loc, message in check_references(spec):
+        problems.append(SpecProblem(filename, document.line_of(loc), render_field_path(loc), message, loc))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """The validated spec from a YAML file; raises ``SpecError`` (never ``OSError``)."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpecError([SpecProblem(filename, 0, "", f"cannot read the file ({reason}); expected a UTF-8 YAML file")]) from None
+    return load_spec_text(text, filename)
+
+
+def cluster_spec_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, as published in docs/cluster-spec.schema.json."""
+    schema = ClusterSpec.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://nonstop.invalid/cluster-spec.schema.json",
+        **schema,
+        "title": "nonstop cluster spec",
+    }
+
+
+def cluster_spec_schema_text() -> str:
+    return json.dumps(cluster_spec_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,1 @@
+"""nonstop's built-in workload for process guests: a small asyncio HTTP server (see ``server.py``)."""

@@ -1,0 +1,1 @@
+"""Pure high-availability logic: heartbeat codec, phi-accrual detection, host liveness."""

@@ -1,0 +1,227 @@
+"""UDP heartbeats: the agent's sender (one socket per link) and the controller's receiver.
+
+Role: move heartbeat datagrams. The sender, in the agent, sends every ``interval`` on
+**every** link of its host — each link has its own socket, bound to the host's address on
+that link and, when a device is named, pinned to it with SO_BINDTODEVICE, so a datagram
+for link eth1 can never leave through eth0 when eth1's cable is cut (the kernel would
+otherwise happily route around the cut and hide it). The receiver, in the controller,
+listens on one socket per network and hands every datagram to the pure
+``HeartbeatVerifier``; accepted heartbeats go to a callback.
+
+Timing: the sender sends on a fixed grid (start + k·interval) so scheduler delays do not
+accumulate into drift; if it falls more than one interval behind (CPU starved), it sends
+now and re-anchors instead of bursting to catch up. The receiver reads every queued
+datagram each time its socket is readable (``drain``), and the monitor drains before it
+evaluates, so a starved controller does not mistake its own lateness for silence.
+
+Must not: decide liveness (core/ha/liveness.py does) or parse bytes itself (core codec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from nonstop.core.ha.heartbeat import Heartbeat, HeartbeatVerifier, Reception, Verdict, encode
+
+log = logging.getLogger(__name__)
+
+StatusProvider = Callable[[], tuple[str, bytes]]
+"""Returns (agent state, guests digest) for the next heartbeat."""
+
+
+@dataclass(frozen=True)
+class HeartbeatLink:
+    """One path from an agent to the controller."""
+
+    name: str
+    """The link's name as carried in the datagram (the host NIC or team, e.g. ``eth0``)."""
+    target: tuple[str, int]
+    """The controller's address and port on this link's network."""
+    source: str | None = None
+    """Local address to bind (the host's address on this link)."""
+    device: str | None = None
+    """Interface to pin the socket to (SO_BINDTODEVICE; needs root or CAP_NET_RAW)."""
+
+
+@dataclass
+class LinkCounters:
+    sent: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+def _link_socket(link: HeartbeatLink) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if link.device:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.device.encode() + b"\0")
+        if link.source:
+            sock.bind((link.source, 0))
+        # Heartbeats are control traffic: ask for the interactive DSCP class (CS6).
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class HeartbeatSender:
+    """Sends a heartbeat on every link every ``interval`` seconds until stopped."""
+
+    def __init__(
+        self,
+        cluster: str,
+        host: str,
+        key: bytes,
+        links: Iterable[HeartbeatLink],
+        *,
+        interval: float = 0.1,
+        status: StatusProvider = lambda: ("ready", b""),
+        incarnation: int | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.cluster, self.host, self.key = cluster, host, key
+        self.links = list(links)
+        if not self.links:
+            raise ValueError("a sender needs at least one link")
+        self.interval = interval
+        self.status = status
+        # A new life must order after every earlier one: wall-clock ns at start does that.
+        self.incarnation = incarnation if incarnation is not None else time.time_ns()
+        self.clock = clock
+        self.sequence = 0
+        self.counters = {link.name: LinkCounters() for link in self.links}
+        self._sockets: dict[str, socket.socket] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.paused_links: set[str] = set()
+        """Links on which nothing is sent (tests and chaos: a silent link without cutting it)."""
+
+    def _socket(self, link: HeartbeatLink) -> socket.socket:
+        sock = self._sockets.get(link.name)
+        if sock is None:
+            sock = self._sockets[link.name] = _link_socket(link)
+        return sock
+
+    def send_once(self) -> int:
+        """Send one heartbeat (one sequence number) on every link; returns how many went out."""
+        self.sequence += 1
+        state, digest = self.status()
+        sent = 0
+        for link in self.links:
+            if link.name in self.paused_links:
+                continue
+            counters = self.counters[link.name]
+            heartbeat = Heartbeat(
+                self.cluster, self.host, link.name, self.incarnation, self.sequence, self.clock(), state, digest
+            )
+            try:
+                self._socket(link).sendto(encode(heartbeat, self.key), link.target)
+            except OSError as exc:
+                # A cut cable shows as ENETUNREACH/EADDRNOTAVAIL: count it, keep the other links going.
+                counters.errors += 1
+                counters.last_error = exc.strerror or str(exc)
+                sock = self._sockets.pop(link.name, None)
+                if sock is not None:
+                    sock.close()
+                continue
+            counters.sent += 1
+            sent += 1
+        return sent
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        anchor = loop.time()
+        k = 0
+        while True:
+            self.send_once()
+            k += 1
+            due = anchor + k * self.interval
+            now = loop.time()
+            if now - due > self.interval:
+                anchor, k = now, 0  # starved: re-anchor rather than burst
+                due = now
+            await asyncio.sleep(max(due - now, 0.0))
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"heartbeat-sender-{self.host}")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+HeartbeatCallback = Callable[[Heartbeat, float], None]
+"""Called with every accepted heartbeat and its arrival time (receiver's monotonic seconds)."""
+
+
+@dataclass
+class HeartbeatReceiver:
+    """Listens on ``endpoints`` (one per network), verifies, and reports accepted heartbeats."""
+
+    verifier: HeartbeatVerifier
+    endpoints: list[tuple[str, int]]
+    on_heartbeat: HeartbeatCallback
+    on_refused: Callable[[Reception, tuple[str, int]], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    _sockets: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (address, port) of every socket (ports chosen by the kernel for port 0)."""
+        return [sock.getsockname()[:2] for sock in self._sockets]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for address in self.endpoints:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Room for a few seconds of heartbeats from many hosts if we are starved.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind(address)
+            self._sockets.append(sock)
+            loop.add_reader(sock.fileno(), self._drain_socket, sock)
+
+    def _drain_socket(self, sock: socket.socket) -> int:
+        count = 0
+        while True:
+            try:
+                data, peer = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return count
+            except OSError as exc:  # e.g. ICMP errors queued on the socket
+                log.debug("heartbeat socket error: %s", exc)
+                return count
+            count += 1
+            now = self.clock()
+            reception = self.verifier.receive(data, now)
+            if reception.verdict is Verdict.ACCEPTED and reception.heartbeat is not None:
+                self.on_heartbeat(reception.heartbeat, now)
+            elif self.on_refused is not None:
+                self.on_refused(reception, peer)
+
+    def drain(self) -> int:
+        """Read every datagram already queued on every socket; returns how many."""
+        return sum(self._drain_socket(sock) for sock in self._sockets)
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()

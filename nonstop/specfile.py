@@ -17,6 +17,7 @@ locations into lines (the model and its checks live in the pure core).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -132,7 +133,11 @@ class _Document:
         for part in loc:
             if isinstance(node, yaml.MappingNode):
                 match = next(
-                    ((k, v) for k, v in reversed(node.value) if isinstance(k, yaml.ScalarNode) and k.value == str(part)),
+                    (
+                        (k, v)
+                        for k, v in reversed(node.value)
+                        if isinstance(k, yaml.ScalarNode) and k.value == str(part)
+                    ),
                     None,
                 )
                 if match is None:
@@ -216,7 +221,7 @@ def _pydantic_message(error: Any) -> str:  # error: pydantic_core.ErrorDetails
             text += f'; did you mean "{hint[0]}"?'
         return text + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
     if kind in ("enum", "literal_error"):
-        return f"expected one of {_choices(str(ctx.get('expected', '')))}, got {got}"
+        return f"expected one of: {_choices(str(ctx.get('expected', '')))} (got {got})"
     if kind == "string_pattern_mismatch":
         if ctx.get("pattern") == NAME_PATTERN:
             return (
@@ -266,10 +271,90 @@ def _syntax_problem(filename: str, exc: yaml.YAMLError) -> SpecProblem:
         parts = [p for p in (exc.context, exc.problem) if p]
         detail = ", ".join(parts) or "cannot parse"
         line = mark.line + 1 if mark is not None else 0
+        if "block" in detail:
+            detail += "; check the indentation"
         if "expected" not in detail:
             detail += " (expected valid YAML)"
         return SpecProblem(filename, line, "", f"invalid YAML: {detail}")
     return SpecProblem(filename, 0, "", f"invalid YAML: {exc} (expected valid YAML)")
+
+
+_SECTIONS = ("hosts", "networks", "guests", "services")
+_NEUTRAL: dict[tuple[str, str], Any] = {("hosts", "cpus"): 1, ("hosts", "memory"): 0}
+"""Stand-ins for broken required fields that nothing else in the spec refers to."""
+
+
+def _repair(data: dict[str, Any], loc: Location, kind: str) -> Location | None:
+    """Make the value at ``loc`` valid in place: drop it so its default applies, or use a stand-in.
+
+    Returns the repaired location, or None when only dropping the whole item would do.
+    """
+    parent: Any = data
+    for part in loc[:-1]:
+        try:
+            parent = parent[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    key = loc[-1]
+    if not isinstance(parent, dict) or not isinstance(key, str):
+        return None
+    model = _model_at(loc[:-1])
+    info = model.model_fields.get(key) if model else None
+    if kind == "extra_forbidden" or (info is not None and not info.is_required() and kind != "missing"):
+        parent.pop(key, None)
+        return loc
+    if len(loc) == 3 and (str(loc[0]), key) in _NEUTRAL:
+        parent[key] = _NEUTRAL[(str(loc[0]), key)]
+        return loc
+    return None
+
+
+def _references_despite_errors(data: dict[str, Any], errors: list[tuple[Location, str]]) -> list[tuple[Location, str]]:
+    """Cross-reference problems in a document pydantic rejected, so one run reports them all.
+
+    Each broken value is repaired (dropped to its default, or a stand-in) or, failing that, its
+    whole host / network / guest group / service is left out, and the result is validated again.
+    Problems at repaired places, or naming a left-out item (``unknown guest group "web"`` when
+    ``web`` itself was broken), are not reported: they would be false alarms. Anything else
+    broken (``cluster``, ``switches``) makes this give up and report nothing extra.
+    """
+    repaired_data = copy.deepcopy(data)
+    repaired: list[Location] = []
+    left_out: dict[str, set[int]] = {section: set() for section in _SECTIONS}
+    for loc, kind in errors:
+        fixed = _repair(repaired_data, loc, kind) if len(loc) >= 2 else None
+        if fixed is not None:
+            repaired.append(fixed)
+        elif len(loc) >= 2 and loc[0] in _SECTIONS and isinstance(loc[1], int):
+            left_out[str(loc[0])].add(loc[1])
+        else:
+            return []
+    kept_index: dict[str, list[int]] = {}
+    left_out_names: list[str] = []
+    for section in _SECTIONS:
+        items = repaired_data.get(section)
+        if not isinstance(items, list):
+            continue
+        kept_index[section] = [i for i in range(len(items)) if i not in left_out[section]]
+        repaired_data[section] = [items[i] for i in kept_index[section]]
+        left_out_names += [
+            items[i]["name"]
+            for i in left_out[section]
+            if isinstance(items[i], dict) and isinstance(items[i].get("name"), str)
+        ]
+    try:
+        spec = ClusterSpec.model_validate(repaired_data)
+    except ValidationError:
+        return []
+    mentions_left_out = re.compile("|".join(f'"{re.escape(name)}(-[0-9]+)?"' for name in left_out_names) or "(?!)")
+    problems = []
+    for loc, message in check_references(spec):
+        if len(loc) >= 2 and loc[0] in kept_index and isinstance(loc[1], int):
+            loc = (loc[0], kept_index[str(loc[0])][loc[1]], *loc[2:])
+        if mentions_left_out.search(message) or any(loc[: len(r)] == r for r in repaired):
+            continue
+        problems.append((loc, message))
+    return problems
 
 
 def load_spec_text(text: str, filename: str = "<spec>") -> ClusterSpec:
@@ -285,14 +370,20 @@ def load_spec_text(text: str, filename: str = "<spec>") -> ClusterSpec:
             SpecProblem(filename, document.line_of(()), "", f"expected a mapping with cluster, hosts, ...; {what}")
         )
         raise SpecError(problems)
+    # Top-level ``x-...`` keys are the user's own (for YAML anchors), as in docker compose files.
+    document.data = {k: v for k, v in document.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         spec = ClusterSpec.model_validate(document.data)
     except ValidationError as exc:
+        errors: list[tuple[Location, str]] = []
         for error in exc.errors(include_url=False):
             loc = tuple(part for part in error["loc"] if part != "[key]")
+            errors.append((loc, error["type"]))
             problems.append(
                 SpecProblem(filename, document.line_of(loc), render_field_path(loc), _pydantic_message(error), loc)
             )
+        for loc, message in _references_despite_errors(document.data, errors):
+            problems.append(SpecProblem(filename, document.line_of(loc), render_field_path(loc), message, loc))
         raise SpecError(problems) from None
     for loc, message in check_references(spec):
         problems.append(SpecProblem(filename, document.line_of(loc), render_field_path(loc), message, loc))
@@ -308,7 +399,9 @@ def load_spec(path: str | Path) -> ClusterSpec:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError([SpecProblem(filename, 0, "", f"cannot read the file ({reason}); expected a UTF-8 YAML file")]) from None
+        raise SpecError(
+            [SpecProblem(filename, 0, "", f"cannot read the file ({reason}); expected a UTF-8 YAML file")]
+        ) from None
     return load_spec_text(text, filename)
 
 

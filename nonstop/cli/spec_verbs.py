@@ -42,7 +42,9 @@ def validate(
     except SpecError as exc:
         if as_json:
             typer.echo(
-                json.dumps({"file": str(file), "valid": False, "problems": [p.to_dict() for p in exc.problems]}, indent=2)
+                json.dumps(
+                    {"file": str(file), "valid": False, "problems": [p.to_dict() for p in exc.problems]}, indent=2
+                )
             )
         else:
             typer.echo(str(exc))
@@ -51,7 +53,9 @@ def validate(
         raise typer.Exit(2) from None
     summary = spec_summary(spec)
     if as_json:
-        typer.echo(json.dumps({"file": str(file), "valid": True, "cluster": spec.cluster, "summary": summary}, indent=2))
+        typer.echo(
+            json.dumps({"file": str(file), "valid": True, "cluster": spec.cluster, "summary": summary}, indent=2)
+        )
         return
     typer.echo(
         f"{file}: valid (cluster {spec.cluster}: {summary['hosts']} hosts, {summary['guests']} guests in "

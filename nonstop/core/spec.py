@@ -17,13 +17,39 @@ import ipaddress
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from nonstop.core.units import parse_duration, parse_rate, parse_size
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Rate = Annotated[int, BeforeValidator(parse_rate)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+def _unit_schema(kind: str, example: str, number_type: str, units: str) -> WithJsonSchema:
+    # The JSON Schema must accept what people write (``512MiB``), not only the parsed integer.
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": number_type, "minimum": 0},
+                {"type": "string", "pattern": rf"^\s*[0-9]+(\.[0-9]+)?\s*({units})\s*$"},
+            ],
+            "description": f"{kind}, e.g. {example}",
+        }
+    )
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    _unit_schema("a size in bytes", "512MiB or 2GiB", "integer", "[bB]?|[kKmMgGtT][iI]?[bB]?"),
+]
+Rate = Annotated[
+    int,
+    BeforeValidator(parse_rate),
+    _unit_schema("a rate in bits per second", "100Mbit", "integer", "[kKmMgG]?([bB][iI][tT]|[bB][pP][sS])"),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _unit_schema("a duration in seconds", "200ms or 1.5s", "number", "[uUmM]?[sS]|[mM]([iI][nN])?|[hH]|"),
+]
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,14}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -33,7 +59,8 @@ Location = tuple[str | int, ...]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become descriptions in the published JSON Schema (editor hover text).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 # --------------------------------------------------------------------------- hosts
@@ -104,14 +131,26 @@ def _default_drives() -> list[DriveSpec]:
     return [DriveSpec(name="Disk0"), DriveSpec(name="Disk1")]
 
 
+def _host_schema_shorthands(schema: dict[str, Any]) -> None:
+    # The validators below accept ``nics: [eth0, eth1]`` and ``power_supplies: 2``; so must editors.
+    properties = schema["properties"]
+    nics = properties["nics"]
+    nics["items"] = {"anyOf": [nics["items"], {"type": "string", "pattern": NAME_PATTERN}]}
+    psus = properties["power_supplies"]
+    properties["power_supplies"] = {
+        "anyOf": [{"type": psus.pop("type"), "items": psus.pop("items")}, {"type": "integer", "minimum": 0}],
+        **psus,
+    }
+
+
 class HostSpec(_Model):
+    model_config = ConfigDict(json_schema_extra=_host_schema_shorthands)
+
     name: Name
     cpus: int = Field(ge=1, le=4096)
     memory: Size
     disk: Size = 100 * 1024**3
-    nics: list[NicSpec] = Field(
-        default_factory=lambda: [NicSpec(name="eth0"), NicSpec(name="eth1")], min_length=1
-    )
+    nics: list[NicSpec] = Field(default_factory=lambda: [NicSpec(name="eth0"), NicSpec(name="eth1")], min_length=1)
     teams: list[TeamSpec] = Field(default_factory=list)
     power_supplies: list[PowerSupplySpec] = Field(default_factory=_default_psus)
     drives: list[DriveSpec] = Field(default_factory=_default_drives)
@@ -182,7 +221,7 @@ class NetworkSpec(_Model):
         return net
 
     def usable_addresses(self) -> int:
-        """Addresses left for guests: minus network, broadcast, gateway and one per host."""
+        """Addresses left for guests: all but the network, broadcast and gateway addresses."""
         return max(self.network().num_addresses - 3, 0)
 
 
@@ -407,18 +446,31 @@ class ClusterSpec(_Model):
         return nic.switch or self.switches[nic_index % len(self.switches)]
 
 
-def _duplicates(names: list[str]) -> list[int]:
-    seen: set[str] = set()
+def _duplicates(names: list[str]) -> list[tuple[int, int]]:
+    """``(index, first_index)`` for every name that repeats an earlier one."""
+    first: dict[str, int] = {}
     dups = []
     for i, name in enumerate(names):
-        if name in seen:
-            dups.append(i)
-        seen.add(name)
+        if name in first:
+            dups.append((i, first[name]))
+        first.setdefault(name, i)
     return dups
 
 
+def _one_of(names: list[str] | set[str] | dict[str, Any]) -> str:
+    return ", ".join(names) if names else "none defined"
+
+
+def _smallest_prefix_for(addresses_needed: int) -> int:
+    """The longest IPv4 prefix whose subnet leaves room for that many guests (see usable_addresses)."""
+    prefix = 30
+    while prefix > 0 and 2 ** (32 - prefix) - 3 < addresses_needed:
+        prefix -= 1
+    return prefix
+
+
 def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
-    """Every cross-reference problem in the spec, in document order; empty when fine."""
+    """Every cross-reference problem in the spec; empty when fine. Each message says what was expected."""
     problems: list[tuple[Location, str]] = []
 
     def add(loc: Location, message: str) -> None:
@@ -431,10 +483,15 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
         ("services", spec.services),
     ):
         names = [item.name for item in items]
-        for i in _duplicates(names):
-            add((section, i, "name"), f'duplicate name "{names[i]}" in {section}')
-    for i in _duplicates(list(spec.switches)):
-        add(("switches", i), f'duplicate switch "{spec.switches[i]}"')
+        for i, first in _duplicates(names):
+            add(
+                (section, i, "name"),
+                f'duplicate name "{names[i]}" (already used by {section}[{first}]); expected unique names',
+            )
+    for i, first in _duplicates(list(spec.switches)):
+        add(
+            ("switches", i), f'duplicate switch "{spec.switches[i]}" (already switches[{first}]); expected unique names'
+        )
 
     switches = set(spec.switches)
     networks = {n.name: n for n in spec.networks}
@@ -442,97 +499,141 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
 
     for h, host in enumerate(spec.hosts):
         nic_names = [n.name for n in host.nics]
-        for i in _duplicates(nic_names):
-            add(("hosts", h, "nics", i, "name"), f'duplicate NIC "{nic_names[i]}" on host {host.name}')
+        for i, first in _duplicates(nic_names):
+            add(
+                ("hosts", h, "nics", i, "name"),
+                f'duplicate NIC "{nic_names[i]}" (already nics[{first}]); expected unique NIC names per host',
+            )
         for i, nic in enumerate(host.nics):
             if nic.switch is not None and nic.switch not in switches:
                 add(
                     ("hosts", h, "nics", i, "switch"),
-                    f'unknown switch "{nic.switch}" (switches: {", ".join(spec.switches)})',
+                    f'unknown switch "{nic.switch}"; expected one of: {_one_of(spec.switches)}',
                 )
         teamed: dict[str, str] = {}
         for t, team in enumerate(host.teams):
             if team.name in nic_names:
-                add(("hosts", h, "teams", t, "name"), f'team name "{team.name}" is also a NIC name')
+                add(
+                    ("hosts", h, "teams", t, "name"),
+                    f'team name "{team.name}" is also a NIC name; expected a name no NIC of the host uses',
+                )
             for m, member in enumerate(team.members):
                 if member not in nic_names:
                     add(
                         ("hosts", h, "teams", t, "members", m),
-                        f'"{member}" is not a NIC of host {host.name} (NICs: {", ".join(nic_names)})',
+                        f'"{member}" is not a NIC of host {host.name}; expected one of: {_one_of(nic_names)}',
                     )
                 elif member in teamed:
                     add(
                         ("hosts", h, "teams", t, "members", m),
-                        f'NIC "{member}" is already a member of team {teamed[member]}',
+                        f'NIC "{member}" is already a member of team {teamed[member]}; expected each NIC in one team at most',
                     )
                 teamed.setdefault(member, team.name)
             if team.primary is not None and team.primary not in team.members:
-                add(("hosts", h, "teams", t, "primary"), f'primary "{team.primary}" is not a member of the team')
-        for i in _duplicates([p.name for p in host.power_supplies]):
-            add(("hosts", h, "power_supplies", i, "name"), "duplicate power supply name")
-        for i in _duplicates([d.name for d in host.drives]):
-            add(("hosts", h, "drives", i, "name"), "duplicate drive name")
+                add(
+                    ("hosts", h, "teams", t, "primary"),
+                    f'primary "{team.primary}" is not a member of the team; expected one of: {_one_of(team.members)}',
+                )
+        for i, first in _duplicates([p.name for p in host.power_supplies]):
+            add(
+                ("hosts", h, "power_supplies", i, "name"),
+                f"duplicate power supply name (already power_supplies[{first}]); expected unique names",
+            )
+        for i, first in _duplicates([d.name for d in host.drives]):
+            add(
+                ("hosts", h, "drives", i, "name"),
+                f"duplicate drive name (already drives[{first}]); expected unique names",
+            )
 
     subnets: list[tuple[int, ipaddress.IPv4Network]] = []
     for n, net in enumerate(spec.networks):
         network = net.network()
         for other_index, other in subnets:
             if network.overlaps(other):
-                add(("networks", n, "subnet"), f"subnet overlaps network {spec.networks[other_index].name}")
+                add(
+                    ("networks", n, "subnet"),
+                    f"subnet {net.subnet} overlaps network {spec.networks[other_index].name} ({other}); "
+                    "expected subnets that do not overlap",
+                )
         subnets.append((n, network))
         if net.gateway is not None:
             try:
                 if ipaddress.ip_address(net.gateway) not in network:
-                    add(("networks", n, "gateway"), f"gateway {net.gateway} is outside {net.subnet}")
+                    add(
+                        ("networks", n, "gateway"),
+                        f"gateway {net.gateway} is outside {net.subnet}; expected an address inside it",
+                    )
             except ValueError:
                 add(("networks", n, "gateway"), f'expected an IPv4 address, got "{net.gateway}"')
         if net.uplink is not None:
-            for h, host in enumerate(spec.hosts):
+            for host in spec.hosts:
                 if net.uplink not in host.uplink_names():
-                    add(("networks", n, "uplink"), f'uplink "{net.uplink}" is not a team or NIC of host {host.name}')
+                    add(
+                        ("networks", n, "uplink"),
+                        f'uplink "{net.uplink}" is not a team or NIC of host {host.name}; '
+                        f"expected one of: {_one_of(host.uplink_names())}",
+                    )
                     break
         needed = sum(g.replicas for g in spec.guests for v in g.nics if v.network == net.name)
         if needed > net.usable_addresses():
             add(
                 ("networks", n, "subnet"),
-                f"subnet {net.subnet} has {net.usable_addresses()} usable addresses "
-                f"but its guests need {needed}",
+                f"subnet {net.subnet} is too small: {net.usable_addresses()} usable addresses but its guests need "
+                f"{needed}; expected a /{_smallest_prefix_for(needed)} or larger",
             )
-        guest_names = {name for g in spec.guests for name in g.guest_names()}
+        guest_names = [name for g in spec.guests for name in g.guest_names()]
         for p, forward in enumerate(net.port_forwards):
             if forward.guest not in guest_names:
-                add(("networks", n, "port_forwards", p, "guest"), f'unknown guest "{forward.guest}"')
+                shown = _one_of(guest_names[:8]) + (", ..." if len(guest_names) > 8 else "")
+                add(
+                    ("networks", n, "port_forwards", p, "guest"),
+                    f'unknown guest "{forward.guest}"; expected a guest name such as: {shown}',
+                )
 
     for g, group in enumerate(spec.guests):
         for v, vnic in enumerate(group.nics):
             if vnic.network not in networks:
-                known = ", ".join(networks) or "none defined"
-                add(("guests", g, "nics", v, "network"), f'unknown network "{vnic.network}" (networks: {known})')
+                add(
+                    ("guests", g, "nics", v, "network"),
+                    f'unknown network "{vnic.network}"; expected one of: {_one_of(networks)}',
+                )
         for field in ("affinity", "anti_affinity"):
             for i, other in enumerate(getattr(group, field)):
                 if other not in groups:
-                    add(("guests", g, field, i), f'unknown guest group "{other}"')
+                    add(("guests", g, field, i), f'unknown guest group "{other}"; expected one of: {_one_of(groups)}')
         if group.max_vcpus is not None and group.max_vcpus < group.vcpus:
-            add(("guests", g, "max_vcpus"), f"max_vcpus {group.max_vcpus} is below vcpus {group.vcpus}")
+            add(
+                ("guests", g, "max_vcpus"),
+                f"max_vcpus {group.max_vcpus} is below vcpus {group.vcpus}; expected at least {group.vcpus}",
+            )
         if group.max_memory is not None and group.max_memory < group.memory:
-            add(("guests", g, "max_memory"), "max_memory is below memory")
+            add(("guests", g, "max_memory"), "max_memory is below memory; expected at least memory")
         if group.kind is GuestKind.VM and group.memory < 64 * 1024**2:
-            add(("guests", g, "memory"), "a VM needs at least 64MiB")
-        for i in _duplicates([d.name for d in group.disks]):
-            add(("guests", g, "disks", i, "name"), "duplicate disk name")
+            add(("guests", g, "memory"), "too little memory for a VM; expected at least 64MiB")
+        for i, first in _duplicates([d.name for d in group.disks]):
+            add(
+                ("guests", g, "disks", i, "name"),
+                f"duplicate disk name (already disks[{first}]); expected unique names",
+            )
 
     listens: dict[str, int] = {}
     for s, service in enumerate(spec.services):
         if service.backends is None and not service.servers:
-            add(("services", s), "a service needs backends (a guest group) or servers")
+            add(("services", s), "no backends; expected backends (a guest group) or servers")
         if service.backends is not None and service.backends.group not in groups:
-            known = ", ".join(groups) or "none defined"
-            add(("services", s, "backends", "group"), f'unknown guest group "{service.backends.group}" (groups: {known})')
+            add(
+                ("services", s, "backends", "group"),
+                f'unknown guest group "{service.backends.group}"; expected one of: {_one_of(groups)}',
+            )
         host_part, _, port_part = service.listen.rpartition(":")
         if not host_part or not port_part.isdigit() or not 0 <= int(port_part) <= 65535:
             add(("services", s, "listen"), f'expected an address like 127.0.0.1:8080, got "{service.listen}"')
         elif int(port_part) != 0:
             if service.listen in listens:
-                add(("services", s, "listen"), f"listen address already used by service {spec.services[listens[service.listen]].name}")
-            listens[service.listen] = s
+                add(
+                    ("services", s, "listen"),
+                    f"listen address already used by service {spec.services[listens[service.listen]].name}; "
+                    "expected a distinct address per service",
+                )
+            listens.setdefault(service.listen, s)
     return problems

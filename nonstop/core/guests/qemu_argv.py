@@ -1,0 +1,297 @@
+"""Render a VM's QEMU command line from data: ``MachineLayout`` + ``QemuLaunch`` → argv.
+
+Role: the one place that knows QEMU's option syntax. The driver (``nonstop.drivers.qemu``)
+builds a ``QemuLaunch`` (paths, taps, acceleration, optional incoming migration address)
+and a ``MachineLayout`` (the boot-time vCPUs and memory plus every device hot-plugged
+since, so a migration destination is started with exactly the source's device set), and
+``render_argv`` returns the argv list. Snapshot-tested in tests/guests/snapshots/.
+
+Layout rules that make hot-plug and migration work:
+- vCPUs: ``-smp BOOT,maxcpus=MAX``; hot-added vCPUs are ``-device <cpu type>`` entries with
+  their socket/core/thread ids (QEMU refuses to migrate into a differently shaped machine).
+- memory: ``-m BOOT,slots=S,maxmem=MAX``; hot-added memory is one ``pc-dimm`` per step, each
+  backed by its own ``memory-backend-ram`` (RAM block names must match on both sides).
+- the kernel command line carries ``nonstop.guest``/``nonstop.host`` and one
+  ``nonstop.ip=IFACE:ADDRESS/PREFIX[:GATEWAY]`` per vNIC with an address (the built-in
+  image's init applies them; see nonstop/image/guest/rcS.sh).
+
+Must not: touch files, processes or the clock; choose paths or names (the caller does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIB = 1024**2
+DIMM_ALIGN = 128 * MIB
+"""x86 memory hot-plug works in 128 MiB blocks: boot memory and every DIMM are multiples."""
+MAX_DIMM_SLOTS = 16
+CPU_DRIVER = "qemu64-x86_64-cpu"
+
+
+class LayoutError(ValueError):
+    """The requested machine cannot be expressed (misaligned memory, too many vCPUs ...)."""
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """A hot-plugged vCPU: its QOM id and topology position."""
+
+    id: str
+    socket_id: int
+    core_id: int = 0
+    thread_id: int = 0
+    driver: str = CPU_DRIVER
+
+
+@dataclass(frozen=True)
+class DimmDevice:
+    """A hot-plugged memory module (a ``pc-dimm`` on its own RAM backend)."""
+
+    id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class MachineLayout:
+    """The VM's shape: what it booted with plus what was hot-plugged since (in order)."""
+
+    boot_vcpus: int
+    max_vcpus: int
+    boot_memory: int
+    max_memory: int
+    cpus: tuple[CpuDevice, ...] = ()
+    dimms: tuple[DimmDevice, ...] = ()
+
+    @property
+    def vcpus(self) -> int:
+        return self.boot_vcpus + len(self.cpus)
+
+    @property
+    def memory(self) -> int:
+        return self.boot_memory + sum(d.size for d in self.dimms)
+
+    @property
+    def memory_slots(self) -> int:
+        # One slot per 128 MiB step of headroom, capped: QEMU reserves ACPI space per slot.
+        if self.max_memory <= self.boot_memory:
+            return 0
+        return min(MAX_DIMM_SLOTS, (self.max_memory - self.boot_memory) // DIMM_ALIGN)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "boot_vcpus": self.boot_vcpus,
+            "max_vcpus": self.max_vcpus,
+            "boot_memory": self.boot_memory,
+            "max_memory": self.max_memory,
+            "cpus": [
+                {"id": c.id, "socket_id": c.socket_id, "core_id": c.core_id, "thread_id": c.thread_id,
+                 "driver": c.driver}
+                for c in self.cpus
+            ],
+            "dimms": [{"id": d.id, "size": d.size} for d in self.dimms],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> MachineLayout:
+        cpus = data.get("cpus", [])
+        dimms = data.get("dimms", [])
+        assert isinstance(cpus, list) and isinstance(dimms, list)
+        return cls(
+            boot_vcpus=_int(data["boot_vcpus"]),
+            max_vcpus=_int(data["max_vcpus"]),
+            boot_memory=_int(data["boot_memory"]),
+            max_memory=_int(data["max_memory"]),
+            cpus=tuple(
+                CpuDevice(id=str(c["id"]), socket_id=_int(c["socket_id"]), core_id=_int(c["core_id"]),
+                          thread_id=_int(c["thread_id"]), driver=str(c.get("driver", CPU_DRIVER)))
+                for c in cpus
+            ),
+            dimms=tuple(DimmDevice(id=str(d["id"]), size=_int(d["size"])) for d in dimms),
+        )
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise LayoutError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def initial_layout(vcpus: int, max_vcpus: int, memory: int, max_memory: int) -> MachineLayout:
+    """The layout a fresh boot uses; raises ``LayoutError`` for a shape QEMU cannot hot-plug."""
+    if vcpus < 1 or max_vcpus < vcpus:
+        raise LayoutError(f"need 1 <= vcpus ({vcpus}) <= max_vcpus ({max_vcpus})")
+    if max_vcpus > 255:
+        raise LayoutError(f"max_vcpus {max_vcpus} is above the pc machine's 255")
+    if memory < 64 * MIB:
+        raise LayoutError(f"memory {memory // MIB} MiB is below the 64 MiB a VM needs")
+    if memory % MIB:
+        raise LayoutError("memory must be a whole number of MiB")
+    if max_memory < memory:
+        raise LayoutError("max_memory is below memory")
+    if max_memory > memory and (max_memory - memory) % DIMM_ALIGN:
+        raise LayoutError(
+            f"max_memory - memory must be a multiple of 128 MiB for hot-plug, got {(max_memory - memory) // MIB} MiB"
+        )
+    return MachineLayout(boot_vcpus=vcpus, max_vcpus=max_vcpus, boot_memory=memory, max_memory=max_memory)
+
+
+def plan_vcpus(layout: MachineLayout, target: int, free_slots: list[tuple[int, int, int]]) -> list[CpuDevice]:
+    """The vCPU devices to add to reach ``target`` vCPUs, taking ``(socket, core, thread)``
+    positions from ``free_slots`` (QEMU's query-hotpluggable-cpus, unused entries) in order.
+    Raises ``LayoutError`` above ``max_vcpus`` or when asked to remove (unplug is not offered)."""
+    if target > layout.max_vcpus:
+        raise LayoutError(f"vcpus {target} is above max_vcpus {layout.max_vcpus}")
+    if target < layout.vcpus:
+        raise LayoutError(f"removing vCPUs ({layout.vcpus} -> {target}) is not supported live")
+    needed = target - layout.vcpus
+    if needed > len(free_slots):
+        raise LayoutError(f"only {len(free_slots)} free vCPU slots for {needed} more vCPUs")
+    used = {c.id for c in layout.cpus}
+    devices: list[CpuDevice] = []
+    index = layout.vcpus
+    for socket_id, core_id, thread_id in sorted(free_slots)[:needed]:
+        while f"vcpu{index}" in used:
+            index += 1
+        devices.append(CpuDevice(id=f"vcpu{index}", socket_id=socket_id, core_id=core_id, thread_id=thread_id))
+        used.add(f"vcpu{index}")
+        index += 1
+    return devices
+
+
+def plan_memory(layout: MachineLayout, target: int) -> DimmDevice | None:
+    """The one DIMM that brings the guest to ``target`` bytes (None if already there)."""
+    if target > layout.max_memory:
+        raise LayoutError(f"memory {target // MIB} MiB is above max_memory {layout.max_memory // MIB} MiB")
+    if target < layout.memory:
+        raise LayoutError(f"removing memory ({layout.memory // MIB} -> {target // MIB} MiB) is not supported live")
+    if target == layout.memory:
+        return None
+    step = target - layout.memory
+    if step % DIMM_ALIGN:
+        raise LayoutError(f"memory can only grow in 128 MiB steps, asked for {step // MIB} MiB")
+    if len(layout.dimms) >= layout.memory_slots:
+        raise LayoutError(f"all {layout.memory_slots} memory slots are used")
+    return DimmDevice(id=f"dimm{len(layout.dimms)}", size=step)
+
+
+@dataclass(frozen=True)
+class DiskAttachment:
+    name: str
+    path: str
+    format: str
+    """``qcow2`` or ``raw``."""
+
+
+@dataclass(frozen=True)
+class NicAttachment:
+    tap: str
+    mac: str
+    address: str | None = None
+    gateway: str | None = None
+
+
+@dataclass(frozen=True)
+class QemuLaunch:
+    """Everything but the machine layout that a QEMU process needs."""
+
+    guest: str
+    host: str
+    kernel: str
+    initrd: str
+    qmp_socket: str
+    console_log: str
+    pid_file: str
+    accel: str = "tcg"
+    disks: tuple[DiskAttachment, ...] = ()
+    nics: tuple[NicAttachment, ...] = ()
+    incoming: str | None = None
+    """``defer`` (then QMP migrate-incoming) or a URI like ``tcp:198.18.10.2:49152``."""
+    extra_append: tuple[str, ...] = ()
+    tcg_tb_mib: int = 64
+    """TCG translation cache: QEMU's 1 GiB default is mostly untouched but shows up in RSS."""
+    options: dict[str, str] = field(default_factory=dict)
+
+
+BASE_APPEND = (
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "memhp_default_state=online",
+    # Skip probes that cost seconds under TCG and find nothing on our machine.
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nopnp",
+    "tsc=reliable",
+    "no_timer_check",
+)
+
+
+def kernel_append(launch: QemuLaunch) -> str:
+    words = [*BASE_APPEND, f"nonstop.guest={launch.guest}", f"nonstop.host={launch.host}"]
+    for index, nic in enumerate(launch.nics):
+        if nic.address:
+            words.append(f"nonstop.ip=eth{index}:{nic.address}" + (f":{nic.gateway}" if nic.gateway else ""))
+    words.extend(launch.extra_append)
+    for word in words:
+        if any(ch.isspace() for ch in word):
+            raise LayoutError(f"kernel command line word has whitespace: {word!r}")
+    return " ".join(words)
+
+
+def render_argv(launch: QemuLaunch, layout: MachineLayout, binary: str = "qemu-system-x86_64") -> list[str]:
+    """The full argv (binary first) for ``launch`` with ``layout``."""
+    accel = launch.accel if launch.accel != "tcg" else f"tcg,tb-size={launch.tcg_tb_mib}"
+    memory = f"{layout.boot_memory // MIB}M"
+    if layout.memory_slots:
+        memory += f",slots={layout.memory_slots},maxmem={layout.max_memory // MIB}M"
+    argv = [
+        binary,
+        "-name", f"guest={launch.guest},debug-threads=on",
+        "-machine", "pc",
+        "-accel", accel,
+        "-cpu", "max" if launch.accel == "kvm" else "qemu64",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-smp", f"{layout.boot_vcpus},maxcpus={layout.max_vcpus}",
+        "-m", memory,
+        "-kernel", launch.kernel,
+        "-initrd", launch.initrd,
+        "-append", kernel_append(launch),
+        "-chardev", f"file,id=console,path={launch.console_log}",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
+        "-pidfile", launch.pid_file,
+        "-no-reboot",
+    ]
+    for cpu in layout.cpus:
+        argv += ["-device", f"{cpu.driver},id={cpu.id},socket-id={cpu.socket_id},core-id={cpu.core_id},"
+                            f"thread-id={cpu.thread_id}"]
+    for dimm in layout.dimms:
+        argv += ["-object", f"memory-backend-ram,id=mem-{dimm.id},size={dimm.size // MIB}M",
+                 "-device", f"pc-dimm,id={dimm.id},memdev=mem-{dimm.id}"]
+    for disk in launch.disks:
+        _check_option_value(disk.path)
+        argv += [
+            "-blockdev",
+            f"driver=file,filename={disk.path},node-name=file-{disk.name},cache.direct=off",
+            "-blockdev", f"driver={disk.format},file=file-{disk.name},node-name=disk-{disk.name}",
+            "-device", f"virtio-blk-pci,drive=disk-{disk.name},id=blk-{disk.name},serial={disk.name}",
+        ]
+    for index, nic in enumerate(launch.nics):
+        argv += [
+            "-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac}",
+        ]
+    if launch.incoming is not None:
+        argv += ["-incoming", launch.incoming]
+    for key, value in sorted(launch.options.items()):
+        argv += [key, value] if value else [key]
+    return argv
+
+
+def _check_option_value(value: str) -> None:
+    # QEMU's option syntax splits on commas; a comma in a path would silently change meaning.
+    if "," in value:
+        raise LayoutError(f"path {value!r} contains a comma, which QEMU options cannot carry")

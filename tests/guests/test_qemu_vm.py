@@ -1,0 +1,242 @@
+"""The QEMU driver for real: boot the built-in image, hot-plug, adopt, migrate live, stop.
+
+One VM is booted once for the module (a TCG boot costs seconds) and walks through the
+assertions in order: page over the guest network → adoption by a fresh driver → vCPU and
+memory hot-add seen by the guest → live migration A→B under a 20 ms client → graceful stop.
+Each step asserts what the guest itself reports through its network page, not what the
+driver believes. Bad-input cases use their own short-lived guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from nonstop.core.guests.model import GuestDefinition, VnicDefinition, default_mac
+from nonstop.drivers import qemu_runtime as rt
+from nonstop.drivers.base import DiskDefinition, GuestNotFound, GuestStartError, GuestState, InvalidDefinition
+from nonstop.drivers.qemu import QemuDriver
+from nonstop.drivers.qemu_testlab import PagePoller, TwoHostLab, fetch_in, parse_page, wait_http
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed"),
+]
+
+CLUSTER = "t"
+GUEST_IP = "198.18.10.5"
+MIB = 2**20
+
+
+class World:
+    """The module's shared lab, drivers and the one VM (which moves from A to B)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.lab = TwoHostLab().build()
+        root = tmp / f"nonstop-vm{self.lab.token}"
+        self.disk_dir = root / "disks"
+        self.a = QemuDriver(cluster=CLUSTER, host="ha", state_dir=root / "ha", netns=self.lab.ns_a,
+                            disk_dir=self.disk_dir, migration_address=self.lab.host_a_ip)
+        self.b = QemuDriver(cluster=CLUSTER, host="hb", state_dir=root / "hb", netns=self.lab.ns_b,
+                            disk_dir=self.disk_dir, migration_address=self.lab.host_b_ip)
+        self.where = self.a
+        self.boot_id = ""
+        self.definition = GuestDefinition(
+            name="web-0", cluster=CLUSTER, host="ha", kind="vm", vcpus=1, max_vcpus=3,
+            memory=256 * MIB, max_memory=768 * MIB,
+            disks=(DiskDefinition(name="data", size=64 * MIB, provisioning="thin"),),
+            vnics=(VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 0), address=f"{GUEST_IP}/24",
+                                  bridge=self.lab.bridge),),
+        )
+
+    def page(self) -> dict[str, str]:
+        status, body = fetch_in(self.lab.ns_client, GUEST_IP, "/")
+        assert status == 200
+        return parse_page(body)
+
+    async def close(self) -> None:
+        for driver in (self.a, self.b):
+            for name in await driver.list_guests():
+                await driver.destroy(name)
+        self.lab.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    w = World(tmp_path_factory.mktemp("qemu"))
+    try:
+        started = time.monotonic()
+        status = asyncio.run(w.a.spawn(w.definition))
+        assert status.state is GuestState.RUNNING
+        w.boot_id = asyncio.run(w.a.wait_serving("web-0", timeout=30))
+        wait_http(w.lab.ns_client, GUEST_IP, timeout=30)
+        w.boot_seconds = time.monotonic() - started
+        yield w
+    finally:
+        asyncio.run(w.close())
+
+
+def test_boot_serves_identity_page_over_guest_network(world: World) -> None:
+    assert world.boot_seconds < 8.0, f"boot to HTTP took {world.boot_seconds:.1f} s"
+    status, body = fetch_in(world.lab.ns_client, GUEST_IP, "/health")
+    assert (status, body.strip()) == (200, "ok")
+    page = world.page()
+    assert page["guest"] == "web-0"
+    assert page["host"] == "ha"
+    assert page["boot_id"] == world.boot_id
+    assert page["vcpus"] == "1"
+    assert int(page["memory_online_mib"]) == 256
+    status_now = asyncio.run(world.a.status("web-0"))
+    assert status_now.vcpus == 1 and status_now.memory == 256 * MIB
+    assert status_now.boot_id == world.boot_id
+    assert "nonstop-guest: ready" in asyncio.run(world.a.console_log("web-0"))
+
+
+def test_fresh_driver_adopts_running_guest(world: World) -> None:
+    before = asyncio.run(world.a.status("web-0"))
+    again = QemuDriver(cluster=CLUSTER, host="ha", state_dir=world.a.state_dir, netns=world.lab.ns_a,
+                       disk_dir=world.disk_dir, migration_address=world.lab.host_a_ip)
+    found = asyncio.run(again.adopt())
+    assert found["web-0"].state is GuestState.RUNNING
+    assert found["web-0"].pid == before.pid
+    assert world.page()["boot_id"] == world.boot_id
+
+
+def _wait_page(world: World, key: str, want: str, timeout: float = 10.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = world.page()
+        if page.get(key) == want or time.monotonic() > deadline:
+            return page
+        time.sleep(0.1)
+
+
+def test_hot_add_vcpu_and_memory_seen_by_guest(world: World) -> None:
+    status = asyncio.run(world.a.set_vcpus("web-0", 2))
+    assert status.vcpus == 2
+    assert _wait_page(world, "vcpus", "2")["vcpus"] == "2"
+    status = asyncio.run(world.a.set_memory("web-0", 512 * MIB))
+    assert status.memory == 512 * MIB
+    page = _wait_page(world, "memory_online_mib", "512")
+    assert int(page["memory_online_mib"]) == 512
+    assert page["boot_id"] == world.boot_id, "hot-plug must not reboot the guest"
+    with pytest.raises(InvalidDefinition):
+        asyncio.run(world.a.set_vcpus("web-0", 4))  # above max_vcpus
+
+
+def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
+    poller = PagePoller(world.lab.ns_client, GUEST_IP, interval=0.02).start()
+    try:
+        time.sleep(0.3)
+        endpoint = asyncio.run(world.b.prepare_incoming(world.definition.with_changes(vcpus=2, memory=512 * MIB)))
+        assert asyncio.run(world.b.status("web-0")).state is GuestState.INCOMING
+        result = asyncio.run(world.a.migrate("web-0", endpoint))
+        status = asyncio.run(world.b.finish_incoming("web-0"))
+        world.where = world.b
+        time.sleep(0.5)
+    finally:
+        poller.stop()
+    print(f"\nmigration: total {result.total_seconds:.3f} s, downtime {result.downtime_seconds} s, "
+          f"{poller.ok} fetches, slowest {poller.slowest * 1000:.0f} ms")
+    assert poller.failures == []
+    assert poller.ok > 20
+    assert poller.boot_ids == [world.boot_id]
+    assert status.state is GuestState.RUNNING and status.vcpus == 2 and status.memory == 512 * MIB
+    assert result.downtime_seconds is not None and result.downtime_seconds < 2.0
+    assert asyncio.run(world.a.list_guests()) == []
+    with pytest.raises(GuestNotFound):
+        asyncio.run(world.a.status("web-0"))
+    page = world.page()
+    assert page["boot_id"] == world.boot_id and page["vcpus"] == "2"
+    assert asyncio.run(world.b.status("web-0")).boot_id == world.boot_id
+
+
+def test_graceful_stop_powers_off_via_acpi(world: World) -> None:
+    driver = world.where
+    started = time.monotonic()
+    status = asyncio.run(driver.stop("web-0", timeout=20))
+    assert status.state is GuestState.STOPPED
+    assert time.monotonic() - started < 20, "ACPI power-off should not need the force path"
+    assert "power button" in asyncio.run(driver.console_log("web-0"))
+    record = driver._load("web-0")
+    assert record["forced"] is False
+    with pytest.raises(OSError):
+        fetch_in(world.lab.ns_client, GUEST_IP, "/health", timeout=1.0)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _driver(tmp_path: Path, netns: str | None = None) -> QemuDriver:
+    return QemuDriver(cluster=CLUSTER, host="hx", state_dir=tmp_path / "run", disk_dir=tmp_path / "disks",
+                      netns=netns)
+
+
+def test_missing_image_is_rejected_before_anything_is_created(tmp_path: Path) -> None:
+    driver = _driver(tmp_path)
+    definition = GuestDefinition(name="bad-0", cluster=CLUSTER, host="hx", kind="vm",
+                                 image=str(tmp_path / "nope.qcow2"))
+    with pytest.raises(InvalidDefinition, match="nope.qcow2 not found"):
+        asyncio.run(driver.spawn(definition))
+    assert asyncio.run(driver.list_guests()) == []
+
+
+def test_bad_disk_is_rejected_with_reason(tmp_path: Path) -> None:
+    driver = _driver(tmp_path)
+    bad = tmp_path / "garbage.qcow2"
+    bad.write_bytes(b"QFI\xfb" + b"\xff" * 1020)  # qcow2 magic, nonsense header
+    definition = GuestDefinition(name="bad-1", cluster=CLUSTER, host="hx", kind="vm",
+                                 disks=(DiskDefinition(name="root", path=str(bad)),))
+    with pytest.raises(GuestStartError, match="bad disk") as caught:
+        asyncio.run(driver.create(definition))
+    assert caught.value.permanent
+    assert asyncio.run(driver.list_guests()) == []
+
+
+def test_disk_vanished_before_start_ends_failed_without_process(tmp_path: Path) -> None:
+    driver = _driver(tmp_path)
+    definition = GuestDefinition(name="bad-4", cluster=CLUSTER, host="hx", kind="vm",
+                                 disks=(DiskDefinition(name="root", size=16 * MIB),))
+    asyncio.run(driver.create(definition))
+    (tmp_path / "disks" / CLUSTER / "bad-4" / "root.qcow2").unlink()
+    with pytest.raises(GuestStartError) as caught:
+        asyncio.run(driver.start("bad-4"))
+    status = asyncio.run(driver.status("bad-4"))
+    assert status.state is GuestState.FAILED
+    assert "root.qcow2" in (status.failure_reason or "") and caught.value.reason == status.failure_reason
+    assert status.pid is None and not (tmp_path / "run" / "bad-4" / "qmp.sock").exists()
+    asyncio.run(driver.destroy("bad-4"))
+
+
+def test_not_enough_memory_fails_with_reason(tmp_path: Path) -> None:
+    driver = _driver(tmp_path)
+    huge = (rt.host_memory_available() // (128 * MIB) + 8) * 128 * MIB
+    definition = GuestDefinition(name="bad-2", cluster=CLUSTER, host="hx", kind="vm", memory=huge)
+    asyncio.run(driver.create(definition))
+    with pytest.raises(GuestStartError, match="not enough memory"):
+        asyncio.run(driver.start("bad-2"))
+    status = asyncio.run(driver.status("bad-2"))
+    assert status.state is GuestState.FAILED and "not enough memory" in (status.failure_reason or "")
+    asyncio.run(driver.destroy("bad-2"))
+    asyncio.run(driver.destroy("bad-2"))  # destroying what is gone succeeds
+    assert asyncio.run(driver.list_guests()) == []
+
+
+def test_missing_tap_bridge_cleans_up_partial_start(tmp_path: Path) -> None:
+    lab = TwoHostLab().build()
+    try:
+        driver = _driver(tmp_path, netns=lab.ns_a)
+        definition = GuestDefinition(
+            name="bad-3", cluster=CLUSTER, host="hx", kind="vm",
+            vnics=(VnicDefinition(network="lan", mac=default_mac(CLUSTER, "bad-3", 0), bridge="nosuchbr"),))
+        with pytest.raises(GuestStartError, match="bridge nosuchbr does not exist"):
+            asyncio.run(driver.spawn(definition))
+        assert asyncio.run(driver.list_guests()) == []
+        assert not (tmp_path / "disks" / CLUSTER / "bad-3").exists()
+    finally:
+        lab.close()

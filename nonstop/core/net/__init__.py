@@ -1,0 +1,1 @@
+"""Pure host-networking core: names, desired state, nftables rendering, convergence and IPAM."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nonstop.core.guests.model import (
+    Capabilities,
     DiskDefinition,
     GuestDefinition,
     GuestState,
@@ -105,21 +106,7 @@ class MigrationError(DriverError):
 # ---------------------------------------------------------------------- capabilities
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    live_migration: bool = False
-    hotplug_vcpu: bool = False
-    """vCPUs can be added to a running guest (up to ``max_vcpus``)."""
-    unplug_vcpu: bool = False
-    hotplug_memory: bool = False
-    """Memory can be added to a running guest (up to ``max_memory``)."""
-    unplug_memory: bool = False
-    hotplug_nic: bool = False
-    hotplug_disk: bool = False
-    resize_disk: bool = False
-    adoption: bool = True
-    """The driver finds its running guests again after an agent restart."""
-    console_log: bool = True
+# Capabilities lives in the pure core (the reconcile logic reads it); re-exported here.
 
 
 # ------------------------------------------------------------------------ migration

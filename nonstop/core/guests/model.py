@@ -39,6 +39,25 @@ class GuestState(str, Enum):
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do; the agent never asks for an operation whose flag is off."""
+
+    live_migration: bool = False
+    hotplug_vcpu: bool = False
+    """vCPUs can be added to a running guest (up to ``max_vcpus``)."""
+    unplug_vcpu: bool = False
+    hotplug_memory: bool = False
+    """Memory can be added to a running guest (up to ``max_memory``)."""
+    unplug_memory: bool = False
+    hotplug_nic: bool = False
+    hotplug_disk: bool = False
+    resize_disk: bool = False
+    adoption: bool = True
+    """The driver finds its running guests again after an agent restart."""
+    console_log: bool = True
+
+
+@dataclass(frozen=True)
 class DiskDefinition:
     name: str = "root"
     size: int = 1024**3

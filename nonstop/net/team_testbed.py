@@ -1,0 +1,226 @@
+"""A tiny lab for teams: two hosts and one switch, in namespaces, for tests and the bench.
+
+Role: build (and completely remove) this topology, so team tests and benchmarks do not
+depend on the full lab fabric::
+
+    <p>-h1: team0 (198.18.X.1/24) over eth0, eth1 ──┐
+                                                    ├─ <p>-sw: bridge br0 ─ h2e0 ── <p>-h2: eth0 (198.18.X.2/24)
+            eth0 ── h1e0, eth1 ── h1e1 ─────────────┘     (h1e0/h1e1 on br0, or aggregated as LAG lag0)
+
+plus helpers to cut/restore a cable (the switch-side end goes down, so the host end
+loses carrier), to make a link "dead but carrier up" (nft drop on the switch port), to
+run a program or open a socket inside a namespace, and to start/stop the team daemon.
+Every name carries a random token (``nonstop-tm<token>-...``); ``close`` removes it all.
+
+Must NOT: touch anything outside its own namespaces, or address anything outside
+198.18.0.0/15 inside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyroute2 import IPRoute, netns
+
+from nonstop.core.spec import ClusterSpec, HostSpec, TeamSpec
+from nonstop.net.team import link_info, setup_switch_lag, setup_team
+from nonstop.net.team_nft import CLONE_NEWNET, apply_script, netns_path, setns_to
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the body (in this thread) inside namespace ``name``; sockets made here stay there."""
+    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        try:
+            yield
+        finally:
+            _libc.setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def popen_in(name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start ``argv`` inside namespace ``name`` (only the child enters it)."""
+    path = netns_path(name)
+    return subprocess.Popen(argv, preexec_fn=lambda: setns_to(path), **kwargs)
+
+
+class TeamTestbed:
+    """One h1 (teamed) — sw — h2 topology; use as a context manager."""
+
+    def __init__(self, team: TeamSpec, *, lag: bool = False, subnet_octet: int | None = None) -> None:
+        self.token = secrets.token_hex(3)
+        self.prefix = f"nonstop-tm{self.token}"
+        self.h1, self.sw, self.h2 = (f"{self.prefix}-{n}" for n in ("h1", "sw", "h2"))
+        self.team = team
+        self.lag = lag
+        octet = subnet_octet if subnet_octet is not None else 100 + secrets.randbelow(150)
+        self.h1_ip = f"198.18.{octet}.1"
+        self.h2_ip = f"198.18.{octet}.2"
+        self.switch_ports = {m: f"h1e{i}" for i, m in enumerate(team.members)}
+        self.workdir = Path(f"/tmp/{self.prefix}")
+        self.daemon: subprocess.Popen[Any] | None = None
+
+    # ------------------------------------------------------------------ build
+
+    def __enter__(self) -> TeamTestbed:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def build(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for ns in (self.h1, self.sw, self.h2):
+            netns.create(ns)
+        with IPRoute(netns=self.sw) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            bridge = ipr.link_lookup(ifname="br0")[0]
+            ipr.link("set", index=bridge, state="up")
+            cables = [(port, self.h1, member) for member, port in self.switch_ports.items()]
+            cables.append(("h2e0", self.h2, "eth0"))
+            for port, ns, nic in cables:
+                ipr.link("add", ifname=port, kind="veth", peer={"ifname": nic, "net_ns_fd": ns})
+                index = ipr.link_lookup(ifname=port)[0]
+                ipr.link("set", index=index, master=bridge, state="up")
+        for ns in (self.h1, self.h2):
+            with IPRoute(netns=ns) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                for nic in ("eth0", *self.team.members) if ns == self.h1 else ("eth0",):
+                    found = ipr.link_lookup(ifname=nic)
+                    if found:
+                        ipr.link("set", index=found[0], state="up")
+        with IPRoute(netns=self.h2) as ipr:
+            ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=self.h2_ip, prefixlen=24)
+        if self.lag:
+            setup_switch_lag(self.sw, "br0", list(self.switch_ports.values()), "lag0")
+        setup_team(self.h1, self.team, mac="02:6e:73:00:00:01")
+        with IPRoute(netns=self.h1) as ipr:
+            ipr.addr("add", index=ipr.link_lookup(ifname=self.team.name)[0], address=self.h1_ip, prefixlen=24)
+        self.wait_reachable()
+
+    def wait_reachable(self, timeout: float = 5.0) -> None:
+        """Until a TCP connect from h1 to a closed port on h2 gets refused (ARP resolved)."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with in_netns(self.h1):
+                sock = socket.socket()
+            sock.settimeout(0.5)
+            try:
+                sock.connect((self.h2_ip, 9))
+            except ConnectionRefusedError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                sock.close()
+
+    def close(self) -> None:
+        self.stop_daemon()
+        for ns in (self.h1, self.sw, self.h2):
+            with contextlib.suppress(Exception):
+                netns.remove(ns)
+        with contextlib.suppress(FileNotFoundError):
+            for child in self.workdir.iterdir():
+                child.unlink()
+            self.workdir.rmdir()
+
+    # ------------------------------------------------------------------ faults
+
+    def _switch_port(self, member: str) -> int:
+        with IPRoute(netns=self.sw) as ipr:
+            return int(ipr.link_lookup(ifname=self.switch_ports[member])[0])
+
+    def cut(self, member: str) -> None:
+        """Cut the cable: the switch-side end goes down, the host NIC loses carrier."""
+        with IPRoute(netns=self.sw) as ipr:
+            ipr.link("set", index=self._switch_port(member), state="down")
+
+    def restore(self, member: str) -> None:
+        with IPRoute(netns=self.sw) as ipr:
+            ipr.link("set", index=self._switch_port(member), state="up")
+
+    def blackhole(self, member: str, on: bool = True) -> None:
+        """A dead link with carrier: the switch port silently drops what it receives."""
+        table = f"nonstop_tmdead_{member}"
+        port = self.switch_ports[member]
+        script = f"add table netdev {table}\ndelete table netdev {table}\n"
+        if on:
+            script += f'table netdev {table} {{\n\tchain c {{\n\t\ttype filter hook ingress device "{port}" priority -10; policy drop;\n\t}}\n}}\n'
+        apply_script(self.sw, script)
+
+    def carrier(self, member: str) -> bool:
+        with IPRoute(netns=self.h1) as ipr:
+            info = link_info(ipr, member)
+        return bool(info and info["carrier"])
+
+    def counters(self, ns: str, link: str) -> dict[str, int]:
+        with IPRoute(netns=ns) as ipr:
+            info = link_info(ipr, link)
+        return dict(info["counters"]) if info else {}
+
+    # ------------------------------------------------------------------ daemon
+
+    def spec_file(self) -> Path:
+        nics = [{"name": m} for m in self.team.members]
+        host = HostSpec(name="h1", cpus=1, memory="1GiB", nics=nics, teams=[self.team])
+        spec = ClusterSpec(cluster="tm", switches=["sw0"], hosts=[host])
+        path = self.workdir / "cluster.yaml"
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        return path
+
+    @property
+    def status_file(self) -> Path:
+        return self.workdir / "team-status.json"
+
+    @property
+    def events_file(self) -> Path:
+        return self.workdir / "team-events.jsonl"
+
+    def start_daemon(self, timeout: float = 10.0) -> None:
+        argv = [sys.executable, "-m", "nonstop.net.team_daemon", "--netns", self.h1, "--spec", str(self.spec_file()),
+                "--host", "h1", "--status-file", str(self.status_file), "--events-file", str(self.events_file)]
+        self.daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while not self.status_file.exists():
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                err = self.daemon.stderr.read() if self.daemon.stderr else ""
+                raise RuntimeError(f"team daemon did not start: {err}")
+            time.sleep(0.02)
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(5)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        self.daemon = None

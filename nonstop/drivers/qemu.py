@@ -60,7 +60,7 @@ from nonstop.drivers.base import (
     MigrationError,
     MigrationResult,
 )
-from nonstop.image import ImageBuildError, ensure_image
+from nonstop.image import ImageBuildError, ImagePaths, ensure_image
 
 READY_LINE = re.compile(rb"nonstop-guest: ready ([0-9a-f-]{36})")
 DEFAULT_DISK_DIR = Path("/var/lib/nonstop/disks")
@@ -106,10 +106,10 @@ class QemuDriver(Driver):
     def _layout(self, name: str) -> MachineLayout:
         return MachineLayout.from_dict(json.loads((self._disk_dir(name) / "layout.json").read_text()))
 
-    def _save_layout(self, name: str, layout: MachineLayout, boot_id: str | None = None) -> None:
+    def _save_layout(self, name: str, layout: MachineLayout, **facts: Any) -> None:
+        """Write layout.json; ``facts`` (boot_id, kernel, initrd) ride along for the migration destination."""
         data: dict[str, Any] = layout.to_dict()
-        if boot_id:
-            data["boot_id"] = boot_id
+        data.update({k: v for k, v in facts.items() if v})
         path = self._disk_dir(name) / "layout.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -199,7 +199,12 @@ class QemuDriver(Driver):
         """Spawn QEMU and wait for QMP; on any failure no process and no socket are left."""
         definition = GuestDefinition.from_dict(record["definition"])
         run_dir = self._run_dir(name)
-        image = await asyncio.to_thread(ensure_image, *([self._image_cache] if self._image_cache else []))
+        if record.get("kernel") and Path(record["kernel"]).is_file() and Path(record["initrd"]).is_file():
+            # A migration destination must load the very kernel/initrd the source booted
+            # (their sizes are part of the migrated machine), even if the image was rebuilt since.
+            image = ImagePaths(kernel=Path(record["kernel"]), initrd=Path(record["initrd"]))
+        else:
+            image = await asyncio.to_thread(ensure_image, *([self._image_cache] if self._image_cache else []))
         accel = self._accel or await asyncio.to_thread(rt.probe_accel, image.kernel, image.initrd)
         nics = tuple(
             NicAttachment(tap=vnic.host_ifname or self._tap_name(name, i), mac=vnic.mac, address=vnic.address,
@@ -209,12 +214,12 @@ class QemuDriver(Driver):
         launch = QemuLaunch(
             guest=name, host=self.host, kernel=str(image.kernel), initrd=str(image.initrd),
             qmp_socket=str(run_dir / "qmp.sock"), console_log=str(run_dir / "console.log"),
-            pid_file=str(run_dir / "qemu.pid"), accel=accel,
+            pid_file=str(run_dir / "qemu.pid"), accel=accel, host_channel=str(run_dir / "host.sock"),
             disks=tuple(DiskAttachment(d["name"], d["path"], d["format"]) for d in record["disks"]),
             nics=nics, incoming=incoming,
         )
         argv = render_argv(launch, layout)
-        for stale in ("qmp.sock", "qemu.pid", "console.log"):
+        for stale in ("qmp.sock", "host.sock", "qemu.pid", "console.log"):
             (run_dir / stale).unlink(missing_ok=True)
         log = run_dir / "qemu.log"
         log.write_bytes(b"")
@@ -233,7 +238,7 @@ class QemuDriver(Driver):
         self._children[name] = proc
         record.update(state="incoming" if incoming else "running", failure_reason=None, pid=proc.pid,
                       pid_start=rt.process_start_time(proc.pid), accel=accel, argv=argv, started_at=time.time(),
-                      stopping=False)
+                      stopping=False, kernel=str(image.kernel), initrd=str(image.initrd))
         self._save(name, record)
 
     def _alive(self, name: str, record: dict[str, Any]) -> bool:
@@ -447,8 +452,15 @@ class QemuDriver(Driver):
         layout_path = self._disk_dir(name) / "layout.json"
         if not layout_path.exists():
             raise InvalidDefinition(f"no machine layout at {layout_path}: is the disk directory shared?", guest=name)
+        layout_data = json.loads(layout_path.read_text())
         disks = []
+        known = {d["name"]: d for d in layout_data.get("disks") or []}
         for disk in definition.disks:
+            if disk.name in known:
+                if not Path(known[disk.name]["path"]).exists():
+                    raise InvalidDefinition(f"disk {known[disk.name]['path']} is not visible on {self.host}", guest=name)
+                disks.append(dict(known[disk.name]))
+                continue
             suffix = "qcow2" if disk.provisioning == "thin" else "raw"
             path = Path(disk.path) if disk.path else self._disk_dir(name) / f"{disk.name}.{suffix}"
             if not path.exists():
@@ -456,9 +468,9 @@ class QemuDriver(Driver):
             disks.append({"name": disk.name, "path": str(path), "format": "qcow2" if suffix == "qcow2" else "raw",
                           "created": disk.path is None})
         self._run_dir(name).mkdir(parents=True, exist_ok=True)
-        layout_data = json.loads(layout_path.read_text())
         record: dict[str, Any] = {"definition": definition.with_changes(host=self.host).to_dict(), "disks": disks,
-                                  "state": "incoming", "owns_disks": True, "boot_id": layout_data.get("boot_id")}
+                                  "state": "incoming", "owns_disks": True, "boot_id": layout_data.get("boot_id"),
+                                  "kernel": layout_data.get("kernel"), "initrd": layout_data.get("initrd")}
         self._save(name, record)
         try:
             await self._launch(name, record, MachineLayout.from_dict(layout_data), incoming="defer")
@@ -485,7 +497,8 @@ class QemuDriver(Driver):
     async def migrate(self, name: str, endpoint: MigrationEndpoint, *, timeout: float = 120.0) -> MigrationResult:
         record = self._load(name)
         self._require_running(name, record)
-        self._save_layout(name, self._layout(name), boot_id=self._boot_id(name, record))
+        self._save_layout(name, self._layout(name), boot_id=self._boot_id(name, record), kernel=record.get("kernel"),
+                          initrd=record.get("initrd"), disks=record.get("disks"))
         sock = self._run_dir(name) / "qmp.sock"
         started = time.monotonic()
         async with rt.qmp_session(sock) as qmp:
@@ -539,5 +552,28 @@ class QemuDriver(Driver):
         # The source wrote the boot id into the shared layout file just before migrating.
         with contextlib.suppress(OSError, ValueError):
             record["boot_id"] = json.loads((self._disk_dir(name) / "layout.json").read_text()).get("boot_id")
+        record["host_channel_error"] = await self._tell_host(name)
         self._save(name, record)
         return await self.status(name)
+
+    async def _tell_host(self, name: str, timeout: float = 3.0) -> str | None:
+        """Write ``host=<this host>`` into the guest's org.nonstop.host port and wait for its ack.
+
+        Returns None on success, else why not (the guest keeps showing its previous host;
+        a guest image without the port listener never acks)."""
+        path = self._run_dir(name) / "host.sock"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+        except (OSError, TimeoutError) as exc:
+            return f"host channel: {exc}"
+        try:
+            writer.write(f"host={self.host}\n".encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            return None if line.strip() == b"ack" else f"host channel: unexpected reply {line!r}"
+        except (OSError, TimeoutError) as exc:
+            return f"host channel: no ack ({exc.__class__.__name__})"
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -46,6 +46,7 @@ INITTAB = """\
 ::respawn:/bin/httpd -f -p 80 -h /www
 ::respawn:/bin/acpid -f -c /etc/acpi -l /dev/null
 ::respawn:/bin/uevent /etc/hotplug.sh
+::respawn:/etc/hostinfo.sh
 ::shutdown:/bin/sync
 """
 
@@ -53,6 +54,7 @@ INITTAB = """\
 _SCRIPTS = {
     "rcS.sh": "etc/rcS",
     "hotplug.sh": "etc/hotplug.sh",
+    "hostinfo.sh": "etc/hostinfo.sh",
     "index.cgi.sh": "www/cgi-bin/index.cgi",
     "poweroff.sh": "etc/acpi/PWRF/00000080",
 }

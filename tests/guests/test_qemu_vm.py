@@ -151,8 +151,9 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     assert asyncio.run(world.a.list_guests()) == []
     with pytest.raises(GuestNotFound):
         asyncio.run(world.a.status("web-0"))
-    page = world.page()
+    page = _wait_page(world, "host", "hb", timeout=5)
     assert page["boot_id"] == world.boot_id and page["vcpus"] == "2"
+    assert page["host"] == "hb", "the destination tells the guest its new host over virtio-serial"
     assert asyncio.run(world.b.status("web-0")).boot_id == world.boot_id
 
 

@@ -29,6 +29,22 @@ MAX_DIMM_SLOTS = 16
 CPU_DRIVER = "qemu64-x86_64-cpu"
 
 
+# Fixed PCI slots so the two ends of a migration agree on every device's address:
+# 0 host bridge, 1 PIIX, 2 the host-info serial port, 3-10 vNICs, 11-26 disks.
+PCI_SLOT_SERIAL = 0x02
+PCI_FIRST_NIC, MAX_NICS = 0x03, 8
+PCI_FIRST_DISK, MAX_DISKS = 0x0B, 16
+HOST_PORT_NAME = "org.nonstop.host"
+
+
+def nic_slot(index: int) -> int:
+    return PCI_FIRST_NIC + index
+
+
+def disk_slot(index: int) -> int:
+    return PCI_FIRST_DISK + index
+
+
 class LayoutError(ValueError):
     """The requested machine cannot be expressed (misaligned memory, too many vCPUs ...)."""
 
@@ -207,6 +223,9 @@ class QemuLaunch:
     nics: tuple[NicAttachment, ...] = ()
     incoming: str | None = None
     """``defer`` (then QMP migrate-incoming) or a URI like ``tcp:198.18.10.2:49152``."""
+    host_channel: str | None = None
+    """Unix socket of the ``org.nonstop.host`` virtio-serial port: the driver writes
+    ``host=NAME`` into it (after a migration) so the guest's page names its current host."""
     extra_append: tuple[str, ...] = ()
     tcg_tb_mib: int = 64
     """TCG translation cache: QEMU's 1 GiB default is mostly untouched but shows up in RSS."""
@@ -265,24 +284,34 @@ def render_argv(launch: QemuLaunch, layout: MachineLayout, binary: str = "qemu-s
         "-pidfile", launch.pid_file,
         "-no-reboot",
     ]
+    if launch.host_channel is not None:
+        _check_option_value(launch.host_channel)
+        argv += [
+            "-device", f"virtio-serial-pci,id=vser0,addr={PCI_SLOT_SERIAL:#04x}",
+            "-chardev", f"socket,id=hostinfo,path={launch.host_channel},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,chardev=hostinfo,name={HOST_PORT_NAME}",
+        ]
     for cpu in layout.cpus:
         argv += ["-device", f"{cpu.driver},id={cpu.id},socket-id={cpu.socket_id},core-id={cpu.core_id},"
                             f"thread-id={cpu.thread_id}"]
     for dimm in layout.dimms:
         argv += ["-object", f"memory-backend-ram,id=mem-{dimm.id},size={dimm.size // MIB}M",
                  "-device", f"pc-dimm,id={dimm.id},memdev=mem-{dimm.id}"]
-    for disk in launch.disks:
+    if len(launch.disks) > MAX_DISKS or len(launch.nics) > MAX_NICS:
+        raise LayoutError(f"at most {MAX_NICS} vNICs and {MAX_DISKS} disks per VM")
+    for index, disk in enumerate(launch.disks):
         _check_option_value(disk.path)
         argv += [
             "-blockdev",
             f"driver=file,filename={disk.path},node-name=file-{disk.name},cache.direct=off",
             "-blockdev", f"driver={disk.format},file=file-{disk.name},node-name=disk-{disk.name}",
-            "-device", f"virtio-blk-pci,drive=disk-{disk.name},id=blk-{disk.name},serial={disk.name}",
+            "-device", f"virtio-blk-pci,drive=disk-{disk.name},id=blk-{disk.name},serial={disk.name},"
+                       f"addr={disk_slot(index):#04x}",
         ]
     for index, nic in enumerate(launch.nics):
         argv += [
             "-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac}",
+            "-device", f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac},addr={nic_slot(index):#04x}",
         ]
     if launch.incoming is not None:
         argv += ["-incoming", launch.incoming]

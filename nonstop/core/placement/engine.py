@@ -1,0 +1,454 @@
+"""The scheduler: filters, then weighers, one guest at a time, in priority order.
+
+Role: ``place`` decides a host for each pending guest; ``Engine`` is the loop the other
+planners (failover, admission, rebalance) reuse. Every decision is "of the hosts that
+pass every filter, the one with the highest weighted score; ties go to the lowest host
+index", so equal input gives equal output.
+
+Two paths compute that same decision:
+
+- the *explaining* path evaluates every filter as a full host mask and every weigher on
+  every host, and records which filter removed which hosts and every score; it is used
+  for ``explain=`` guests, for unplaceable guests (to give the reason) and for small runs;
+- the *cached* path keeps, per request class (identical request, networks, labels), the
+  score of every host with the class-only filters folded in as −inf. Placing a guest
+  changes one host, so only that host's column is recomputed (vectorized over classes).
+  Group constraints (hard spread, anti-affinity, affinity, soft spread) touch a handful
+  of hosts per guest and are applied as a sparse patch. Both paths evaluate the same
+  elementwise expressions, so their scores are bit-identical (a test checks they agree).
+
+Order: higher priority first, then guest name — except that a group others are affine
+to is lifted to the priority of those dependents and placed just before them, so the
+first of them sets the host the rest must join.
+
+Must not: mutate the input ``ClusterState`` (a run works on a ``RunView`` copy), read
+a clock, or do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nonstop.core.placement.filters import (
+    CapacityFilter,
+    Filter,
+    GroupFilter,
+    HostFilter,
+    default_filters,
+)
+from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray
+from nonstop.core.placement.results import (
+    MAX_NAMES,
+    Explanation,
+    FilterStep,
+    HostScore,
+    PlacementResult,
+    Unplaced,
+    WeigherScore,
+)
+from nonstop.core.placement.view import RunView
+from nonstop.core.placement.weighers import (
+    DEFAULT_WEIGHTS,
+    BalanceWeigher,
+    GroupWeigher,
+    HaReserveWeigher,
+    PackWeigher,
+    ResourceWeigher,
+    SoftSpreadWeigher,
+    SpreadWeigher,
+    Weigher,
+)
+
+NEG_INF = float("-inf")
+CACHE_LIMIT = 25_000_000
+"""Most cached scores (classes × hosts) a run keeps; beyond it every guest takes the explaining path."""
+RUNNERS_UP = 3
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    filters: tuple[Filter, ...]
+    weighers: tuple[tuple[Weigher, float], ...]
+    accept_degraded: bool = True
+
+    @classmethod
+    def default(
+        cls,
+        *,
+        hosts: int = 0,
+        failures: int = 1,
+        weights: Mapping[str, float] | None = None,
+        accept_degraded: bool = True,
+    ) -> SchedulerConfig:
+        """Nova-like defaults; ``weights`` overrides by weigher name (e.g. {"PackWeigher": 1})."""
+        w = dict(DEFAULT_WEIGHTS)
+        w.update(weights or {})
+        weighers: tuple[tuple[Weigher, float], ...] = (
+            (SpreadWeigher(), w["SpreadWeigher"]),
+            (PackWeigher(), w["PackWeigher"]),
+            (BalanceWeigher(), w["BalanceWeigher"]),
+            (HaReserveWeigher(HaReserveWeigher.headroom_for(hosts, failures)), w["HaReserveWeigher"]),
+            (SoftSpreadWeigher(), w["SoftSpreadWeigher"]),
+        )
+        return cls(default_filters(), weighers, accept_degraded)
+
+    @classmethod
+    def for_state(cls, state: ClusterState, failures: int = 1, **kwargs: object) -> SchedulerConfig:
+        weights = kwargs.get("weights")
+        accept = kwargs.get("accept_degraded", True)
+        return cls.default(
+            hosts=len(state.hosts),
+            failures=failures,
+            weights=weights if isinstance(weights, Mapping) else None,
+            accept_degraded=bool(accept),
+        )
+
+
+def placement_order(state: ClusterState, guests: IntArray) -> IntArray:
+    """Guests in decision order: effective priority (desc), affinity depth, name."""
+    if len(guests) == 0:
+        return guests
+    n_groups = len(state.group_names)
+    group_max = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(group_max, state.group, state.priority)
+    lift = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
+    depth = np.zeros(n_groups, dtype=np.int64)
+    dependents = [(a, b) for a in range(n_groups) for b in state.group_affinity[a]]
+    for _ in range(n_groups):  # longest affinity chain is < n_groups (cycles stop here)
+        changed = False
+        for a, b in dependents:
+            floor = max(int(group_max[a]), int(lift[a]))
+            if floor > lift[b]:
+                lift[b] = floor
+                changed = True
+            if depth[b] + 1 > depth[a]:
+                depth[a] = depth[b] + 1
+                changed = True
+        if not changed:
+            break
+    groups = state.group[guests]
+    priority = np.maximum(state.priority[guests], lift[groups])
+    order = np.lexsort((state.name_rank[guests], depth[groups], -priority))
+    result: IntArray = guests[order]
+    return result
+
+
+class Engine:
+    """One placement run over a ``RunView``: decides, applies, explains."""
+
+    def __init__(self, view: RunView, config: SchedulerConfig) -> None:
+        self.view = view
+        self.state = view.state
+        self.config = config
+        self.host_filters = [f for f in config.filters if isinstance(f, HostFilter)]
+        self.capacity_columns = tuple(
+            sorted({f.column for f in config.filters if isinstance(f, CapacityFilter)})
+        )
+        self.group_filters = [f for f in config.filters if isinstance(f, GroupFilter)]
+        self.resource_weighers = [
+            (w, float(x)) for w, x in config.weighers if isinstance(w, ResourceWeigher) and x != 0
+        ]
+        self.group_weighers = [(w, float(x)) for w, x in config.weighers if isinstance(w, GroupWeigher) and x != 0]
+        self._group_default_terms = [
+            weight * float(w.normalize(np.array(w.default_raw, dtype=np.float64)))
+            for w, weight in self.group_weighers
+        ]
+        self._static: dict[int, BoolArray] = {}
+        self._rows: dict[int, int] = {}
+        self._cache: FloatArray | None = None
+        self._cache_static: BoolArray | None = None
+        self._cache_request: FloatArray | None = None
+
+    # ------------------------------------------------------------------ scoring
+
+    def static_mask(self, klass: int) -> BoolArray:
+        """AND of the host-only filters for one request class (cached for the run)."""
+        mask = self._static.get(klass)
+        if mask is None:
+            mask = np.ones(len(self.state.hosts), dtype=np.bool_)
+            for f in self.host_filters:
+                mask = mask & f.class_mask(self.view, klass)
+            self._static[klass] = mask
+        return mask
+
+    def evaluate(
+        self,
+        request: FloatArray,
+        used: FloatArray,
+        effective: FloatArray,
+        inv_effective: FloatArray,
+        ok: BoolArray,
+        group_norms: Sequence[FloatArray] | None = None,
+    ) -> FloatArray:
+        """Weighted score (−inf where a class-level filter fails); shapes broadcast elementwise."""
+        used_after = used + request
+        for c in self.capacity_columns:
+            ok = ok & CapacityFilter.fits(used_after[..., c], effective[..., c])
+        util = used_after * inv_effective
+        total: FloatArray = np.zeros(ok.shape, dtype=np.float64)
+        for w, weight in self.resource_weighers:
+            total = total + weight * w.normalize(w.raw(util))
+        for j, (_w, weight) in enumerate(self.group_weighers):
+            if group_norms is None:
+                total = total + self._group_default_terms[j]
+            else:
+                total = total + weight * group_norms[j]
+        result: FloatArray = np.where(ok, total, NEG_INF)
+        return result
+
+    def _group_norms(self, guest: int, hosts: IntArray | None) -> list[FloatArray]:
+        """Normalized group-weigher scores at ``hosts`` (sorted, distinct; None = all hosts)."""
+        norms = []
+        size = len(self.state.hosts) if hosts is None else len(hosts)
+        for w, _weight in self.group_weighers:
+            raw = np.full(size, w.default_raw, dtype=np.float64)
+            sparse_hosts, sparse_raw = w.sparse_raw(self.view, guest)
+            if len(sparse_hosts):
+                if hosts is None:
+                    raw[sparse_hosts] = sparse_raw
+                else:
+                    pos = np.searchsorted(hosts, sparse_hosts)
+                    hit = pos < size
+                    hit[hit] = hosts[pos[hit]] == sparse_hosts[hit]
+                    raw[pos[hit]] = sparse_raw[hit]
+            norms.append(w.normalize(raw))
+        return norms
+
+    def _group_constraints(self, guest: int) -> tuple[IntArray | None, IntArray]:
+        required: IntArray | None = None
+        excluded = []
+        for f in self.group_filters:
+            r = f.required(self.view, guest)
+            if r is not None:
+                required = r if required is None else np.intersect1d(required, r, assume_unique=True)
+            e = f.excluded(self.view, guest)
+            if len(e):
+                excluded.append(e)
+        if not excluded:
+            return required, np.zeros(0, dtype=np.intp)
+        return required, excluded[0] if len(excluded) == 1 else np.concatenate(excluded)
+
+    def _best_among(self, guest: int, hosts: IntArray) -> tuple[int, float]:
+        """Exact score of ``guest`` on a few hosts (sorted, distinct); best host and its score."""
+        if len(hosts) == 0:
+            return -1, NEG_INF
+        view = self.view
+        klass = int(self.state.klass[guest])
+        total = self.evaluate(
+            self.state.class_request[klass],
+            view.used[hosts],
+            self.state.effective[hosts],
+            view.inv_effective[hosts],
+            self.static_mask(klass)[hosts],
+            self._group_norms(guest, hosts),
+        )
+        i = int(np.argmax(total))
+        return int(hosts[i]), float(total[i])
+
+    # ---------------------------------------------------------------- deciding
+
+    def decide_full(self, guest: int, allowed: BoolArray | None = None) -> int:
+        """The decision by full evaluation over all hosts (no explanation kept).
+
+        ``allowed`` narrows the hosts further (the rebalancer's "not above the target").
+        """
+        view = self.view
+        klass = int(self.state.klass[guest])
+        total = self.evaluate(
+            self.state.class_request[klass],
+            view.used,
+            self.state.effective,
+            view.inv_effective,
+            self.static_mask(klass),
+            self._group_norms(guest, None),
+        )
+        required, excluded = self._group_constraints(guest)
+        if required is not None:
+            allowed = np.zeros(len(total), dtype=np.bool_)
+            allowed[required] = True
+            total = np.where(allowed, total, NEG_INF)
+        total[excluded] = NEG_INF
+        if allowed is not None:
+            total = np.where(allowed, total, NEG_INF)
+        i = int(np.argmax(total))
+        return i if total[i] > NEG_INF else -1
+
+    def decide_cached(self, guest: int) -> int:
+        """The same decision from the per-class score cache plus a sparse group patch."""
+        assert self._cache is not None
+        row = self._cache[self._rows[int(self.state.klass[guest])]]
+        required, excluded = self._group_constraints(guest)
+        if required is not None:
+            candidates = np.setdiff1d(required, excluded, assume_unique=False) if len(excluded) else required
+            host, _score = self._best_among(guest, candidates)
+            return host
+        soft = [h for w, _ in self.group_weighers for h in (w.sparse_raw(self.view, guest)[0],) if len(h)]
+        if not soft and not len(excluded):
+            i = int(np.argmax(row))
+            return i if row[i] > NEG_INF else -1
+        soft_hosts = np.unique(np.concatenate(soft)) if soft else np.zeros(0, dtype=np.intp)
+        blocked = np.concatenate((excluded, soft_hosts))
+        saved = row[blocked]
+        row[blocked] = NEG_INF
+        i = int(np.argmax(row))
+        best = float(row[i])
+        row[blocked] = saved
+        if len(soft_hosts):
+            if len(excluded):
+                soft_hosts = np.setdiff1d(soft_hosts, excluded)
+            j, score = self._best_among(guest, soft_hosts)
+            if j >= 0 and (score > best or (score == best and j < i)):
+                i, best = j, score
+        return i if best > NEG_INF else -1
+
+    def explain(self, guest: int) -> tuple[int, Explanation]:
+        """The decision by the explaining path, with every filter step and weigher score."""
+        state, view = self.state, self.view
+        n = len(state.hosts)
+        remaining = np.ones(n, dtype=np.bool_)
+        steps = []
+        for f in self.config.filters:
+            mask = f.host_mask(view, guest)
+            removed = np.flatnonzero(remaining & ~mask)
+            remaining &= mask
+            names = tuple(state.host_names[h] for h in removed[:MAX_NAMES].tolist())
+            steps.append(FilterStep(f.label, len(removed), names, int(remaining.sum())))
+        klass = int(state.klass[guest])
+        group_norms = self._group_norms(guest, None)
+        total = self.evaluate(
+            state.class_request[klass], view.used, state.effective, view.inv_effective,
+            np.ones(n, dtype=np.bool_), group_norms,
+        )
+        total = np.where(remaining, total, NEG_INF)
+        candidates = np.flatnonzero(remaining)
+        ranked = candidates[np.lexsort((candidates, -total[candidates]))][: RUNNERS_UP + 1]
+        scores = [self._host_score(guest, int(h), float(total[h])) for h in ranked.tolist()]
+        name = state.guest_names[guest]
+        if not scores:
+            return -1, Explanation(name, tuple(steps), None, (), unplaceable_reason(steps))
+        chosen = int(ranked[0])
+        reason = f"highest score {scores[0].total:.4f} of {len(candidates)} hosts that pass every filter"
+        return chosen, Explanation(name, tuple(steps), scores[0], tuple(scores[1:]), reason)
+
+    def _host_score(self, guest: int, host: int, total: float) -> HostScore:
+        state, view = self.state, self.view
+        request = state.request[guest]
+        util = (view.used[host] + request) * view.inv_effective[host]
+        parts = []
+        for w, weight in self.config.weighers:
+            if isinstance(w, ResourceWeigher):
+                raw = w.raw(util)
+            else:
+                assert isinstance(w, GroupWeigher)
+                raw = np.array(w.default_raw, dtype=np.float64)
+                hosts, values = w.sparse_raw(view, guest)
+                hit = np.flatnonzero(hosts == host)
+                if len(hit):
+                    raw = np.array(values[hit[0]], dtype=np.float64)
+            parts.append(WeigherScore(w.name, weight, float(raw), float(w.normalize(raw))))
+        return HostScore(state.host_names[host], total, tuple(parts))
+
+    # -------------------------------------------------------------------- runs
+
+    def _build_cache(self, classes: Iterable[int]) -> None:
+        view, state = self.view, self.state
+        classes = sorted(set(classes))
+        self._rows = {k: i for i, k in enumerate(classes)}
+        self._cache_static = np.stack([self.static_mask(k) for k in classes])
+        self._cache_request = state.class_request[classes]
+        self._cache = np.stack([
+            self.evaluate(state.class_request[k], view.used, state.effective, view.inv_effective,
+                          self._cache_static[i])
+            for i, k in enumerate(classes)
+        ])
+
+    def touch(self, host: int) -> None:
+        """Recompute every cached class's score on ``host`` after its usage changed."""
+        if self._cache is None:
+            return
+        assert self._cache_static is not None and self._cache_request is not None
+        view = self.view
+        self._cache[:, host] = self.evaluate(
+            self._cache_request, view.used[host], self.state.effective[host],
+            view.inv_effective[host], self._cache_static[:, host],
+        )
+
+    def run(
+        self,
+        order: IntArray,
+        *,
+        explain: frozenset[int] = frozenset(),
+        reasons: bool = True,
+        stop_on_failure: bool = False,
+        use_cache: bool | None = None,
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, str]], dict[str, Explanation]]:
+        """Decide and apply each guest of ``order``; returns placed, unplaced, explanations."""
+        classes = set(self.state.klass[order].tolist())
+        if use_cache is None:
+            use_cache = len(order) >= 4 * len(classes) and len(classes) * len(self.state.hosts) <= CACHE_LIMIT
+        if use_cache and len(order):
+            self._build_cache(classes)
+        placed: list[tuple[int, int]] = []
+        unplaced: list[tuple[int, str]] = []
+        explanations: dict[str, Explanation] = {}
+        for guest in order.tolist():
+            if guest in explain:
+                host, explanation = self.explain(guest)
+                explanations[explanation.guest] = explanation
+            elif self._cache is not None:
+                host = self.decide_cached(guest)
+            else:
+                host = self.decide_full(guest)
+            if host < 0:
+                reason = self.explain(guest)[1].reason if reasons else "no host passes the filters"
+                unplaced.append((guest, reason))
+                if stop_on_failure:
+                    break
+                continue
+            self.view.assign(guest, host)
+            self.touch(host)
+            placed.append((guest, host))
+        return placed, unplaced, explanations
+
+
+def unplaceable_reason(steps: Sequence[FilterStep]) -> str:
+    removed = [s for s in steps if s.removed]
+    if not removed:
+        return "no hosts in the cluster"
+    parts = []
+    for s in removed:
+        more = "" if s.removed <= len(s.removed_hosts) else f", +{s.removed - len(s.removed_hosts)} more"
+        parts.append(f"{s.filter} removed {s.removed} ({', '.join(s.removed_hosts)}{more})")
+    return "no host passes the filters: " + "; ".join(parts)
+
+
+def place(
+    state: ClusterState,
+    pending: Sequence[str] | None = None,
+    config: SchedulerConfig | None = None,
+    *,
+    explain: Iterable[str] = (),
+    use_cache: bool | None = None,
+) -> PlacementResult:
+    """Place ``pending`` guests (default: every guest without a host) in priority order."""
+    config = config or SchedulerConfig.for_state(state)
+    view = RunView.start(state, config.accept_degraded)
+    if pending is None:
+        guests = np.flatnonzero(state.assignment < 0).astype(np.intp)
+    else:
+        guests = np.array([state.guest_index[name] for name in pending], dtype=np.intp)
+        for g in guests.tolist():
+            if view.assignment[g] >= 0:
+                view.assign(g, -1)
+    engine = Engine(view, config)
+    wanted = frozenset(state.guest_index[name] for name in explain if name in state.guest_index)
+    placed, unplaced, explanations = engine.run(placement_order(state, guests), explain=wanted, use_cache=use_cache)
+    return PlacementResult(
+        state=state.with_assignment(view.assignment),
+        placed=tuple((state.guest_names[g], state.host_names[h]) for g, h in placed),
+        unplaced=tuple(Unplaced(state.guest_names[g], reason) for g, reason in unplaced),
+        explanations=explanations,
+    )

@@ -1,0 +1,120 @@
+"""The working copy one placement run reads and updates: usage, conditions, group occupancy.
+
+Role: filters and weighers look at a ``RunView`` rather than at a ``ClusterState`` so
+that one run (``place``, a failover plan, an admission check) can place guests one by
+one and see its own earlier decisions, without ever mutating the input state.
+``Occupancy`` answers "on which hosts are the guests of group g?" in time proportional
+to the group (small groups) or to the hosts (large groups, kept as a dense count array).
+
+Must not: decide anything, or be shared between runs (it is mutable scratch space).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from nonstop.core.placement.model import ClusterState, FloatArray, HostCondition, IntArray
+
+BIG_GROUP = 256
+"""Groups larger than this keep a dense per-host count array instead of scanning members."""
+
+
+class Occupancy:
+    """Per-group host occupancy over a mutable copy of the assignment array."""
+
+    def __init__(self, state: ClusterState, assignment: IntArray) -> None:
+        self.state = state
+        self.assignment = assignment
+        self._dense: dict[int, NDArray[np.int64]] = {}
+
+    def _dense_counts(self, group: int) -> NDArray[np.int64]:
+        counts = self._dense.get(group)
+        if counts is None:
+            hosts = self.assignment[self.state.members(group)]
+            counts = np.bincount(hosts[hosts >= 0], minlength=len(self.state.hosts)).astype(np.int64)
+            self._dense[group] = counts
+        return counts
+
+    def hosts(self, group: int) -> IntArray:
+        """Hosts holding at least one guest of the group (may repeat for small groups)."""
+        members = self.state.members(group)
+        if len(members) > BIG_GROUP:
+            return np.flatnonzero(self._dense_counts(group))
+        hosts = self.assignment[members]
+        return hosts[hosts >= 0]
+
+    def counts(self, group: int) -> tuple[IntArray, NDArray[np.int64]]:
+        """Distinct hosts of the group (ascending) and how many of its guests each holds."""
+        members = self.state.members(group)
+        if len(members) > BIG_GROUP:
+            dense = self._dense_counts(group)
+            hosts = np.flatnonzero(dense)
+            return hosts, dense[hosts]
+        placed = self.assignment[members]
+        unique, counts = np.unique(placed[placed >= 0], return_counts=True)
+        return unique.astype(np.intp), counts.astype(np.int64)
+
+    def move(self, guest: int, host: int) -> None:
+        """Record that ``guest`` now runs on ``host`` (-1: nowhere)."""
+        old = int(self.assignment[guest])
+        self.assignment[guest] = host
+        dense = self._dense.get(int(self.state.group[guest]))
+        if dense is not None:
+            if old >= 0:
+                dense[old] -= 1
+            if host >= 0:
+                dense[host] += 1
+
+
+@dataclass
+class RunView:
+    """Everything a filter or weigher may read during one run."""
+
+    state: ClusterState
+    used: FloatArray
+    condition: NDArray[np.int8]
+    occupancy: Occupancy
+    accept_degraded: bool = True
+    """False when the policy says degraded hosts take no new guests."""
+    inv_effective: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A host with no effective capacity of a resource is full of it: any positive request
+        # yields a huge utilization, and the capacity filter rejects it anyway.
+        self.inv_effective = 1.0 / np.maximum(self.state.effective, 1e-9)
+
+    @classmethod
+    def start(cls, state: ClusterState, accept_degraded: bool = True) -> RunView:
+        assignment = np.array(state.assignment, dtype=np.intp)
+        return cls(
+            state=state,
+            used=np.array(state.used, dtype=np.float64),
+            condition=np.array(state.condition, dtype=np.int8),
+            occupancy=Occupancy(state, assignment),
+            accept_degraded=accept_degraded,
+        )
+
+    @property
+    def assignment(self) -> IntArray:
+        return self.occupancy.assignment
+
+    def assign(self, guest: int, host: int) -> None:
+        """Move ``guest`` to ``host`` (-1: unplace it), keeping usage and occupancy current."""
+        old = int(self.occupancy.assignment[guest])
+        request = self.state.request[guest]
+        if old >= 0:
+            self.used[old] -= request
+        if host >= 0:
+            self.used[host] += request
+        self.occupancy.move(guest, host)
+
+    def fail_hosts(self, hosts: IntArray) -> IntArray:
+        """Mark hosts FAILED and unplace their guests; returns those guests."""
+        self.condition[hosts] = int(HostCondition.FAILED)
+        displaced = np.flatnonzero(np.isin(self.occupancy.assignment, hosts))
+        for guest in displaced.tolist():
+            self.assign(guest, -1)
+        return displaced

@@ -39,3 +39,5 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# The built-in VM guest image (kernel + busybox initramfs), cached under /var/cache/nonstop/images.
+[ "$(id -u)" != 0 ] || .venv/bin/python -m nonstop.image build >/dev/null || echo "setup: guest image not built" >&2

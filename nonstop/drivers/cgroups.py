@@ -160,13 +160,22 @@ class CgroupV1(Cgroup):
 
     def set_memory(self, limit: int) -> None:
         mem = self.paths["memory"]
+        current = int(_read(mem / "memory.limit_in_bytes"))
+        # The kernel wants memsw >= memory at every step: when growing, memsw goes first.
+        growing = limit > current
+        if growing:
+            self._set_memsw(limit)
         try:
             _write(mem / "memory.limit_in_bytes", limit)
         except OSError as exc:
             raise CgroupError(f"cannot set memory.limit_in_bytes to {limit}: {exc.strerror}") from exc
-        # Keep swap out of the picture where swap accounting exists (EINVAL when it is disabled).
+        if not growing:
+            self._set_memsw(limit)
+
+    def _set_memsw(self, limit: int) -> None:
+        # Keeps swap out of the picture where swap accounting exists (absent or EINVAL otherwise).
         with contextlib.suppress(OSError):
-            _write(mem / "memory.memsw.limit_in_bytes", limit)
+            _write(self.paths["memory"] / "memory.memsw.limit_in_bytes", limit)
 
     def set_pids(self, limit: int) -> None:
         if "pids" in self.paths:

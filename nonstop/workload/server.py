@@ -88,6 +88,7 @@ def _burn(cpus: int, seconds: float) -> list[int]:
     for _ in range(cpus):
         pid = os.fork()
         if pid == 0:  # child: spin, then leave without running the parent's cleanup
+            os.closerange(3, 65536)  # drop inherited sockets, or clients would wait for our exit
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 pass

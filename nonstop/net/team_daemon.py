@@ -49,6 +49,7 @@ from nonstop.core.net.team_render import peer_name, render_ruleset
 from nonstop.core.spec import ClusterSpec, TeamSpec
 from nonstop.net.team import data_path_for, lag_config, link_info, probe_macs, setup_team
 from nonstop.net.team_frames import Announcer, ArpProbe, open_member_socket, parse_probe_reply
+from nonstop.net.team_linkwatch import LinkWatcher
 from nonstop.net.team_nft import InProcessNft, setns_to
 
 PROBE_MISSED = 3
@@ -97,8 +98,7 @@ class TeamDaemon:
         self.events = events
         self.meta = meta
         self.ipr = IPRoute()
-        self.watch = IPRoute()
-        self.watch.bind()
+        self.watch = LinkWatcher()
         self.nft = InProcessNft()
         self.running = True
         self.next_status = 0.0
@@ -198,16 +198,11 @@ class TeamDaemon:
     # -------------------------------------------------------------------- loop
 
     def on_link_events(self, now: float) -> None:
-        for msg in self.watch.get():
-            if msg.get("event") not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                continue
-            name = msg.get("IFLA_IFNAME")
-            flags = int(msg.get("flags", 0))
-            carrier = msg.get("event") == "RTM_NEWLINK" and bool(flags & 0x1 and flags & 0x10000)
+        for event in self.watch.read():
             for team in self.teams:
-                if name in team.carrier and team.carrier[name] != carrier:
-                    team.carrier[name] = carrier
-                    self.observe(team, name, now)
+                if event.name in team.carrier and team.carrier[event.name] != event.carrier:
+                    team.carrier[event.name] = event.carrier
+                    self.observe(team, event.name, now)
 
     def poll(self, team: MonitoredTeam, now: float) -> None:
         """The miimon pass: re-read carrier, send probes, judge probe silence, run delays."""

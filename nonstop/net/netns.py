@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from pyroute2 import netns as _pyroute2_netns
@@ -137,6 +137,10 @@ class NetnsThread:
 
     def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., T], *args: object, **kwargs: object) -> Future[T]:
+        """Run ``fn`` in the namespace without waiting (wrap with asyncio.wrap_future)."""
+        return self._pool.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -1,0 +1,157 @@
+"""The lab's names and addressing plan (pure functions of the cluster spec).
+
+Role: say what every lab object is called and which address it has, so ``lab up``,
+``lab down``, fault injection, tests and later issues (controller, BMCs, load balancer)
+agree without asking the kernel. The plan (documented in docs/lab.md):
+
+* namespaces ``nonstop-<cluster>-fab`` (the switches), ``-ctl`` (controller/management),
+  ``-out`` (the upstream network) and ``-<host>`` per host;
+* in ``fab``: one bridge per switch, named as the switch; switch k and k+1 joined by an
+  inter-switch link ``isl<k>a``/``isl<k>b``, so the switches form one L2 domain (a team
+  that fails over from sw0 to sw1 stays reachable); host NIC ports ``<host>-<nic>``
+  (shortened with a hash when longer than 15); ctl and out legs ``c-<sw>``/``o-<sw>``,
+  named ``<sw>`` inside ctl and out;
+* management subnet per switch: switch k is 198.18.k.0/24 (k < 8), ctl .1, out .254,
+  host number i (spec order) .(10 + i), .2 to .9 reserved for lab services; a host's
+  uplink (team or NIC) gets the address of every switch its NICs are cabled to;
+* guest networks come from the spec and must lie in 198.18.0.0/15 outside
+  198.18.0.0/21; out holds each bridged network's gateway and routes between them.
+
+Must not: touch the system.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from nonstop.core.net.names import fit
+from nonstop.core.net.render import gateway_address, uplink_device
+from nonstop.core.spec import ClusterSpec, HostSpec, NetworkMode
+
+LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+MANAGEMENT_RANGE = ipaddress.IPv4Network("198.18.0.0/21")
+MAX_SWITCHES = 8
+MAX_HOSTS = 200
+CTL_OCTET = 1
+OUT_OCTET = 254
+HOST_OCTET_BASE = 10
+STATE_ROOT = "/run/nonstop"
+
+
+def ns_prefix(cluster: str) -> str:
+    return f"nonstop-{cluster}-"
+
+
+def fabric_ns(cluster: str) -> str:
+    return f"nonstop-{cluster}-fab"
+
+
+def ctl_ns(cluster: str) -> str:
+    return f"nonstop-{cluster}-ctl"
+
+
+def out_ns(cluster: str) -> str:
+    return f"nonstop-{cluster}-out"
+
+
+def host_ns(cluster: str, host: str) -> str:
+    return f"nonstop-{cluster}-{host}"
+
+
+def all_namespaces(spec: ClusterSpec) -> list[str]:
+    c = spec.cluster
+    return [fabric_ns(c), ctl_ns(c), out_ns(c)] + [host_ns(c, h.name) for h in spec.hosts]
+
+
+def state_dir(cluster: str) -> str:
+    return f"{STATE_ROOT}/{cluster}"
+
+
+def port_name(host: str, nic: str) -> str:
+    """The switch port (in fab) that host ``host``'s NIC ``nic`` is cabled to."""
+    return fit("", f"{host}-{nic}")
+
+
+def leg_names(role: str, switch: str) -> tuple[str, str]:
+    """(switch-side port in fab, interface inside the ctl/out namespace) of a leg."""
+    return fit(f"{role[0]}-", switch), switch
+
+
+def isl_names(k: int) -> tuple[str, str]:
+    """Inter-switch link between switches k and k+1: (end on k, end on k+1)."""
+    return f"isl{k}a", f"isl{k}b"
+
+
+def switch_subnet(k: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"198.18.{k}.0/24")
+
+
+def switch_address(k: int, octet: int) -> str:
+    return f"198.18.{k}.{octet}"
+
+
+def host_octet(spec: ClusterSpec, host: str) -> int:
+    return HOST_OCTET_BASE + [h.name for h in spec.hosts].index(host)
+
+
+def uplink_switches(spec: ClusterSpec, host: HostSpec, uplink: str) -> list[int]:
+    """Indexes of the switches an uplink (team or NIC) reaches."""
+    members = next((t.members for t in host.teams if t.name == uplink), [uplink])
+    out: list[int] = []
+    for i, nic in enumerate(host.nics):
+        if nic.name in members:
+            k = spec.switches.index(spec.nic_switch(host, i))
+            if k not in out:
+                out.append(k)
+    return out
+
+
+def host_addresses(spec: ClusterSpec, host: HostSpec) -> list[tuple[str, str]]:
+    """(device, CIDR) of the host's management addresses; the first is its primary."""
+    octet = host_octet(spec, host.name)
+    claimed: set[int] = set()
+    out = []
+    for uplink in host.uplink_names():
+        device = uplink_device(spec, host, uplink)
+        for k in uplink_switches(spec, host, uplink):
+            if k not in claimed:
+                claimed.add(k)
+                out.append((device, f"{switch_address(k, octet)}/24"))
+    return out
+
+
+def host_default_gateway(spec: ClusterSpec, host: HostSpec) -> str | None:
+    """out's address on the switch of the host's primary address."""
+    addresses = host_addresses(spec, host)
+    if not addresses:
+        return None
+    k = int(addresses[0][1].split(".")[2])
+    return switch_address(k, OUT_OCTET)
+
+
+def bridged_gateways(spec: ClusterSpec) -> list[str]:
+    """CIDRs out holds: the gateway of every bridged network."""
+    return [
+        f"{gateway_address(net)}/{net.network().prefixlen}" for net in spec.networks if net.mode is NetworkMode.BRIDGED
+    ]
+
+
+def check_plan(spec: ClusterSpec) -> list[str]:
+    """Reasons the spec cannot be built as a lab (empty when it can)."""
+    problems = []
+    if len(spec.switches) > MAX_SWITCHES:
+        problems.append(f"the lab supports at most {MAX_SWITCHES} switches, the spec has {len(spec.switches)}")
+    if len(spec.hosts) > MAX_HOSTS:
+        problems.append(f"the lab supports at most {MAX_HOSTS} hosts, the spec has {len(spec.hosts)}")
+    for net in spec.networks:
+        subnet = net.network()
+        if not subnet.subnet_of(LAB_RANGE):
+            problems.append(f"network {net.name}: {subnet} is outside the lab range {LAB_RANGE}")
+        elif subnet.overlaps(MANAGEMENT_RANGE):
+            problems.append(f"network {net.name}: {subnet} overlaps the lab management range {MANAGEMENT_RANGE}")
+    for host in spec.hosts:
+        if host.name in ("fab", "ctl", "out"):
+            problems.append(f'host {host.name}: the names "fab", "ctl" and "out" are taken by lab namespaces')
+        if len(ns_prefix(spec.cluster) + host.name) > 64:
+            problems.append(f"host {host.name}: namespace name too long")
+    return problems

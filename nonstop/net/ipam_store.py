@@ -1,0 +1,79 @@
+"""IPAM kept in the store: claim, look up and release guest addresses per network.
+
+Role: persist address assignments under ``/nonstop/<cluster>/ipam/<network>/<ip>`` (value:
+the owner, i.e. the guest name) so they survive restarts and are shared by every agent
+and the controller. The pure allocator (nonstop.core.net.ipam) picks the address; the
+claim is a store transaction that succeeds only if the key is still absent, so two
+callers racing for the same address cannot both get it: the loser re-reads and picks
+again.
+
+Must not: choose addresses itself or hold any state outside the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nonstop.core.net import ipam
+from nonstop.core.spec import NetworkSpec
+
+MAX_CLAIM_ATTEMPTS = 64
+
+
+def key_prefix(cluster: str, network: str) -> str:
+    return f"/nonstop/{cluster}/ipam/{network}/"
+
+
+async def taken(store: Any, cluster: str, network: str) -> dict[str, str]:
+    """address -> owner for every address assigned on ``network``."""
+    prefix = key_prefix(cluster, network)
+    return {kv.key[len(prefix):]: kv.value.decode() for kv in await store.list(prefix)}
+
+
+async def allocate_address(store: Any, cluster: str, network: NetworkSpec, guest: str) -> str:
+    """The address of ``guest`` on ``network``: the one it holds, else a newly claimed one.
+    Raises ipam.AddressPoolExhaustedError when the subnet is full."""
+    from nonstop.store.base import Compare, Op
+
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        current = await taken(store, cluster, network.name)
+        address = ipam.choose(network.subnet, network.gateway, current, guest)
+        if current.get(address) == guest:
+            return address
+        key = key_prefix(cluster, network.name) + address
+        result = await store.txn([Compare.missing(key)], [Op.put(key, guest.encode())])
+        if result.succeeded:
+            return address
+    raise RuntimeError(f"could not claim an address on {network.name} after {MAX_CLAIM_ATTEMPTS} attempts")
+
+
+async def address_of(store: Any, cluster: str, network: str, guest: str) -> str | None:
+    return ipam.held_by(await taken(store, cluster, network), guest)
+
+
+async def release_address(store: Any, cluster: str, network: str, guest: str) -> list[str]:
+    """Release every address ``guest`` holds on ``network``; returns them. Only keys still
+    owned by ``guest`` are deleted (a transaction compares the value)."""
+    from nonstop.store.base import Compare, Op
+
+    released = []
+    prefix = key_prefix(cluster, network)
+    for address, owner in (await taken(store, cluster, network)).items():
+        if owner == guest:
+            key = prefix + address
+            result = await store.txn([Compare.value(key, guest.encode())], [Op.delete(key)])
+            if result.succeeded:
+                released.append(address)
+    return released
+
+
+async def guest_addresses(store: Any, cluster: str, networks: list[str]) -> dict[str, dict[str, str]]:
+    """network -> guest -> address (the lowest it holds), for ``ensure_host_network``'s port forwards."""
+    out: dict[str, dict[str, str]] = {}
+    for network in networks:
+        per_guest: dict[str, str] = {}
+        for address, owner in (await taken(store, cluster, network)).items():
+            held = ipam.held_by({address: owner, **({per_guest[owner]: owner} if owner in per_guest else {})}, owner)
+            per_guest[owner] = held or address
+        out[network] = per_guest
+    return out

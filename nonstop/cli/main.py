@@ -25,6 +25,7 @@ app = typer.Typer(
 # Each module exposes register(app: typer.Typer) -> None.
 VERB_MODULES = (
     "nonstop.cli.spec_verbs",
+    "nonstop.cli.plan_verbs",
     "nonstop.cli.store_verbs",
     "nonstop.cli.lb_verbs",
     "nonstop.cli.lab_verbs",

@@ -166,8 +166,12 @@ def admission(
     config: SchedulerConfig | None = None,
     *,
     combination_limit: int = COMBINATION_LIMIT,
+    prove: bool = True,
 ) -> AdmissionReport:
-    """Does every guest still fit if any ``failures`` hosts fail? Worst case, headroom, verdict."""
+    """Does every guest still fit if any ``failures`` hosts fail? Worst case, headroom, verdict.
+
+    ``prove=False`` skips the proof and simulates every host set (for tests and benchmarks).
+    """
     config = config or SchedulerConfig.for_state(state, failures=failures)
     usable = _usable(state, config)
     candidates = np.flatnonzero(state.condition != int(HostCondition.FAILED))
@@ -198,7 +202,7 @@ def admission(
         return None
 
     if failures == 1:
-        proven = prover.single_host_proven()
+        proven = prover.single_host_proven() if prove else np.zeros(len(state.hosts), dtype=np.bool_)
         to_check = [[h] for h in candidates.tolist() if not proven[h]]
         failure = first_failure(to_check)
         if failure is not None:
@@ -214,7 +218,7 @@ def admission(
     combinations = math.comb(len(candidates), failures)
     if combinations <= combination_limit:
         sets = [list(c) for c in itertools.combinations(candidates.tolist(), failures)]
-        failure = first_failure([s for s in sets if not prover.set_proven(s)])
+        failure = first_failure([s for s in sets if not (prove and prover.set_proven(s))])
         if failure is not None:
             return failure
         worst_set = min(sets, key=lambda s: float(_headroom(state, usable, s).min()))

@@ -33,13 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from nonstop.core.placement.filters import (
+    AffinityFilter,
+    AntiAffinityFilter,
     CapacityFilter,
     Filter,
     GroupFilter,
     HostFilter,
     default_filters,
 )
-from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray
+from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray, Spread
 from nonstop.core.placement.results import (
     MAX_NAMES,
     Explanation,
@@ -161,6 +163,10 @@ class Engine:
         self._cache: FloatArray | None = None
         self._cache_static: BoolArray | None = None
         self._cache_request: FloatArray | None = None
+        # Batching is exact only for the group plugins whose effects it knows.
+        self._batchable = all(
+            isinstance(f, AffinityFilter | AntiAffinityFilter) for f in self.group_filters
+        ) and all(isinstance(w, SoftSpreadWeigher) for w, _ in self.group_weighers)
 
     # ------------------------------------------------------------------ scoring
 
@@ -185,10 +191,13 @@ class Engine:
     ) -> FloatArray:
         """Weighted score (−inf where a class-level filter fails); shapes broadcast elementwise."""
         used_after = used + request
-        for c in self.capacity_columns:
-            ok = ok & CapacityFilter.fits(used_after[..., c], effective[..., c])
+        if self.capacity_columns == (0, 1, 2):
+            ok = ok & np.all(CapacityFilter.fits(used_after, effective), axis=-1)
+        else:
+            for c in self.capacity_columns:
+                ok = ok & CapacityFilter.fits(used_after[..., c], effective[..., c])
         util = used_after * inv_effective
-        total: FloatArray = np.zeros(ok.shape, dtype=np.float64)
+        total: FloatArray | float = 0.0
         for w, weight in self.resource_weighers:
             total = total + weight * w.normalize(w.raw(util))
         for j, (_w, weight) in enumerate(self.group_weighers):
@@ -365,16 +374,63 @@ class Engine:
             for i, k in enumerate(classes)
         ])
 
-    def touch(self, host: int) -> None:
-        """Recompute every cached class's score on ``host`` after its usage changed."""
+    def touch(self, hosts: int | IntArray) -> None:
+        """Recompute every cached class's score on ``hosts`` after their usage changed."""
         if self._cache is None:
             return
         assert self._cache_static is not None and self._cache_request is not None
         view = self.view
-        self._cache[:, host] = self.evaluate(
-            self._cache_request, view.used[host], self.state.effective[host],
-            view.inv_effective[host], self._cache_static[:, host],
+        if isinstance(hosts, int):
+            self._cache[:, hosts] = self.evaluate(
+                self._cache_request, view.used[hosts], self.state.effective[hosts],
+                view.inv_effective[hosts], self._cache_static[:, hosts],
+            )
+            return
+        self._cache[:, hosts] = self.evaluate(
+            self._cache_request[:, None, :], view.used[hosts][None], self.state.effective[hosts][None],
+            view.inv_effective[hosts][None], self._cache_static[:, hosts],
         )
+
+    def _batch_length(self, order: list[int], start: int, explain: frozenset[int]) -> int:
+        """How many guests from ``start`` on can be decided as one hard-spread batch.
+
+        Consecutive guests of one hard-spread group and one request class: placing one on
+        host x changes only x's score, and x is then excluded for its siblings anyway, so
+        sequential greedy equals "the n best distinct hosts" — decided with one cache update.
+        """
+        if not self._batchable or self._cache is None:
+            return 1
+        state = self.state
+        first = order[start]
+        group = int(state.group[first])
+        if state.group_spread[group] is not Spread.HARD or state.group_affinity[group] or first in explain:
+            return 1
+        klass = int(state.klass[first])
+        end = start + 1
+        while (end < len(order) and int(state.group[order[end]]) == group
+               and int(state.klass[order[end]]) == klass and order[end] not in explain):
+            end += 1
+        return end - start
+
+    def decide_batch(self, guests: list[int]) -> list[int]:
+        """Hosts for a hard-spread batch (see ``_batch_length``); stops at the first that fails."""
+        assert self._cache is not None
+        row = self._cache[self._rows[int(self.state.klass[guests[0]])]]
+        _required, excluded = self._group_constraints(guests[0])
+        saved = row[excluded]
+        row[excluded] = NEG_INF
+        chosen: list[int] = []
+        chosen_scores: list[float] = []
+        for _guest in guests:
+            i = int(np.argmax(row))
+            if row[i] == NEG_INF:
+                break
+            chosen.append(i)
+            chosen_scores.append(float(row[i]))
+            row[i] = NEG_INF
+        row[chosen] = chosen_scores
+        row[excluded] = saved
+        return chosen
 
     def run(
         self,
@@ -394,7 +450,21 @@ class Engine:
         placed: list[tuple[int, int]] = []
         unplaced: list[tuple[int, str]] = []
         explanations: dict[str, Explanation] = {}
-        for guest in order.tolist():
+        guests = order.tolist()
+        position = 0
+        while position < len(guests):
+            batch = self._batch_length(guests, position, explain)
+            if batch > 1:
+                hosts = self.decide_batch(guests[position : position + batch])
+                for guest, host in zip(guests[position : position + len(hosts)], hosts, strict=True):
+                    self.view.assign(guest, host)
+                    placed.append((guest, host))
+                if hosts:
+                    self.touch(np.array(hosts, dtype=np.intp))
+                    position += len(hosts)
+                    continue
+            guest = guests[position]
+            position += 1
             if guest in explain:
                 host, explanation = self.explain(guest)
                 explanations[explanation.guest] = explanation

@@ -43,7 +43,7 @@ def probe_accel(kernel: Path, initrd: Path, *, cache_dir: Path = ACCEL_CACHE, fo
     """``kvm`` if a KVM guest reaches our init within ``KVM_PROBE_SECONDS``, else ``tcg``.
 
     /dev/kvm can exist and accept ioctls while guests hang (this machine); only a real boot
-    tells. The answer is cached per kernel image and QEMU binary, so the probe runs once.
+    tells. The answer is cached per host kernel and QEMU binary, so the probe runs once.
     """
     override = os.environ.get("NONSTOP_ACCEL")
     if override in ("kvm", "tcg"):
@@ -51,8 +51,9 @@ def probe_accel(kernel: Path, initrd: Path, *, cache_dir: Path = ACCEL_CACHE, fo
     if not os.path.exists("/dev/kvm"):
         return "tcg"
     qemu_path = _which(QEMU)
+    # Whether KVM guests run depends on this machine's kernel and the QEMU build, not on the guest image.
     key = hashlib.sha256(
-        f"{kernel}:{kernel.stat().st_mtime_ns}:{qemu_path}:{Path(qemu_path).stat().st_mtime_ns}".encode()
+        f"{os.uname().release}:{qemu_path}:{Path(qemu_path).stat().st_mtime_ns}".encode()
     ).hexdigest()[:16]
     cached = cache_dir / f"{key}.json"
     if not force and cached.is_file():
@@ -124,6 +125,14 @@ def create_disk(path: Path, size: int, provisioning: str, base: Path | None = No
         _run([img, "create", "-q", "-f", "raw", "-o", "preallocation=full", str(path), str(size)],
              f"cannot create disk {path.name}")
     return "raw"
+
+
+def resize_disk(path: Path, fmt: str, size: int) -> None:
+    """Grow an image offline (raw images stay fully allocated)."""
+    argv = [_which(QEMU_IMG), "resize", "-q", "-f", fmt]
+    if fmt == "raw":
+        argv.append("--preallocation=full")
+    _run([*argv, str(path), str(size)], f"cannot resize disk {path.name}")
 
 
 def _run(argv: list[str], what: str) -> None:

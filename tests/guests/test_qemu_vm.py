@@ -21,6 +21,7 @@ from nonstop.drivers import qemu_runtime as rt
 from nonstop.drivers.base import DiskDefinition, GuestNotFound, GuestStartError, GuestState, InvalidDefinition
 from nonstop.drivers.qemu import QemuDriver
 from nonstop.drivers.qemu_testlab import PagePoller, TwoHostLab, fetch_in, parse_page, wait_http
+from nonstop.image import ensure_image
 
 pytestmark = [
     pytest.mark.root,
@@ -70,6 +71,9 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory):
     w = World(tmp_path_factory.mktemp("qemu"))
     try:
+        # One-time costs (image build, KVM probe) are set-up, not boot time.
+        image = ensure_image()
+        rt.probe_accel(image.kernel, image.initrd)
         started = time.monotonic()
         status = asyncio.run(w.a.spawn(w.definition))
         assert status.state is GuestState.RUNNING
@@ -129,11 +133,27 @@ def test_hot_add_vcpu_and_memory_seen_by_guest(world: World) -> None:
         asyncio.run(world.a.set_vcpus("web-0", 4))  # above max_vcpus
 
 
+def test_hot_add_disk_and_vnic_and_grow_a_disk(world: World) -> None:
+    assert world.page()["disks"] == "data:64M" and world.page()["nics"] == "eth0"
+    asyncio.run(world.a.attach_disk("web-0", DiskDefinition(name="extra", size=32 * MIB, provisioning="thick")))
+    asyncio.run(world.a.resize_disk("web-0", "data", 96 * MIB))
+    second = VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 1), bridge=world.lab.bridge)
+    asyncio.run(world.a.attach_vnic("web-0", second))
+    page = _wait_page(world, "nics", "eth0,eth1")
+    page = _wait_page(world, "disks", "data:96M,extra:32M")
+    assert (page["disks"], page["nics"]) == ("data:96M,extra:32M", "eth0,eth1")
+    with pytest.raises(InvalidDefinition, match="shrinking"):
+        asyncio.run(world.a.resize_disk("web-0", "data", 32 * MIB))
+    definition = asyncio.run(world.a.definition("web-0"))
+    assert [d.name for d in definition.disks] == ["data", "extra"] and len(definition.vnics) == 2
+    world.definition = definition
+
+
 def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     poller = PagePoller(world.lab.ns_client, GUEST_IP, interval=0.02).start()
     try:
         time.sleep(0.3)
-        endpoint = asyncio.run(world.b.prepare_incoming(world.definition.with_changes(vcpus=2, memory=512 * MIB)))
+        endpoint = asyncio.run(world.b.prepare_incoming(world.definition))
         assert asyncio.run(world.b.status("web-0")).state is GuestState.INCOMING
         result = asyncio.run(world.a.migrate("web-0", endpoint))
         status = asyncio.run(world.b.finish_incoming("web-0"))
@@ -155,6 +175,15 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     assert page["boot_id"] == world.boot_id and page["vcpus"] == "2"
     assert page["host"] == "hb", "the destination tells the guest its new host over virtio-serial"
     assert asyncio.run(world.b.status("web-0")).boot_id == world.boot_id
+
+
+def test_unplug_disk_and_vnic_after_migration(world: World) -> None:
+    assert world.page()["disks"] == "data:96M,extra:32M", "hot-plugged devices moved with the guest"
+    asyncio.run(world.b.detach_disk("web-0", "extra"))
+    asyncio.run(world.b.detach_vnic("web-0", default_mac(CLUSTER, "web-0", 1)))
+    page = _wait_page(world, "nics", "eth0")
+    assert (page["disks"], page["nics"]) == ("data:96M", "eth0")
+    assert page["boot_id"] == world.boot_id
 
 
 def test_graceful_stop_powers_off_via_acpi(world: World) -> None:

@@ -20,6 +20,7 @@ Must not: touch files, processes or the clock; choose paths or names (the caller
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MIB = 1024**2
@@ -197,6 +198,8 @@ class DiskAttachment:
     path: str
     format: str
     """``qcow2`` or ``raw``."""
+    slot: int | None = None
+    """Index into the disk PCI slots; None = its position (hot-plugged disks keep theirs)."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ class NicAttachment:
     mac: str
     address: str | None = None
     gateway: str | None = None
+    slot: int | None = None
+    """Index into the vNIC PCI slots; None = its position (hot-plugged vNICs keep theirs)."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,9 @@ def kernel_append(launch: QemuLaunch) -> str:
     words = [*BASE_APPEND, f"nonstop.guest={launch.guest}", f"nonstop.host={launch.host}"]
     for index, nic in enumerate(launch.nics):
         if nic.address:
-            words.append(f"nonstop.ip=eth{index}:{nic.address}" + (f":{nic.gateway}" if nic.gateway else ""))
+            # The guest names NICs in PCI order, which is slot order.
+            eth = sorted(_slots(launch.nics)).index(_slot(nic, index))
+            words.append(f"nonstop.ip=eth{eth}:{nic.address}" + (f":{nic.gateway}" if nic.gateway else ""))
     words.extend(launch.extra_append)
     for word in words:
         if any(ch.isspace() for ch in word):
@@ -299,25 +306,59 @@ def render_argv(launch: QemuLaunch, layout: MachineLayout, binary: str = "qemu-s
                  "-device", f"pc-dimm,id={dimm.id},memdev=mem-{dimm.id}"]
     if len(launch.disks) > MAX_DISKS or len(launch.nics) > MAX_NICS:
         raise LayoutError(f"at most {MAX_NICS} vNICs and {MAX_DISKS} disks per VM")
+    for slots in (_slots(launch.disks), _slots(launch.nics)):
+        if len(set(slots)) != len(slots) or any(not 0 <= n < 16 for n in slots):
+            raise LayoutError(f"device slots must be distinct and in range, got {slots}")
     for index, disk in enumerate(launch.disks):
         _check_option_value(disk.path)
         argv += [
             "-blockdev",
             f"driver=file,filename={disk.path},node-name=file-{disk.name},cache.direct=off",
             "-blockdev", f"driver={disk.format},file=file-{disk.name},node-name=disk-{disk.name}",
-            "-device", f"virtio-blk-pci,drive=disk-{disk.name},id=blk-{disk.name},serial={disk.name},"
-                       f"addr={disk_slot(index):#04x}",
+            "-device", disk_device_arg(disk, _slot(disk, index)),
         ]
     for index, nic in enumerate(launch.nics):
+        slot = _slot(nic, index)
         argv += [
-            "-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=net{index},id=nic{index},mac={nic.mac},addr={nic_slot(index):#04x}",
+            "-netdev", f"tap,id=net{slot},ifname={nic.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net{slot},id=nic{slot},mac={nic.mac},addr={nic_slot(slot):#04x}",
         ]
     if launch.incoming is not None:
         argv += ["-incoming", launch.incoming]
     for key, value in sorted(launch.options.items()):
         argv += [key, value] if value else [key]
     return argv
+
+
+def disk_device_arg(disk: DiskAttachment, slot: int) -> str:
+    return f"virtio-blk-pci,drive=disk-{disk.name},id=blk-{disk.name},serial={disk.name},addr={disk_slot(slot):#04x}"
+
+
+def disk_device_props(disk: DiskAttachment, slot: int) -> dict[str, str]:
+    """The same device as QMP ``device_add`` arguments (hot-plug)."""
+    return {"driver": "virtio-blk-pci", "drive": f"disk-{disk.name}", "id": f"blk-{disk.name}",
+            "serial": disk.name, "addr": f"{disk_slot(slot):#04x}"}
+
+
+def nic_device_props(nic: NicAttachment, slot: int) -> dict[str, str]:
+    return {"driver": "virtio-net-pci", "netdev": f"net{slot}", "id": f"nic{slot}", "mac": nic.mac,
+            "addr": f"{nic_slot(slot):#04x}"}
+
+
+def free_slot(used: list[int], limit: int) -> int:
+    """The lowest device slot index not in ``used``; ``LayoutError`` when all ``limit`` are taken."""
+    for slot in range(limit):
+        if slot not in used:
+            return slot
+    raise LayoutError(f"all {limit} device slots are in use")
+
+
+def _slot(device: DiskAttachment | NicAttachment, index: int) -> int:
+    return device.slot if device.slot is not None else index
+
+
+def _slots(devices: Sequence[DiskAttachment | NicAttachment]) -> list[int]:
+    return [_slot(d, i) for i, d in enumerate(devices)]
 
 
 def _check_option_value(value: str) -> None:

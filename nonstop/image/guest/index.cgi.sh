@@ -20,6 +20,19 @@ for block in /sys/devices/system/memory/memory[0-9]*; do
   read -r state <"$block/state"
   [ "$state" = online ] && blocks=$((blocks + 1))
 done
+# Disks by their serial (the nonstop disk name) with size in MiB; vNICs by name.
+disks=""
+for dev in /sys/block/vd*; do
+  [ -e "$dev/size" ] || continue
+  read -r sectors <"$dev/size"
+  serial=${dev##*/}
+  [ -e "$dev/serial" ] && read -r serial <"$dev/serial"
+  disks="$disks${disks:+,}$serial:$((sectors / 2048))M"
+done
+nics=""
+for nic in /sys/class/net/eth*; do
+  [ -e "$nic" ] && nics="$nics${nics:+,}${nic##*/}"
+done
 printf 'Content-Type: text/html\r\n\r\n'
 cat <<PAGE
 <!doctype html>
@@ -32,6 +45,8 @@ boot_id=$boot_id
 vcpus=$vcpus
 memory_mib=$((mem_kib / 1024))
 memory_online_mib=$((blocks * 0x$block_hex / 1048576))
+disks=$disks
+nics=$nics
 </pre>
 </body></html>
 PAGE

@@ -1,0 +1,228 @@
+"""The QEMU driver's hot-plug half: vCPUs, memory, vNICs and disks on a running VM.
+
+Role: ``QemuHotplug`` adds to ``QemuCore`` the live changes, each a short QMP exchange whose
+plan comes from the pure ``qemu_argv`` planners; every change is written to the shared
+``layout.json`` (vCPU/DIMM devices, device slots) at once, so a later migration or adoption
+renders the same machine. Removal of vCPUs and memory is not offered (QEMU/guest support is
+unreliable); vNICs and disks can be unplugged (the guest must acknowledge the ACPI eject).
+
+Must not: start or stop guests, or change anything the running guest did not accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nonstop.core.guests.qemu_argv import (
+    MAX_DISKS,
+    MAX_NICS,
+    DiskAttachment,
+    LayoutError,
+    NicAttachment,
+    disk_device_props,
+    free_slot,
+    nic_device_props,
+    plan_memory,
+    plan_vcpus,
+)
+from nonstop.drivers import qemu_runtime as rt
+from nonstop.drivers.base import DiskDefinition, GuestDefinition, GuestStatus, InvalidDefinition, VnicDefinition
+from nonstop.drivers.qemu_core import QemuCore
+
+UNPLUG_TIMEOUT = 10.0
+
+
+class QemuHotplug(QemuCore):
+    # ----------------------------------------------------------------------------- hot-plug
+
+    async def set_vcpus(self, name: str, vcpus: int) -> GuestStatus:
+        record = self._load(name)
+        self._require_running(name, record)
+        layout = self._layout(name)
+        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            slots = await qmp.execute("query-hotpluggable-cpus")
+            assert isinstance(slots, list)
+            free = [(int(s["props"].get("socket-id", 0)), int(s["props"].get("core-id", 0)),
+                     int(s["props"].get("thread-id", 0))) for s in slots if "qom-path" not in s]
+            try:
+                devices = plan_vcpus(layout, vcpus, free)
+            except LayoutError as exc:
+                raise InvalidDefinition(str(exc), guest=name) from exc
+            for device in devices:
+                await qmp.execute("device_add", {"driver": device.driver, "id": device.id,
+                                                 "socket-id": device.socket_id, "core-id": device.core_id,
+                                                 "thread-id": device.thread_id})
+                layout = replace(layout, cpus=(*layout.cpus, device))
+                self._save_layout(name, layout)
+        self._update_definition(name, vcpus=layout.vcpus)
+        return await self.status(name)
+
+    async def set_memory(self, name: str, memory: int) -> GuestStatus:
+        record = self._load(name)
+        self._require_running(name, record)
+        layout = self._layout(name)
+        try:
+            dimm = plan_memory(layout, memory)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        if dimm is not None:
+            async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+                await qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": f"mem-{dimm.id}",
+                                                 "size": dimm.size})
+                await qmp.execute("device_add", {"driver": "pc-dimm", "id": dimm.id, "memdev": f"mem-{dimm.id}"})
+            self._save_layout(name, replace(layout, dimms=(*layout.dimms, dimm)))
+        self._update_definition(name, memory=memory)
+        return await self.status(name)
+
+    # ------------------------------------------------------------------------ vNICs
+
+    async def attach_vnic(self, name: str, vnic: VnicDefinition) -> GuestStatus:
+        """Add a virtio-net vNIC on a new tap bridged to ``vnic.bridge``. The built-in image
+        configures addresses only at boot, so a hot-added vNIC comes up without one."""
+        record = self._load(name)
+        self._require_running(name, record)
+        definition = GuestDefinition.from_dict(record["definition"])
+        if any(v.mac == vnic.mac for v in definition.vnics):
+            raise InvalidDefinition(f"a vNIC with MAC {vnic.mac} is already attached", guest=name)
+        slots: dict[str, int] = record.get("nic_slots") or {}
+        try:
+            slot = free_slot(list(slots.values()), MAX_NICS)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        nic = NicAttachment(tap=vnic.host_ifname or self._tap_name(name, slot), mac=vnic.mac, slot=slot)
+        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            await qmp.execute("netdev_add", {"type": "tap", "id": f"net{slot}", "ifname": nic.tap,
+                                             "script": "no", "downscript": "no"})
+            try:
+                await qmp.execute("device_add", nic_device_props(nic, slot))
+            except Exception:
+                await qmp.execute("netdev_del", {"id": f"net{slot}"})
+                raise
+        await asyncio.to_thread(rt.bridge_tap, self.netns, nic.tap, vnic.bridge)
+        record = self._load(name)
+        record["nic_slots"] = {**slots, vnic.mac: slot}
+        record["definition"] = definition.with_changes(vnics=(*definition.vnics, vnic)).to_dict()
+        self._save(name, record)
+        self._save_layout(name)
+        return await self.status(name)
+
+    async def detach_vnic(self, name: str, mac: str) -> GuestStatus:
+        record = self._load(name)
+        self._require_running(name, record)
+        slots: dict[str, int] = record.get("nic_slots") or {}
+        if mac not in slots:
+            raise InvalidDefinition(f"no vNIC with MAC {mac}", guest=name)
+        slot = slots[mac]
+        await self._unplug(name, f"nic{slot}")
+        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            await qmp.execute("netdev_del", {"id": f"net{slot}"})
+        record = self._load(name)
+        definition = GuestDefinition.from_dict(record["definition"])
+        record["nic_slots"] = {m: n for m, n in slots.items() if m != mac}
+        record["definition"] = definition.with_changes(vnics=tuple(v for v in definition.vnics if v.mac != mac)).to_dict()
+        self._save(name, record)
+        self._save_layout(name)
+        return await self.status(name)
+
+    async def _unplug(self, name: str, device_id: str) -> None:
+        """device_del, then wait until the guest has ejected it (ACPI PCI hot-unplug)."""
+        sock = self._run_dir(name) / "qmp.sock"
+        async with rt.qmp_session(sock) as qmp:
+            await qmp.execute("device_del", {"id": device_id})
+            deadline = time.monotonic() + UNPLUG_TIMEOUT
+            while True:
+                children = await qmp.execute("qom-list", {"path": "/machine/peripheral"})
+                assert isinstance(children, list)
+                if all(child.get("name") != device_id for child in children):
+                    return
+                if time.monotonic() > deadline:
+                    raise rt.RuntimeFailure(f"guest did not release {device_id} within {UNPLUG_TIMEOUT:.0f} s")
+                await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------------ disks
+
+    async def attach_disk(self, name: str, disk: DiskDefinition) -> GuestStatus:
+        record = self._load(name)
+        self._require_running(name, record)
+        disks: list[dict[str, Any]] = record["disks"]
+        if any(d["name"] == disk.name for d in disks):
+            raise InvalidDefinition(f"a disk named {disk.name} is already attached", guest=name)
+        try:
+            slot = free_slot([d.get("slot", i) for i, d in enumerate(disks)], MAX_DISKS)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        if disk.path is not None:
+            info = await asyncio.to_thread(rt.image_info, Path(disk.path))
+            entry = {"name": disk.name, "path": disk.path, "format": info["format"], "created": False, "slot": slot}
+        else:
+            suffix = "qcow2" if disk.provisioning == "thin" else "raw"
+            path = self._disk_dir(name) / f"{disk.name}.{suffix}"
+            fmt = await asyncio.to_thread(rt.create_disk, path, disk.size, disk.provisioning)
+            entry = {"name": disk.name, "path": str(path), "format": fmt, "created": True, "slot": slot}
+        attachment = DiskAttachment(disk.name, entry["path"], entry["format"], slot)
+        try:
+            async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+                await qmp.execute("blockdev-add", {
+                    "driver": attachment.format, "node-name": f"disk-{disk.name}",
+                    "file": {"driver": "file", "filename": attachment.path, "node-name": f"file-{disk.name}"}})
+                try:
+                    await qmp.execute("device_add", disk_device_props(attachment, slot))
+                except Exception:
+                    await qmp.execute("blockdev-del", {"node-name": f"disk-{disk.name}"})
+                    raise
+        except Exception:
+            if entry["created"]:
+                Path(entry["path"]).unlink(missing_ok=True)
+            raise
+        record = self._load(name)
+        record["disks"] = [*record["disks"], entry]
+        definition = GuestDefinition.from_dict(record["definition"])
+        record["definition"] = definition.with_changes(disks=(*definition.disks, disk)).to_dict()
+        self._save(name, record)
+        self._save_layout(name)
+        return await self.status(name)
+
+    async def detach_disk(self, name: str, disk_name: str) -> GuestStatus:
+        """Unplug a disk. Its file is kept (data is never deleted by an unplug) until ``destroy``."""
+        record = self._load(name)
+        self._require_running(name, record)
+        entry = next((d for d in record["disks"] if d["name"] == disk_name), None)
+        if entry is None:
+            raise InvalidDefinition(f"no disk named {disk_name}", guest=name)
+        await self._unplug(name, f"blk-{disk_name}")
+        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            await qmp.execute("blockdev-del", {"node-name": f"disk-{disk_name}"})
+        record = self._load(name)
+        record["disks"] = [d for d in record["disks"] if d["name"] != disk_name]
+        record["detached_disks"] = [*record.get("detached_disks", []), entry]
+        definition = GuestDefinition.from_dict(record["definition"])
+        record["definition"] = definition.with_changes(
+            disks=tuple(d for d in definition.disks if d.name != disk_name)).to_dict()
+        self._save(name, record)
+        self._save_layout(name)
+        return await self.status(name)
+
+    async def resize_disk(self, name: str, disk_name: str, size: int) -> GuestStatus:
+        """Grow a disk (never shrinks): live with QMP block_resize, else with qemu-img."""
+        record = self._load(name)
+        entry = next((d for d in record["disks"] if d["name"] == disk_name), None)
+        if entry is None:
+            raise InvalidDefinition(f"no disk named {disk_name}", guest=name)
+        current = int((await asyncio.to_thread(rt.image_info, Path(entry["path"])))["virtual-size"])
+        if size < current:
+            raise InvalidDefinition(f"disk {disk_name} is {current} bytes; shrinking to {size} is refused", guest=name)
+        if size > current:
+            if self._alive(name, record):
+                async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+                    await qmp.execute("block_resize", {"node-name": f"disk-{disk_name}", "size": size})
+            else:
+                await asyncio.to_thread(rt.resize_disk, Path(entry["path"]), entry["format"], size)
+        definition = GuestDefinition.from_dict(record["definition"])
+        disks = tuple(replace(d, size=size) if d.name == disk_name else d for d in definition.disks)
+        self._update_definition(name, disks=disks)
+        return await self.status(name)
+

@@ -147,8 +147,12 @@ def teardown_team(netns: str, team: TeamSpec) -> None:
         apply_script(netns, render_delete(table_name("team", team.name)))
     except FileNotFoundError:
         return  # the namespace is gone, and everything in it
+    _delete_pair(netns, team.name)
+
+
+def _delete_pair(netns: str, logical: str) -> None:
     with open_netns(netns) as ipr:
-        for name in (team.name, peer_name(team.name)):
+        for name in (logical, peer_name(logical)):
             found = ipr.link_lookup(ifname=name)
             if found:
                 ipr.link("del", index=found[0])
@@ -236,11 +240,7 @@ def teardown_switch_lag(fabric_ns: str, name: str) -> None:
         apply_script(fabric_ns, render_delete(table_name("lag", name)))
     except FileNotFoundError:
         return
-    with open_netns(fabric_ns) as ipr:
-        for link in (name, peer_name(name)):
-            found = ipr.link_lookup(ifname=link)
-            if found:
-                ipr.link("del", index=found[0])
+    _delete_pair(fabric_ns, name)
 
 
 def switch_lag_status(fabric_ns: str, name: str, ports: list[str]) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def forward_targets(rules: list[list[dict[str, Any]]]) -> list[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key in ("fwd", "dup") and isinstance(value, dict):
-                    dev = value.get("dev")
+                    dev = value.get("dev", value.get("addr"))  # nft 1.0.6 prints "dup to" as addr
                     if isinstance(dev, str):
                         targets.append(dev)
                     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -67,7 +68,14 @@ def popen_in(name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]
 class TeamTestbed:
     """One h1 (teamed) — sw — h2 topology; use as a context manager."""
 
-    def __init__(self, team: TeamSpec, *, lag: bool = False, subnet_octet: int | None = None) -> None:
+    def __init__(
+        self,
+        team: TeamSpec,
+        *,
+        lag: bool = False,
+        subnet_octet: int | None = None,
+        speeds: dict[str, int] | None = None,
+    ) -> None:
         self.token = secrets.token_hex(3)
         self.prefix = f"nonstop-tm{self.token}"
         self.h1, self.sw, self.h2 = (f"{self.prefix}-{n}" for n in ("h1", "sw", "h2"))
@@ -78,7 +86,9 @@ class TeamTestbed:
         self.h2_ip = f"198.18.{octet}.2"
         self.switch_ports = {m: f"h1e{i}" for i, m in enumerate(team.members)}
         self.workdir = Path(f"/tmp/{self.prefix}")
+        self.speeds = speeds or {}
         self.daemon: subprocess.Popen[Any] | None = None
+        self.lag_daemon: subprocess.Popen[Any] | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -189,7 +199,7 @@ class TeamTestbed:
     # ------------------------------------------------------------------ daemon
 
     def spec_file(self) -> Path:
-        nics = [{"name": m} for m in self.team.members]
+        nics = [{"name": m, "speed": self.speeds.get(m)} for m in self.team.members]
         host = HostSpec(name="h1", cpus=1, memory="1GiB", nics=nics, teams=[self.team])
         spec = ClusterSpec(cluster="tm", switches=["sw0"], hosts=[host])
         path = self.workdir / "cluster.yaml"
@@ -204,23 +214,61 @@ class TeamTestbed:
     def events_file(self) -> Path:
         return self.workdir / "team-events.jsonl"
 
-    def start_daemon(self, timeout: float = 10.0) -> None:
+    def start_daemon(self, timeout: float = 10.0, *, lag: bool = False) -> None:
+        """Start the team daemon for h1 (and, with ``lag``, one for the switch's LAG)."""
         argv = [sys.executable, "-m", "nonstop.net.team_daemon", "--netns", self.h1, "--spec", str(self.spec_file()),
                 "--host", "h1", "--status-file", str(self.status_file), "--events-file", str(self.events_file)]
-        self.daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.daemon = self._spawn(argv, self.status_file, timeout)
+        if lag:
+            ports = ",".join(self.switch_ports.values())
+            argv = [sys.executable, "-m", "nonstop.net.team_daemon", "--netns", self.sw, "--lag", f"lag0={ports}",
+                    "--status-file", str(self.workdir / "lag-status.json"),
+                    "--events-file", str(self.workdir / "lag-events.jsonl")]
+            self.lag_daemon = self._spawn(argv, self.workdir / "lag-status.json", timeout)
+
+    @staticmethod
+    def _spawn(argv: list[str], status: Path, timeout: float) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
-        while not self.status_file.exists():
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                err = self.daemon.stderr.read() if self.daemon.stderr else ""
+        while not status.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.stderr.read() if proc.stderr else ""
                 raise RuntimeError(f"team daemon did not start: {err}")
+            time.sleep(0.02)
+        return proc
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.status_file.read_text())["teams"][self.team.name])
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.events_file.exists():
+            return []
+        return [json.loads(line) for line in self.events_file.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, predicate: Any, timeout: float = 3.0) -> dict[str, Any]:
+        """Poll the status file until ``predicate(status)``; return that status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.status()
+                if predicate(status):
+                    return status
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                status = {}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"team status never matched; last: {status}")
             time.sleep(0.02)
 
     def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(5)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-        self.daemon = None
+        for proc in (self.daemon, self.lag_daemon):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc is not None and proc.stderr is not None:
+                proc.stderr.close()
+        self.daemon = self.lag_daemon = None

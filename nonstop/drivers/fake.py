@@ -5,7 +5,7 @@ contracts as the real drivers, so one parametrized contract suite runs against i
 process driver. Its records are also written to ``state_dir/fake-guests.json`` so a new instance
 ``adopt``s them, like a real driver after an agent restart. Failure injection for tests:
 - image ``missing`` or starting with ``missing-`` → ``GuestStartError`` (permanent) at create;
-- command ``("fail",)`` → every start fails (transient), ``("fail-once",)`` → the first start fails;
+- command ``("fail",)`` → every start fails (transient), ``("fail-once",)`` → the first start of that name fails;
 - ``crash(name, reason)`` → the guest dies on its own (FAILED with that reason).
 Live migration works between two fake drivers of the same cluster in one process.
 
@@ -73,6 +73,7 @@ class FakeDriver(Driver):
         super().__init__(cluster=cluster, host=host, state_dir=state_dir, **options)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._guests: dict[str, _FakeGuest] = {}
+        self._attempts: dict[str, int] = {}
         self.calls: list[tuple[str, str]] = []
         """(operation, guest) in order: lets tests assert what the agent asked for."""
         FakeDriver._fabric[(cluster, host)] = self
@@ -125,7 +126,8 @@ class FakeDriver(Driver):
             return await self.status(name)
         command = guest.definition.command or ()
         guest.starts += 1
-        if command[:1] == ("fail",) or (command[:1] == ("fail-once",) and guest.starts == 1):
+        self._attempts[name] = self._attempts.get(name, 0) + 1  # survives destroy, unlike guest.starts
+        if command[:1] == ("fail",) or (command[:1] == ("fail-once",) and self._attempts[name] == 1):
             guest.state, guest.failure_reason = GuestState.FAILED, "workload failed to start (injected)"
             self._save()
             raise GuestStartError(guest.failure_reason, guest=name)

@@ -13,7 +13,7 @@ Per guest, under ``state_dir/<guest>/``: ``definition.json`` (as currently appli
 ``failure.json`` (why it last died) and ``console.log`` (the workload's stdout and stderr).
 A stopped guest holds no kernel resources: its cgroup and namespace exist only while it runs.
 
-Options: ``host_netns`` — the namespace holding the host's virtual switch (default: the agent's
+Options: ``host_netns`` (alias ``netns``, as the QEMU driver calls it) — the namespace holding the host's virtual switch (default: the agent's
 own); ``cgroup_version`` (default: detected); ``pids_max`` (default 1024).
 
 Must not: decide when to start or stop (the agent does), talk to the store, or signal any pid it
@@ -118,7 +118,7 @@ class ProcessDriver(Driver):
 
     def __init__(self, *, cluster: str, host: str, state_dir: Path | str, **options: Any) -> None:
         super().__init__(cluster=cluster, host=host, state_dir=state_dir, **options)
-        self.host_netns: str | None = options.get("host_netns")
+        self.host_netns: str | None = options.get("host_netns") or options.get("netns")
         self.cgroup_version: int = options.get("cgroup_version") or cgroups.detect()
         self.pids_max: int = int(options.get("pids_max", 1024))
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,98 @@
+"""Running an agent process: arguments, drivers, store, signals.
+
+Role: build the drivers this host offers (``process`` and, when asked for and importable,
+``qemu``), open the store, optionally enter the host's network namespace first (in the lab the
+agent of host ``h1`` lives in h1's namespace), run ``Agent.run`` until SIGTERM/SIGINT, and exit
+without touching the guests. ``python -m nonstop.agent`` and ``nonstop agent`` both land here.
+
+Must not: hold reconcile logic (agent.py) or driver logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from nonstop.agent.agent import Agent
+from nonstop.core.guests.reconcile import RetryPolicy
+from nonstop.drivers import KIND_TO_DRIVER, driver_class
+from nonstop.drivers.base import Driver
+
+log = logging.getLogger("nonstop.agent")
+DEFAULT_STATE_DIR = Path("/var/lib/nonstop/agent")
+
+
+def build_drivers(cluster: str, host: str, state_dir: Path, names: list[str], options: dict[str, Any]) -> dict[str, Driver]:
+    """Guest kind → driver instance, for each driver name in ``names`` (``process``, ``qemu``, ``fake``)."""
+    by_kind: dict[str, Driver] = {}
+    kinds = {driver: kind for kind, driver in KIND_TO_DRIVER.items()}
+    for name in names:
+        try:
+            cls = driver_class(name)
+        except (KeyError, ImportError) as exc:
+            log.warning("driver %s unavailable: %s", name, exc)
+            continue
+        kind = kinds.get(name, "process")
+        by_kind[kind] = cls(cluster=cluster, host=host, state_dir=state_dir / name, **options)
+    return by_kind
+
+
+async def run_agent(
+    *, store_url: str, cluster: str, host: str, state_dir: Path, drivers: list[str], interval: float = 1.0,
+    lease_ttl: int = 10, options: dict[str, Any] | None = None, stop: asyncio.Event | None = None,
+) -> None:
+    from nonstop.store import open_store
+
+    store = open_store(store_url)
+    built = build_drivers(cluster, host, state_dir, drivers, options or {})
+    if not built:
+        raise SystemExit("no usable driver")
+    agent = Agent(store, cluster=cluster, host=host, drivers=built, interval=interval, lease_ttl=lease_ttl,
+                  policy=RetryPolicy())
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent for host %s of cluster %s: drivers %s, store %s", host, cluster, sorted(built), store_url)
+    try:
+        await agent.run(stop)
+    finally:
+        await store.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nonstop agent", description="keep this host's guests as the store says")
+    p.add_argument("--host", required=True)
+    p.add_argument("--store", required=True, help="sqlite:///abs/path.db or etcd://host:port")
+    p.add_argument("--cluster", default="default")
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--drivers", default="process,qemu")
+    p.add_argument("--netns", default=None, help="enter this network namespace first (the host's, in the lab)")
+    p.add_argument("--host-netns", default=None, help="namespace of the host's virtual switch, if not our own")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--lease-ttl", type=int, default=10)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.netns:
+        from nonstop.net.netns import enter
+
+        enter(args.netns)  # before any thread exists, so every thread lives in the host's namespace
+    options: dict[str, Any] = {}
+    if args.host_netns:
+        options["host_netns"] = args.host_netns
+        options["netns"] = args.host_netns
+    state_dir = args.state_dir or DEFAULT_STATE_DIR / args.cluster / args.host
+    asyncio.run(run_agent(
+        store_url=args.store, cluster=args.cluster, host=args.host, state_dir=state_dir,
+        drivers=[d.strip() for d in args.drivers.split(",") if d.strip()], interval=args.interval,
+        lease_ttl=args.lease_ttl, options=options,
+    ))

@@ -113,6 +113,7 @@ def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
             log_path=os.path.join(directory, "upstream.log"),
         )
         lab.processes["upstream"] = proc.pid
+        _wait_listening(names.out_ns(spec.cluster), UPSTREAM_PORT, proc.pid)
     if _has_module(TEAM_DAEMON_MODULE):
         for host in spec.hosts:
             key = f"team-daemon:{host.name}"
@@ -124,6 +125,24 @@ def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
                     log_path=os.path.join(directory, f"team-{host.name}.log"),
                 )
                 lab.processes[key] = proc.pid
+
+
+def _wait_listening(ns: str, port: int, pid: int, timeout: float = 10.0) -> None:
+    """Return once something accepts on 127.0.0.1:``port`` inside ``ns``."""
+    from nonstop.lab.probe import socket_in
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and netns.alive(pid):
+        sock = socket_in(ns)
+        try:
+            sock.settimeout(0.2)
+            sock.connect(("127.0.0.1", port))
+            return
+        except OSError:
+            time.sleep(0.02)
+        finally:
+            sock.close()
+    raise RuntimeError(f"lab process {pid} did not start listening on port {port} in {ns}")
 
 
 def _needs_cleanup(spec: ClusterSpec, lab: state.LabState | None) -> bool:

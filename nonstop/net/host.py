@@ -150,3 +150,25 @@ def move_to_netns(
             target.link("set", index=lo, state="up")
         if gateway is not None:
             target.route("replace", dst="0.0.0.0/0", gateway=gateway)
+
+
+def announce(netns_name: str, ifname: str, address: str, count: int = 1) -> None:
+    """Send ``count`` gratuitous ARP frames for ``address`` out of ``ifname`` inside
+    ``netns_name`` (a guest's namespace), so switches relearn where its MAC now is and
+    neighbours refresh their caches -- what QEMU's announce does after a migration. Call it
+    after a guest moved to another host."""
+    import socket as socket_module
+    import struct
+
+    def send() -> None:
+        with socket_module.socket(socket_module.AF_PACKET, socket_module.SOCK_RAW) as sock:
+            sock.bind((ifname, 0))
+            mac = sock.getsockname()[4]
+            ip = socket_module.inet_aton(address.split("/")[0])
+            broadcast = b"\xff" * 6
+            arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, broadcast, ip)
+            for _ in range(count):
+                sock.send(broadcast + mac + b"\x08\x06" + arp)
+
+    with netns.NetnsThread(netns_name) as thread:
+        thread.call(send)

@@ -43,6 +43,15 @@ def list_tables(ns: str) -> list[tuple[str, str]]:
     return [(item["table"]["family"], item["table"]["name"]) for item in data["nftables"] if "table" in item]
 
 
+def list_tables_root() -> list[tuple[str, str]]:
+    """Tables of the root namespace (tests check the lab never adds one there)."""
+    import subprocess
+
+    proc = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, check=True, timeout=30)
+    data = json.loads(proc.stdout or b'{"nftables": []}')
+    return [(item["table"]["family"], item["table"]["name"]) for item in data["nftables"] if "table" in item]
+
+
 def read_fingerprint(ns: str, family: str, name: str) -> Fingerprint:
     data = _nft(ns, ["list", "table", family, name]) or {"nftables": []}
     items: set[tuple[object, ...]] = set()

@@ -88,7 +88,8 @@ def converge(desired: DesiredState, observed: ObservedState) -> tuple[Op, ...]:
         if spec.kind != "external":
             have_addresses = have.addresses if have else ()
             ops += [AddAddress(spec.name, a) for a in spec.addresses if a not in have_addresses]
-            ops += [DeleteAddress(spec.name, a) for a in have_addresses if a not in spec.addresses]
+            if spec.manage_addresses:
+                ops += [DeleteAddress(spec.name, a) for a in have_addresses if a not in spec.addresses]
             if (have.egress_rate if have else None) != spec.egress_rate:
                 ops.append(SetEgressRate(spec.name, spec.egress_rate))
         if (have.up if have else False) != spec.up:

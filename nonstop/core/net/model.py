@@ -33,6 +33,8 @@ class LinkSpec:
     up: bool = True
     addresses: tuple[str, ...] = ()
     """IPv4 addresses in CIDR form, e.g. ``198.19.20.1/24``."""
+    manage_addresses: bool = True
+    """False: leave the link's addresses alone (an uplink bridge carries the host's own)."""
     egress_rate: int | None = None
     """Bytes per second: a tbf qdisc shapes what leaves this device (toward a guest)."""
 

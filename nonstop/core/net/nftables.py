@@ -116,6 +116,8 @@ def nat_table(
         ),
     )
     forward = (
+        # With br_netfilter loaded, traffic between two guests of the bridge shows up here too.
+        rule(_match(_meta("iifname"), bridge), _match(_meta("oifname"), bridge), ACCEPT),
         rule(_match(_meta("oifname"), bridge), _match({"ct": {"key": "state"}}, ["established", "related"], "in"), ACCEPT),
         rule(_match(_meta("oifname"), bridge), _match({"ct": {"key": "status"}}, "dnat", "in"), ACCEPT),
         rule(_match(_meta("oifname"), bridge), DROP),

@@ -80,7 +80,7 @@ def render_host_network(
     sysctls: list[tuple[str, str]] = []
     for uplink in bridged_uplinks(spec, host):
         ubr = names.uplink_bridge_name(uplink)
-        links.append(LinkSpec(ubr, "bridge", mac=_bridge_mac(spec, host, ubr)))
+        links.append(LinkSpec(ubr, "bridge", mac=_bridge_mac(spec, host, ubr), manage_addresses=False))
         links.append(LinkSpec(uplink, "external", master=ubr))
     for net in spec.networks:
         bridge = names.bridge_name(net.name)

@@ -409,9 +409,11 @@ class SqliteStore(Store):
                     if await self._run(self._expired_leases_exist):
                         await self._run(self._txn, (), (), ())  # a write: it expires leases first
                         continue
-            except StoreError as exc:
+            except Exception as exc:  # the poller must never die silently: watches would hang
+                error = exc if isinstance(exc, StoreError) else StoreError(f"watch poller failed: {exc!r}")
                 for watch in list(self._watches):
-                    watch._finish(exc)
+                    watch._finish(error)
+                self._position = None
                 return
             if polled is not None:
                 events, position, compacted = polled

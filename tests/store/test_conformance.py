@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
-from nonstop.store import CompactedError, Compare, EventType, LeaseNotFound, Op, Store
+from nonstop.store import CompactedError, Compare, EventType, LeaseNotFound, Op, Store, keys
 
 from .helpers import Backend, next_events, wait_until
 
@@ -283,3 +284,22 @@ async def test_other_clients_see_writes(backend: Backend, prefix: str) -> None:
         [event] = await next_events(watch, 1)
     assert event.revision == revision
     assert (await reader.get(prefix + "x")).value == b"1"  # type: ignore[union-attr]
+
+
+async def test_desired_spec_round_trips_with_conditional_update(store: Store) -> None:
+    from pathlib import Path
+
+    from nonstop.specfile import load_spec
+    from nonstop.store.state import get_spec, put_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "lab.yaml")
+    spec = spec.model_copy(update={"cluster": "t" + uuid.uuid4().hex[:8]})
+    assert await get_spec(store, spec.cluster) is None
+    first = await put_spec(store, spec, expected_mod_revision=0)
+    assert first is not None
+    assert await put_spec(store, spec, expected_mod_revision=0) is None, "someone already stored one"
+    stored = await get_spec(store, spec.cluster)
+    assert stored is not None and stored.spec == spec and stored.mod_revision == first
+    second = await put_spec(store, spec, expected_mod_revision=first)
+    assert second is not None and second > first
+    await store.delete(keys.spec(spec.cluster))

@@ -75,6 +75,7 @@ class TeamTestbed:
         lag: bool = False,
         subnet_octet: int | None = None,
         speeds: dict[str, int] | None = None,
+        plain: bool = False,
     ) -> None:
         self.token = secrets.token_hex(3)
         self.prefix = f"nonstop-tm{self.token}"
@@ -87,8 +88,11 @@ class TeamTestbed:
         self.switch_ports = {m: f"h1e{i}" for i, m in enumerate(team.members)}
         self.workdir = Path(f"/tmp/{self.prefix}")
         self.speeds = speeds or {}
+        self.plain = plain
+        """No team: h1's address goes straight on its first NIC (the baseline path)."""
         self.daemon: subprocess.Popen[Any] | None = None
         self.lag_daemon: subprocess.Popen[Any] | None = None
+        self.last_cable_change = 0.0
 
     # ------------------------------------------------------------------ build
 
@@ -128,9 +132,11 @@ class TeamTestbed:
             ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=self.h2_ip, prefixlen=24)
         if self.lag:
             setup_switch_lag(self.sw, "br0", list(self.switch_ports.values()), "lag0")
-        setup_team(self.h1, self.team, mac="02:6e:73:00:00:01")
+        logical = self.team.members[0]
+        if not self.plain:
+            logical = setup_team(self.h1, self.team, mac="02:6e:73:00:00:01")
         with IPRoute(netns=self.h1) as ipr:
-            ipr.addr("add", index=ipr.link_lookup(ifname=self.team.name)[0], address=self.h1_ip, prefixlen=24)
+            ipr.addr("add", index=ipr.link_lookup(ifname=logical)[0], address=self.h1_ip, prefixlen=24)
         self.wait_reachable()
 
     def wait_reachable(self, timeout: float = 5.0) -> None:
@@ -164,18 +170,18 @@ class TeamTestbed:
 
     # ------------------------------------------------------------------ faults
 
-    def _switch_port(self, member: str) -> int:
+    def _set_switch_port(self, member: str, state: str) -> None:
         with IPRoute(netns=self.sw) as ipr:
-            return int(ipr.link_lookup(ifname=self.switch_ports[member])[0])
+            index = ipr.link_lookup(ifname=self.switch_ports[member])[0]
+            self.last_cable_change = time.time()  # just before the kernel acts, for delay figures
+            ipr.link("set", index=index, state=state)
 
     def cut(self, member: str) -> None:
         """Cut the cable: the switch-side end goes down, the host NIC loses carrier."""
-        with IPRoute(netns=self.sw) as ipr:
-            ipr.link("set", index=self._switch_port(member), state="down")
+        self._set_switch_port(member, "down")
 
     def restore(self, member: str) -> None:
-        with IPRoute(netns=self.sw) as ipr:
-            ipr.link("set", index=self._switch_port(member), state="up")
+        self._set_switch_port(member, "up")
 
     def blackhole(self, member: str, on: bool = True) -> None:
         """A dead link with carrier: the switch port silently drops what it receives."""
@@ -185,6 +191,12 @@ class TeamTestbed:
         if on:
             script += f'table netdev {table} {{\n\tchain c {{\n\t\ttype filter hook ingress device "{port}" priority -10; policy drop;\n\t}}\n}}\n'
         apply_script(self.sw, script)
+
+    def shape(self, member: str, rate: str, burst: int = 131072) -> None:
+        """Limit what h1 sends out of ``member`` with a tbf qdisc (e.g. ``rate="200mbit"``)."""
+        with IPRoute(netns=self.h1) as ipr:
+            index = ipr.link_lookup(ifname=member)[0]
+            ipr.tc("add", "tbf", index=index, rate=rate, burst=burst, latency="20ms")
 
     def carrier(self, member: str) -> bool:
         with IPRoute(netns=self.h1) as ipr:

@@ -1,0 +1,1 @@
+"""Network benchmarks: lab fabric, host networking and NIC teaming."""

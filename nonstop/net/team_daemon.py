@@ -50,7 +50,7 @@ from nonstop.core.spec import ClusterSpec, TeamSpec
 from nonstop.net.team import data_path_for, lag_config, link_info, probe_macs, setup_team
 from nonstop.net.team_frames import Announcer, ArpProbe, open_member_socket, parse_probe_reply
 from nonstop.net.team_linkwatch import LinkWatcher
-from nonstop.net.team_nft import InProcessNft, setns_to
+from nonstop.net.team_nft import InProcessNft, NftError, setns_to
 
 PROBE_MISSED = 3
 STATUS_REFRESH = 1.0
@@ -83,6 +83,8 @@ class MonitoredTeam:
         self.sockets: dict[str, Any] = {}
         self.state: Any = None
         self.announcer: Announcer | None = None
+        self.dirty = False
+        """The last rules swap failed; retry on the next poll."""
         self.last_failover: dict[str, Any] | None = None
 
     def probe_ok(self, member: str, now: float) -> bool:
@@ -128,9 +130,18 @@ class TeamDaemon:
     def apply(self, team: MonitoredTeam, decision: TeamDecision, detected: float, force: bool = False) -> None:
         before = team.state
         team.state = decision.state
-        if decision.rewrite or force:
+        if decision.rewrite or force or team.dirty:
+            retry, team.dirty = team.dirty, False
             path = data_path_for(team.kind, team.config, decision.state, team.port, team.own_macs)
-            self.nft.apply(render_ruleset(path))
+            try:
+                self.nft.apply(render_ruleset(path))
+            except NftError as exc:
+                # A member NIC vanished under us (fabric teardown, a deleted veth): report and
+                # keep watching; the next change or poll tries again.
+                team.dirty = True
+                if not retry:
+                    self.emit({"kind": "error", "team": team.config.name, "error": str(exc).splitlines()[0],
+                               "at": time.time()})
         applied = time.monotonic()
         if decision.announce_on and team.announcer is not None and before is not None:
             team.announcer.send(decision.announce_on)
@@ -214,7 +225,7 @@ class TeamDaemon:
                 for target in team.targets:
                     ArpProbe(team.own_macs[member], target).send(sock)
             self.observe(team, member, now)
-        self.apply(team, tick(team.config, team.state, now), now)
+        self.apply(team, tick(team.config, team.state, now), now, force=team.dirty)
 
     def run(self) -> None:
         self.start()

@@ -177,10 +177,6 @@ def admission(
     candidates = np.flatnonzero(state.condition != int(HostCondition.FAILED))
     if failures <= 0:
         return AdmissionReport(0, True, True, (), _as_dict(_headroom(state, usable, [])), "no host failure to tolerate")
-    if len(candidates) <= failures:
-        return AdmissionReport(failures, False, True, tuple(state.host_names[h] for h in candidates.tolist()),
-                               _as_dict(np.full(3, -1.0)),
-                               f"only {len(candidates)} hosts: losing {failures} leaves none")
     prover = _Prover(state, config)
     names = state.host_names
 
@@ -201,7 +197,7 @@ def admission(
                 )
         return None
 
-    if failures == 1:
+    if failures == 1 and len(candidates):
         proven = prover.single_host_proven() if prove else np.zeros(len(state.hosts), dtype=np.bool_)
         to_check = [[h] for h in candidates.tolist() if not proven[h]]
         failure = first_failure(to_check)
@@ -218,6 +214,8 @@ def admission(
     combinations = math.comb(len(candidates), failures)
     if combinations <= combination_limit:
         sets = [list(c) for c in itertools.combinations(candidates.tolist(), failures)]
+        if not sets:  # fewer hosts than failures: all of them fail
+            sets, combinations = [candidates.tolist()], 1
         failure = first_failure([s for s in sets if not (prove and prover.set_proven(s))])
         if failure is not None:
             return failure

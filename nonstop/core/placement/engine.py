@@ -292,8 +292,8 @@ class Engine:
         required, excluded = self._group_constraints(guest)
         if required is not None:
             candidates = np.setdiff1d(required, excluded, assume_unique=False) if len(excluded) else required
-            host, _score = self._best_among(guest, candidates)
-            return host
+            host, score = self._best_among(guest, candidates)
+            return host if score > NEG_INF else -1
         soft = [h for w, _ in self.group_weighers for h in (w.sparse_raw(self.view, guest)[0],) if len(h)]
         if not soft and not len(excluded):
             i = int(np.argmax(row))

@@ -124,6 +124,16 @@ class ClusterState:
         for array in (self.capacity, self.ratios, self.reserved, self.effective, self.condition, self.host_networks):
             _readonly(array)
 
+    def __repr__(self) -> str:
+        hosts = ", ".join(f"{h.name}:{HostCondition(int(c)).name.lower()}:{h.capacity}x{h.ratios}-{h.reserved}"
+                          f"{sorted(h.networks)}{dict(h.labels)}" for h, c in zip(self.hosts, self.condition, strict=True))
+        guests = ", ".join(
+            f"{g.name}:{g.request}p{g.priority}{g.spread.value}{sorted(g.networks)}{dict(g.labels)}"
+            f"aff{sorted(g.affinity)}anti{sorted(g.anti_affinity)}@{self.host_names[a] if a >= 0 else None}"
+            for g, a in zip(self.guests, self.assignment.tolist(), strict=True)
+        )
+        return f"ClusterState(hosts=[{hosts}], guests=[{guests}])"
+
     # ----------------------------------------------------------------- building
 
     def _build_guests(self, net_index: Mapping[str, int]) -> None:

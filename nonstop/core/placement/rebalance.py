@@ -35,7 +35,7 @@ def _dominant(used: FloatArray, inv_effective: FloatArray) -> FloatArray:
 
 def _deviation(view: RunView, usable: BoolArray) -> tuple[FloatArray, float]:
     util = _dominant(view.used, view.inv_effective)
-    mean = float(util[usable].mean())
+    mean = float(util[usable].mean()) if usable.any() else 0.0
     deviation: FloatArray = np.where(usable, util - mean, 0.0)
     return deviation, mean
 

@@ -14,6 +14,11 @@ now and re-anchors instead of bursting to catch up. The receiver reads every que
 datagram each time its socket is readable (``drain``), and the monitor drains before it
 evaluates, so a starved controller does not mistake its own lateness for silence.
 
+Acknowledgements: the receiver answers every accepted heartbeat with an ``ack`` datagram
+(same codec, same key, host = the controller's name) to the sender's socket; the sender
+records per link when it was last acknowledged (``controller_silence``), which is what an
+agent's self-fencing watches ("heard nothing from the controller").
+
 Must not: decide liveness (core/ha/liveness.py does) or parse bytes itself (core codec).
 """
 
@@ -30,6 +35,9 @@ from dataclasses import dataclass, field
 from nonstop.core.ha.heartbeat import Heartbeat, HeartbeatVerifier, Reception, Verdict, encode
 
 log = logging.getLogger(__name__)
+
+ACK = "ack"
+"""``agent_state`` of the controller's acknowledgement datagrams (same codec, same key)."""
 
 StatusProvider = Callable[[], tuple[str, bytes]]
 """Returns (agent state, guests digest) for the next heartbeat."""
@@ -102,12 +110,47 @@ class HeartbeatSender:
         self._task: asyncio.Task[None] | None = None
         self.paused_links: set[str] = set()
         """Links on which nothing is sent (tests and chaos: a silent link without cutting it)."""
+        self.ack_verifier = HeartbeatVerifier(cluster, key)
+        self.last_ack: dict[str, float] = {}
+        """Per link: when (``time.monotonic()``) the controller last acknowledged a heartbeat."""
 
     def _socket(self, link: HeartbeatLink) -> socket.socket:
         sock = self._sockets.get(link.name)
         if sock is None:
             sock = self._sockets[link.name] = _link_socket(link)
+            with contextlib.suppress(RuntimeError):  # no running loop: send-only (tests)
+                asyncio.get_running_loop().add_reader(sock.fileno(), self._read_acks, link.name, sock)
         return sock
+
+    def _close(self, name: str) -> None:
+        sock = self._sockets.pop(name, None)
+        if sock is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+
+    def _read_acks(self, link: str, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP port unreachable from an absent controller, etc.
+                return
+            now = time.monotonic()
+            reception = self.ack_verifier.receive(data, now)
+            if reception.verdict is Verdict.ACCEPTED and reception.heartbeat and reception.heartbeat.agent_state == ACK:
+                self.last_ack[link] = now
+
+    def controller_silence(self, now: float) -> float | None:
+        """Seconds since the controller acknowledged anything on any link; None if it never did.
+
+        The agent's self-fencing uses this: silent for the self-fence timeout → stop guests.
+        """
+        if not self.last_ack:
+            return None
+        return now - max(self.last_ack.values())
 
     def send_once(self) -> int:
         """Send one heartbeat (one sequence number) on every link; returns how many went out."""
@@ -127,9 +170,7 @@ class HeartbeatSender:
                 # A cut cable shows as ENETUNREACH/EADDRNOTAVAIL: count it, keep the other links going.
                 counters.errors += 1
                 counters.last_error = exc.strerror or str(exc)
-                sock = self._sockets.pop(link.name, None)
-                if sock is not None:
-                    sock.close()
+                self._close(link.name)
                 continue
             counters.sent += 1
             sent += 1
@@ -160,9 +201,8 @@ class HeartbeatSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        for name in list(self._sockets):
+            self._close(name)
 
 
 HeartbeatCallback = Callable[[Heartbeat, float], None]
@@ -178,7 +218,21 @@ class HeartbeatReceiver:
     on_heartbeat: HeartbeatCallback
     on_refused: Callable[[Reception, tuple[str, int]], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    ack_as: str | None = "controller"
+    """Acknowledge every accepted heartbeat to its sender under this name (None: never), so
+    agents know the controller hears them — the input of their self-fencing."""
     _sockets: list[socket.socket] = field(default_factory=list)
+    _ack_incarnation: int = field(default_factory=time.time_ns)
+    _ack_sequence: int = 0
+
+    def _ack(self, sock: socket.socket, heartbeat: Heartbeat, peer: tuple[str, int]) -> None:
+        if self.ack_as is None:
+            return
+        self._ack_sequence += 1
+        ack = Heartbeat(self.verifier.cluster, self.ack_as, heartbeat.link, self._ack_incarnation,
+                        self._ack_sequence, time.monotonic_ns(), ACK, b"")
+        with contextlib.suppress(OSError):
+            sock.sendto(encode(ack, self.verifier.key), peer)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -212,6 +266,7 @@ class HeartbeatReceiver:
             reception = self.verifier.receive(data, now)
             if reception.verdict is Verdict.ACCEPTED and reception.heartbeat is not None:
                 self.on_heartbeat(reception.heartbeat, now)
+                self._ack(sock, reception.heartbeat, peer)
             elif self.on_refused is not None:
                 self.on_refused(reception, peer)
 

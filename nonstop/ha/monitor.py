@@ -54,12 +54,13 @@ class HeartbeatMonitor:
         tick: float = 0.02,
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        ack_as: str | None = "controller",
     ) -> None:
         self.clock = clock
         self.tick = tick
         self.liveness = ClusterLiveness(links, config, started_at=clock())
         self.verifier = HeartbeatVerifier(cluster, key, max_age=max_age)
-        self.receiver = HeartbeatReceiver(self.verifier, endpoints, self._on_heartbeat, clock=clock)
+        self.receiver = HeartbeatReceiver(self.verifier, endpoints, self._on_heartbeat, clock=clock, ack_as=ack_as)
         self.on_transition = on_transition
         self.reports: dict[str, HostReport] = {}
         self.transitions: list[Transition] = []

@@ -52,6 +52,10 @@ async def test_two_links_up_degraded_dead(key: bytes) -> None:
         await wait_for(lambda: monitor.state("h1") is HostState.UP)
         await asyncio.sleep(1.0)  # let the detectors learn the stream
         assert monitor.reports["h1"].agent_state == "ready"
+        # the controller acknowledges on both links: the agent knows it is heard
+        assert set(sender.last_ack) == {"eth0", "eth1"}
+        silence = sender.controller_silence(time.monotonic())
+        assert silence is not None and silence < 0.3
         sender.paused_links.add("eth1")
         await wait_for(lambda: monitor.state("h1") is HostState.LINK_DEGRADED, 2.0)
         assert monitor.liveness.machines["h1"].down_links == {"eth1"}
@@ -96,6 +100,8 @@ async def test_forged_and_replayed_datagrams_are_dropped_and_counted(key: bytes)
         accepted = monitor.counters[Verdict.ACCEPTED]
         await asyncio.sleep(0.3)
         assert monitor.counters[Verdict.ACCEPTED] > accepted
+        # a forged ack does not count as hearing from the controller
+        assert sender.ack_verifier.counters[Verdict.FORGED] == 0
     finally:
         out.close()
         await sender.stop()
@@ -173,3 +179,15 @@ async def test_no_false_suspicion_under_cpu_saturation(key: bytes) -> None:
             if proc.is_alive():
                 proc.kill()
         await monitor.stop()
+
+
+async def test_agent_notices_a_silent_controller(key: bytes) -> None:
+    monitor, sender, _ = await start_pair(key)
+    try:
+        await wait_for(lambda: sender.controller_silence(time.monotonic()) is not None)
+        await monitor.stop()  # the controller dies (or is partitioned away)
+        await asyncio.sleep(0.5)
+        silence = sender.controller_silence(time.monotonic())
+        assert silence is not None and silence >= 0.4
+    finally:
+        await sender.stop()

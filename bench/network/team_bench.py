@@ -108,8 +108,9 @@ def bench_path(progress: Progress) -> dict[str, Any]:
 
 
 def bench_failover(progress: Progress, cuts: int = CUTS) -> dict[str, Any]:
+    """Cut eth0 (active) ``cuts`` times; after each, restore it and measure the failback too."""
     spec = TeamSpec(name="team0", members=["eth0", "eth1"], primary="eth0")
-    gaps, lost, apply_ms, detect_ms = [], [], [], []
+    gaps, failback_gaps, lost, apply_ms, announce_ms, detect_ms = [], [], [], [], [], []
     with TeamTestbed(spec) as tb:
         tb.start_daemon()
         for n in range(cuts):
@@ -127,18 +128,31 @@ def bench_failover(progress: Progress, cuts: int = CUTS) -> dict[str, Any]:
             for event in tb.events():
                 if event["kind"] == "active-changed" and event["at"] >= cut_at and event["new"] == "eth1":
                     apply_ms.append(event["apply_ms"])
+                    announce_ms.append(event["announce_ms"])
                 if event["kind"] == "link" and event["at"] >= cut_at and not event["ok"]:
                     detect_ms.append((event["at"] - cut_at) * 1000)
-            tb.restore("eth0")
+            stream = UdpProbeStream(tb.h1, tb.h2, tb.h2_ip, port=7500 + n).start()
+            time.sleep(0.2)
+            tb.restore("eth0")  # primary_reselect always: traffic moves back to eth0
+            tb.wait_for(lambda s: s["active"] == "eth0")
+            time.sleep(0.3)
+            failback_gaps.append(stream.stop().longest_gap * 1000)
         failovers = tb.status()["failovers"]
+
+    def median(values: list[float], digits: int = 2) -> float | None:
+        return round(statistics.median(values), digits) if values else None
+
     return {
         "cuts": cuts,
-        "gap_ms_median": round(statistics.median(gaps), 2),
+        "gap_ms_median": median(gaps),
         "gap_ms_max": round(max(gaps), 2),
         "gap_ms_all": [round(g, 2) for g in gaps],
+        "failback_gap_ms_median": median(failback_gaps),
+        "failback_gap_ms_max": round(max(failback_gaps), 2),
         "probes_lost_median": statistics.median(lost),
-        "carrier_event_ms_median": round(statistics.median(detect_ms), 2) if detect_ms else None,
-        "rules_swap_ms_median": round(statistics.median(apply_ms), 3) if apply_ms else None,
+        "carrier_event_ms_median": median(detect_ms),
+        "rules_swap_ms_median": median(apply_ms, 3),
+        "garp_sent_ms_median": median(announce_ms, 3),
         "failovers_counted": failovers,
         "target_ms": 100,
         "meets_target": statistics.median(gaps) <= 100,
@@ -206,9 +220,13 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|",
         f"| gap, median of {fail['cuts']} cuts | {fail['gap_ms_median']} ms (target ≤ {fail['target_ms']} ms) |",
         f"| gap, worst | {fail['gap_ms_max']} ms |",
+        f"| failback gap (cable restored, primary_reselect always), median / worst | "
+        f"{fail['failback_gap_ms_median']} / {fail['failback_gap_ms_max']} ms |",
         f"| probes lost, median | {fail['probes_lost_median']} |",
         f"| cut → carrier event seen by the daemon, median | {fail['carrier_event_ms_median']} ms |",
         f"| event → nft rules swapped, median | {fail['rules_swap_ms_median']} ms |",
+        f"| event → gratuitous ARP sent on the new member, median | {fail['garp_sent_ms_median']} ms |",
+        f"| failovers counted by the daemon | {fail['failovers_counted']} |",
         f"| peer anchor | {fail['anchor']} |",
         "",
         f"| balance-xor aggregation (each member tbf {agg['member_rate']}) | Mbit/s |",

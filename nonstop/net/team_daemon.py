@@ -48,8 +48,7 @@ from nonstop.core.net.team import TeamConfig, TeamDecision, initial_state, obser
 from nonstop.core.net.team_render import peer_name, render_ruleset
 from nonstop.core.spec import ClusterSpec, TeamSpec
 from nonstop.net.team import data_path_for, lag_config, link_info, probe_macs, setup_team
-from nonstop.net.team_frames import Announcer, ArpProbe, open_member_socket, parse_probe_reply
-from nonstop.net.team_linkwatch import LinkWatcher
+from nonstop.net.team_frames import Announcer, ArpProbe, LinkWatcher, open_member_socket, parse_probe_reply
 from nonstop.net.team_nft import InProcessNft, NftError, setns_to
 
 PROBE_MISSED = 3

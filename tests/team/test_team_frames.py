@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import struct
 
-from nonstop.net.team_frames import ArpProbe, arp_frame, parse_probe_reply
-from nonstop.net.team_linkwatch import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK, parse_link_events
+from nonstop.net.team_frames import (
+    IFF_LOWER_UP,
+    IFF_UP,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+    ArpProbe,
+    arp_frame,
+    parse_link_events,
+    parse_probe_reply,
+)
 
 MEMBER = "02:00:00:00:00:10"
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-from nonstop.core.units import parse_duration, parse_rate, parse_size
+from nonstop.core.units import format_size, parse_duration, parse_rate, parse_size
 
 
 def _unit_schema(kind: str, example: str, number_type: str, units: str) -> WithJsonSchema:
@@ -607,7 +607,11 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
                 f"max_vcpus {group.max_vcpus} is below vcpus {group.vcpus}; expected at least {group.vcpus}",
             )
         if group.max_memory is not None and group.max_memory < group.memory:
-            add(("guests", g, "max_memory"), "max_memory is below memory; expected at least memory")
+            add(
+                ("guests", g, "max_memory"),
+                f"max_memory {format_size(group.max_memory)} is below memory {format_size(group.memory)}; "
+                f"expected at least {format_size(group.memory)}",
+            )
         if group.kind is GuestKind.VM and group.memory < 64 * 1024**2:
             add(("guests", g, "memory"), "too little memory for a VM; expected at least 64MiB")
         for i, first in _duplicates([d.name for d in group.disks]):

@@ -57,10 +57,25 @@ _DURATION_UNITS: dict[str, float] = {
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
+def _shown(value: object) -> str:
+    """How a rejected input appears in a message: YAML's words for YAML's types."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return str(value)
+
+
 def parse_size(value: object) -> int:
     """Bytes from ``512MiB``, ``2GiB``, ``10G`` or a bare integer of bytes."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size like 512MiB, got {value!r}")
+        raise ValueError(f"expected a size like 512MiB, got {_shown(value)}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"expected a non-negative size, got {value}")
@@ -69,13 +84,13 @@ def parse_size(value: object) -> int:
         match = _NUMBER_UNIT.match(value)
         if match and match.group(2).lower() in _SIZE_UNITS:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    raise ValueError(f'expected a size like 512MiB, got "{value}"')
+    raise ValueError(f"expected a size like 512MiB, got {_shown(value)}")
 
 
 def parse_rate(value: object) -> int:
     """Bits per second from ``100Mbit``, ``1Gbit``, ``500kbit`` or a bare integer."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a rate like 100Mbit, got {value!r}")
+        raise ValueError(f"expected a rate like 100Mbit, got {_shown(value)}")
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"expected a positive rate, got {value}")
@@ -86,13 +101,13 @@ def parse_rate(value: object) -> int:
             rate = int(float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
             if rate > 0:
                 return rate
-    raise ValueError(f'expected a rate like 100Mbit, got "{value}"')
+    raise ValueError(f"expected a rate like 100Mbit, got {_shown(value)}")
 
 
 def parse_duration(value: object) -> float:
     """Seconds from ``200ms``, ``1.5s``, ``2m`` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 200ms, got {value!r}")
+        raise ValueError(f"expected a duration like 200ms, got {_shown(value)}")
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"expected a non-negative duration, got {value}")
@@ -101,7 +116,7 @@ def parse_duration(value: object) -> float:
         match = _NUMBER_UNIT.match(value)
         if match and match.group(2).lower() in _DURATION_UNITS:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-    raise ValueError(f'expected a duration like 200ms, got "{value}"')
+    raise ValueError(f"expected a duration like 200ms, got {_shown(value)}")
 
 
 def format_size(num_bytes: int | float) -> str:

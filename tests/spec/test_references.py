@@ -87,7 +87,7 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[tuple[str | int, ...], str]]]]
         {"guests": [{"name": "web", "vcpus": 2, "max_vcpus": 1, "memory": "512MiB", "max_memory": "256MiB"}]},
         [
             (("guests", 0, "max_vcpus"), "max_vcpus 1 is below vcpus 2; expected at least 2"),
-            (("guests", 0, "max_memory"), "max_memory is below memory; expected at least memory"),
+            (("guests", 0, "max_memory"), "max_memory 256MiB is below memory 512MiB; expected at least 512MiB"),
         ],
     ),
     (

@@ -54,7 +54,7 @@ def test_durations(text: object, value: float) -> None:
     [
         (parse_size, "lots", 'expected a size like 512MiB, got "lots"'),
         (parse_size, "5 parsecs", 'expected a size like 512MiB, got "5 parsecs"'),
-        (parse_size, True, "expected a size like 512MiB, got True"),
+        (parse_size, True, "expected a size like 512MiB, got true"),
         (parse_size, -1, "expected a non-negative size, got -1"),
         (parse_rate, "fast", 'expected a rate like 100Mbit, got "fast"'),
         (parse_rate, "100MiB", 'expected a rate like 100Mbit, got "100MiB"'),

@@ -147,6 +147,7 @@ class TeamDaemon:
         announced = time.monotonic()
         for event in decision.events:
             record = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(event).items()}
+            record["monotonic"] = record.pop("at")  # the machine's clock: exact delay arithmetic
             record["at"] = time.time()
             if record["kind"] == "active-changed":
                 record["apply_ms"] = round((applied - detected) * 1000, 3)

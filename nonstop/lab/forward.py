@@ -114,6 +114,8 @@ class Forwarder:
             except (TimeoutError, OSError):
                 return
             await asyncio.gather(self._pump(reader, inner_writer), self._pump(inner_reader, writer))
+        except asyncio.CancelledError:
+            pass  # close(): end quietly, asyncio's stream callback must not see a cancelled task
         finally:
             self.active -= 1
             self._tasks.discard(task)  # type: ignore[arg-type]

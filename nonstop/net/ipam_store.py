@@ -21,7 +21,9 @@ MAX_CLAIM_ATTEMPTS = 64
 
 
 def key_prefix(cluster: str, network: str) -> str:
-    return f"/nonstop/{cluster}/ipam/{network}/"
+    from nonstop.store import keys
+
+    return keys.ipam_prefix(cluster, network)
 
 
 async def taken(store: Any, cluster: str, network: str) -> dict[str, str]:
@@ -71,9 +73,6 @@ async def guest_addresses(store: Any, cluster: str, networks: list[str]) -> dict
     """network -> guest -> address (the lowest it holds), for ``ensure_host_network``'s port forwards."""
     out: dict[str, dict[str, str]] = {}
     for network in networks:
-        per_guest: dict[str, str] = {}
-        for address, owner in (await taken(store, cluster, network)).items():
-            held = ipam.held_by({address: owner, **({per_guest[owner]: owner} if owner in per_guest else {})}, owner)
-            per_guest[owner] = held or address
-        out[network] = per_guest
+        current = await taken(store, cluster, network)
+        out[network] = {owner: ipam.held_by(current, owner) or "" for owner in set(current.values())}
     return out

@@ -35,6 +35,7 @@ TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TC_H_ROOT = 0xFFFFFFFF
 
 
 def _kind(msg: object) -> str:
@@ -131,10 +132,9 @@ def apply_link_op(ipr: IPRoute, op: Op) -> None:
     elif isinstance(op, SetEgressRate):
         index = _index(ipr, op.name)
         if op.rate is None:
-            try:
-                ipr.tc("del", index=index)
-            except Exception:  # no root qdisc: nothing to remove
-                pass
+            has_tbf = any(q.get_attr("TCA_KIND") == "tbf" for q in ipr.get_qdiscs(index=index))
+            if has_tbf:
+                ipr.tc("del", index=index, parent=TC_H_ROOT)
         else:
             ipr.tc("replace", "tbf", index=index, rate=f"{op.rate * 8}bit", burst=tbf_burst(op.rate), latency="50ms")
     else:

@@ -43,6 +43,12 @@ def test_up_builds_the_fabric_and_down_leaves_nothing(cluster: str) -> None:
     assert http_get(names.host_ns(cluster, "host2"), "198.18.1.254") == "out 198.18.1.11"
     assert http_get(names.host_ns(cluster, "host1"), "198.18.0.254") == "out 198.18.0.10"
 
+    # the root namespace has no route into the lab: a lab address would leave through a
+    # link that was there before the lab (we ask the routing table; no packet is sent)
+    with IPRoute() as ipr:
+        oif = ipr.route("get", dst="198.18.0.254")[0].get_attr("RTA_OIF")
+        assert ipr.get_links(oif)[0].get_attr("IFLA_IFNAME") in before["links"]  # type: ignore[operator]
+
     removed = fabric.down(cluster)
     assert set(removed["namespaces"]) == set(names.all_namespaces(spec))
     assert_nothing_left(cluster, pids)

@@ -202,7 +202,9 @@ class Watch(abc.ABC):
     Entering the context registers the watch, so a write that completes after entry is never
     missed; iterating without entering registers on the first ``__anext__``. Leaving the context
     (or ``aclose()``) stops it. Raises ``CompactedError`` when ``start_revision`` is older than the
-    history kept, and ``StoreError`` subclasses if the backend goes away.
+    history kept, and ``StoreError`` subclasses if the backend goes away; once a watch has failed,
+    every later ``__anext__`` raises the same error (start a new watch from the last revision seen).
+    After ``aclose()`` or the store's ``close()``, iteration ends (``StopAsyncIteration``).
     """
 
     @abc.abstractmethod

@@ -194,6 +194,7 @@ class _EtcdWatch(Watch):
         self._watch: Any = None
         self._events: AsyncIterator[Any] | None = None
         self._done = False
+        self._error: StoreError | None = None
 
     async def start(self) -> None:
         if self._watch is not None or self._done:
@@ -211,15 +212,19 @@ class _EtcdWatch(Watch):
         self._events = self._watch.__aiter__()
 
     async def __anext__(self) -> WatchEvent:
+        if self._error is not None:
+            raise self._error  # a failed watch keeps failing the same way
         await self.start()
         if self._done or self._events is None:
             raise StopAsyncIteration
         try:
             event = await self._events.__anext__()
         except etcd_errors.RevisionCompactedError as exc:
-            raise CompactedError(self._start_revision or 0, exc.compacted_revision) from exc
+            self._error = CompactedError(self._start_revision or 0, exc.compacted_revision)
+            raise self._error from exc
         except (rpc.AioRpcError, etcd_errors.ClientError) as exc:
-            raise _error(exc) from exc
+            self._error = _error(exc)
+            raise self._error from exc
         kv = event.kv
         if event.kind == rtypes.EventKind.PUT:
             return WatchEvent(

@@ -445,21 +445,21 @@ class _SqliteWatch(Watch):
         self._done = False
 
     async def start(self) -> None:
-        if self._started:
+        if self._started or self._done:
             return
-        self._started = True
         store = self._store
-        upto = await store._register(self)
         try:
+            upto = await store._register(self)
             current, compacted, backlog = await store._run(store._backlog, self._prefix, self._start_revision, upto)
+            if self._start_revision is not None and self._start_revision < compacted:
+                raise CompactedError(self._start_revision, compacted)
         except BaseException:
-            store._watches.discard(self)
+            store._watches.discard(self)  # not started: the next call tries again (and fails the same way)
+            self._queue = asyncio.Queue()
             raise
+        self._started = True
         if self._start_revision is None:
             self._min_revision = current + 1
-        elif self._start_revision < compacted:
-            store._watches.discard(self)
-            raise CompactedError(self._start_revision, compacted)
         else:
             self._min_revision = self._start_revision
             self._backlog.extend(backlog)
@@ -485,7 +485,7 @@ class _SqliteWatch(Watch):
                 self._queue.put_nowait(None)  # stay finished for later calls
                 raise StopAsyncIteration
             if isinstance(item, BaseException):
-                self._queue.put_nowait(None)
+                self._queue.put_nowait(item)  # a failed watch keeps failing the same way
                 raise item
             if item.revision >= self._min_revision:
                 return item

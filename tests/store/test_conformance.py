@@ -303,3 +303,14 @@ async def test_desired_spec_round_trips_with_conditional_update(store: Store) ->
     second = await put_spec(store, spec, expected_mod_revision=first)
     assert second is not None and second > first
     await store.delete(keys.spec(spec.cluster))
+
+
+async def test_a_failed_watch_start_can_be_retried_and_still_fails(store: Store, prefix: str) -> None:
+    old = await store.put(prefix + "a", b"1")
+    recent = await store.put(prefix + "a", b"2")
+    await store.compact(recent)
+    watch = store.watch(prefix, start_revision=old)
+    for _ in range(2):
+        with pytest.raises(CompactedError):
+            await asyncio.wait_for(watch.__anext__(), 5)
+    await watch.aclose()

@@ -19,6 +19,7 @@ neither recorded in the state file nor inside one of the lab's namespaces.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -121,7 +122,8 @@ def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
                 ns = names.host_ns(spec.cluster, host.name)
                 proc = netns.spawn(
                     ns,
-                    [python, "-m", TEAM_DAEMON_MODULE, "--netns", ns, "--spec", state.spec_path(spec.cluster), "--host", host.name],
+                    [python, "-m", TEAM_DAEMON_MODULE, "--netns", ns, "--spec", state.spec_path(spec.cluster), "--host", host.name,
+                     "--status-file", team_status_path(spec.cluster, host.name)],
                     log_path=os.path.join(directory, f"team-{host.name}.log"),
                 )
                 lab.processes[key] = proc.pid
@@ -143,6 +145,19 @@ def _wait_listening(ns: str, port: int, pid: int, timeout: float = 10.0) -> None
         finally:
             sock.close()
     raise RuntimeError(f"lab process {pid} did not start listening on port {port} in {ns}")
+
+
+def team_status_path(cluster: str, host: str) -> str:
+    """Where the host's team daemon writes its status JSON."""
+    return os.path.join(names.state_dir(cluster), f"team-{host}.json")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _needs_cleanup(spec: ClusterSpec, lab: state.LabState | None) -> bool:
@@ -247,7 +262,10 @@ def status(cluster: str) -> dict[str, Any]:
             port = wiring.link_state(fab, names.port_name(host.name, nic.name)) if netns.exists(fab) else None
             inner = wiring.link_state(ns, nic.name) if netns.exists(ns) else None
             nics[nic.name] = {"switch_port": port, "host_end": inner}
-        hosts[host.name] = {"namespace": ns, "exists": netns.exists(ns), "addresses": [c for _, c in names.host_addresses(spec, host)], "nics": nics}
+        hosts[host.name] = {
+            "namespace": ns, "exists": netns.exists(ns), "addresses": [c for _, c in names.host_addresses(spec, host)],
+            "nics": nics, "teams": _read_json(team_status_path(cluster, host.name)) if host.teams else None,
+        }
     return {
         "cluster": cluster,
         "phase": lab.phase if lab else None,

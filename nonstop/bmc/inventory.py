@@ -163,7 +163,12 @@ def _cooling(w: _Walker, chassis: dict[str, Any]) -> None:
     if subsystem_uri:
         subsystem = w.get(subsystem_uri, "thermal subsystem")
         for fan in w.members(_link(subsystem, "Fans"), "fans"):
-            w.add(G.COOLING, "fan", fan)
+            speed = fan.get("SpeedPercent") if isinstance(fan.get("SpeedPercent"), dict) else {}
+            w.add(G.COOLING, "fan", fan, {"SpeedPercent": (speed or {}).get("Reading")})
+        sensors_uri = _link(chassis, "Sensors")
+        for sensor in w.members(sensors_uri, "sensors") if sensors_uri else []:
+            if sensor.get("ReadingType") == "Temperature":
+                w.add(G.COOLING, "temperature", sensor, {"ReadingCelsius": sensor.get("Reading")})
         return
     if _link(chassis, "Thermal") is None:
         w.missing.append("cooling: no ThermalSubsystem or Thermal")

@@ -1,7 +1,7 @@
 """The lab BMC's hardware model: one host's power state and its redundant components.
 
 Role: hold what a BMC knows about its host — power on/off, power supplies, NICs, drives
-in a RAID-1 volume — and derive health the way Redfish reports it (``OK``, ``Warning``
+in a RAID-1 volume, fans (two, not in the spec: every lab chassis has them) — and derive health the way Redfish reports it (``OK``, ``Warning``
 for a group running on its last member, ``Critical`` for a failed part or a lost group).
 Built from the cluster spec's ``HostSpec`` so the BMC reflects the host that is declared.
 
@@ -35,6 +35,7 @@ class ComponentKind(str, Enum):
     PSU = "psu"
     NIC = "nic"
     DRIVE = "drive"
+    FAN = "fan"
 
 
 @dataclass
@@ -60,6 +61,13 @@ class PowerSupply(Component):
 class Nic(Component):
     mac: str = "02:00:00:00:00:00"
     speed_gbps: float = 10.0
+
+
+@dataclass
+class Fan(Component):
+    @property
+    def speed_percent(self) -> float:
+        return 0.0 if self.failed else 40.0
 
 
 @dataclass
@@ -92,6 +100,7 @@ class HostHardware:
     psus: dict[str, PowerSupply] = field(default_factory=dict)
     nics: dict[str, Nic] = field(default_factory=dict)
     drives: dict[str, Drive] = field(default_factory=dict)
+    fans: dict[str, Fan] = field(default_factory=lambda: {f"Fan{i}": Fan(f"Fan{i}") for i in (1, 2)})
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     power_off_reason: str = ""
 
@@ -115,7 +124,10 @@ class HostHardware:
 
     def component(self, kind: ComponentKind, name: str) -> Component:
         table: dict[str, Component]
-        table = {ComponentKind.PSU: self.psus, ComponentKind.NIC: self.nics, ComponentKind.DRIVE: self.drives}[kind]  # type: ignore[assignment]
+        table = {  # type: ignore[assignment]
+            ComponentKind.PSU: self.psus, ComponentKind.NIC: self.nics,
+            ComponentKind.DRIVE: self.drives, ComponentKind.FAN: self.fans,
+        }[kind]
         if name not in table:
             raise KeyError(f"{self.host} has no {kind.value} {name!r} (has: {', '.join(table) or 'none'})")
         return table[name]
@@ -143,5 +155,15 @@ class HostHardware:
         return group_health(list(self.drives.values())) if self.drives else Health.OK
 
     @property
+    def cooling_health(self) -> Health:
+        return group_health(list(self.fans.values())) if self.fans else Health.OK
+
+    def temperatures(self) -> dict[str, float]:
+        """Modelled readings (°C): the CPU runs hotter for every failed fan."""
+        failed = sum(f.failed for f in self.fans.values())
+        cpu = 45.0 + 15.0 * failed if self.is_on else 25.0
+        return {"CPUTemp": cpu, "InletTemp": 25.0}
+
+    @property
     def health(self) -> Health:
-        return worst(self.power_health, self.network_health, self.storage_health)
+        return worst(self.power_health, self.network_health, self.storage_health, self.cooling_health)

@@ -12,6 +12,7 @@ Layout (one system, one chassis, one manager per BMC, all named after the host):
     /redfish/v1/Chassis/<host>/Drives/<drive>
     /redfish/v1/Chassis/<host>/PowerSubsystem       PowerSupplies/<psu> (current model)
     /redfish/v1/Chassis/<host>/NetworkAdapters/<nic>/Ports/1
+    /redfish/v1/Chassis/<host>/ThermalSubsystem     Fans/<fan>, ThermalMetrics; Sensors/<sensor>
     /redfish/v1/Managers/BMC, SessionService, AccountService
 
 Must not: do I/O or change the model; server.py serves what this renders.
@@ -47,6 +48,12 @@ TYPES: dict[str, str] = {
     "Drive": "v1_17_0",
     "VolumeCollection": "",
     "Volume": "v1_9_0",
+    "ThermalSubsystem": "v1_3_0",
+    "FanCollection": "",
+    "Fan": "v1_5_0",
+    "ThermalMetrics": "v1_3_0",
+    "SensorCollection": "",
+    "Sensor": "v1_9_0",
     "ManagerCollection": "",
     "Manager": "v1_19_0",
     "SessionService": "v1_1_9",
@@ -169,8 +176,9 @@ def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[st
     put(resource(
         "Chassis", chassis, h, h,
         ChassisType="RackMount", Manufacturer="nonstop", Model="lab chassis", PowerState=hw.power.value,
-        Status=status(worst(hw.power_health, hw.network_health), rollup=hw.health),
+        Status=status(worst(hw.power_health, hw.network_health, hw.cooling_health), rollup=hw.health),
         PowerSubsystem=link(power), NetworkAdapters=link(adapters), Drives=link(f"{chassis}/Drives"),
+        ThermalSubsystem=link(f"{chassis}/ThermalSubsystem"), Sensors=link(f"{chassis}/Sensors"),
         Links={"ComputerSystems": [link(system)], "ManagedBy": [link(manager)]},
     ))
     put(collection("DriveCollection", f"{chassis}/Drives", "Drives", list(drive_uris.values())))
@@ -213,6 +221,8 @@ def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[st
             Ethernet={"AssociatedMACAddresses": [nic.mac]},
         ))
 
+    _thermal(hw, chassis, put)
+
     # ------------------------------------------------------------ manager
     put(collection("ManagerCollection", f"{ROOT}/Managers", "Managers", [manager]))
     put(resource(
@@ -250,6 +260,46 @@ def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[st
         AssignedPrivileges=["Login", "ConfigureManager", "ConfigureUsers", "ConfigureSelf", "ConfigureComponents"],
     ))
     return tree
+
+
+def _thermal(hw: HostHardware, chassis: str, put: Any) -> None:
+    """ThermalSubsystem with its fans, ThermalMetrics, and the sensors both point at."""
+    thermal = f"{chassis}/ThermalSubsystem"
+    sensors = f"{chassis}/Sensors"
+    fan_uris = {name: f"{thermal}/Fans/{name}" for name in hw.fans}
+    temps = hw.temperatures()
+    put(resource(
+        "ThermalSubsystem", thermal, "ThermalSubsystem", "Thermal subsystem",
+        Status=status(hw.cooling_health, rollup=hw.cooling_health),
+        Fans=link(f"{thermal}/Fans"), ThermalMetrics=link(f"{thermal}/ThermalMetrics"),
+    ))
+    put(collection("FanCollection", f"{thermal}/Fans", "Fans", list(fan_uris.values())))
+    sensor_uris: list[str] = []
+    for name, fan in hw.fans.items():
+        sensor = f"{sensors}/{name}Speed"
+        sensor_uris.append(sensor)
+        put(resource(
+            "Fan", fan_uris[name], name, name, Status=status(fan.health, fan.state),
+            SpeedPercent={"Reading": fan.speed_percent, "DataSourceUri": sensor},
+        ))
+        put(resource(
+            "Sensor", sensor, f"{name}Speed", f"{name} speed", ReadingType="Percent", Reading=fan.speed_percent,
+            ReadingUnits="%", Status=status(fan.health, fan.state),
+        ))
+    for name, reading in temps.items():
+        sensor = f"{sensors}/{name}"
+        sensor_uris.append(sensor)
+        put(resource(
+            "Sensor", sensor, name, name, ReadingType="Temperature", Reading=reading, ReadingUnits="Cel",
+            Status=status(Health.WARNING if reading >= 70 else Health.OK),
+        ))
+    put(collection("SensorCollection", sensors, "Sensors", sensor_uris))
+    put(resource(
+        "ThermalMetrics", f"{thermal}/ThermalMetrics", "ThermalMetrics", "Thermal metrics",
+        TemperatureReadingsCelsius=[
+            {"DataSourceUri": f"{sensors}/{name}", "Reading": reading} for name, reading in temps.items()
+        ],
+    ))
 
 
 def metadata_xml() -> str:

@@ -10,7 +10,7 @@ SessionService), and carry out actions:
   calls the ``on_power_on`` hook (the lab restarts the host's agent). ``ForceRestart``,
   ``GracefulRestart`` and ``PowerCycle`` are off-then-on.
 - Component failure and repair for tests and chaos, on a private path outside Redfish
-  (``POST /nonstop/v1/components/{psu|nic|drive}/{name}/{fail|repair}``): a NIC calls the
+  (``POST /nonstop/v1/components/{psu|nic|drive|fan}/{name}/{fail|repair}``): a NIC calls the
   ``on_nic`` hook (the lab cuts or restores that NIC's cable); losing the last PSU powers
   the host off for real; repairing a PSU does not power it back on (as on hardware).
 
@@ -273,9 +273,10 @@ def bmc_state(bmc: Bmc) -> dict[str, Any]:
         "power": hw.power.value,
         "power_off_reason": hw.power_off_reason,
         "health": {"power": hw.power_health.value, "network": hw.network_health.value,
-                   "storage": hw.storage_health.value},
+                   "storage": hw.storage_health.value, "cooling": hw.cooling_health.value},
         "failed": sorted(f"{k.value}/{c.name}" for k, table in
-                         ((ComponentKind.PSU, hw.psus), (ComponentKind.NIC, hw.nics), (ComponentKind.DRIVE, hw.drives))
+                         ((ComponentKind.PSU, hw.psus), (ComponentKind.NIC, hw.nics), (ComponentKind.DRIVE, hw.drives),
+                          (ComponentKind.FAN, hw.fans))
                          for c in table.values() if c.failed),
     }
 

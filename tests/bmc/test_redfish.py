@@ -83,6 +83,7 @@ async def test_components_fail_and_repair_through_the_admin_path() -> None:
         assert nic_events == [("eth1", False)]
         await call("POST", f"{base}/drive/Disk0/fail")
         await call("POST", f"{base}/psu/PSU2/fail")
+        await call("POST", f"{base}/fan/Fan1/fail")
         assert (await call("POST", f"{base}/psu/PSU9/fail"))[0] == 404
         assert (await call("POST", f"{base}/fan/F1/fail"))[0] == 404
 
@@ -97,7 +98,10 @@ async def test_components_fail_and_repair_through_the_admin_path() -> None:
         assert by_name["Disk0"].failed and by_name["Mirror"].health == "Warning"
         assert by_name["Mirror"].detail("RAIDType") == "RAID1"
         assert by_name["PSU2"].failed and not by_name["PSU1"].failed
-        assert {c.name for c in inventory.failed()} == {"eth1/1", "Disk0", "PSU2"}
+        assert {c.name for c in inventory.failed()} == {"eth1/1", "Disk0", "PSU2", "Fan1"}
+        assert by_name["Fan2"].detail("SpeedPercent") == "40.0"
+        assert by_name["CPUTemp"].detail("ReadingCelsius") == "60.0"  # one fan down: hotter
+        assert len(inventory.group(ComponentGroup.COOLING)) == 4 and inventory.missing == ()
         assert len(inventory.group(ComponentGroup.POWER)) == 2
         assert inventory.power_state == "On" and inventory.health == "Warning"
 
@@ -109,10 +113,10 @@ async def test_components_fail_and_repair_through_the_admin_path() -> None:
         await running.stop()
 
 
-async def run_validator(url: str, csdl: Path, logdir: Path) -> tuple[dict[str, int], str]:
+async def run_validator(url: str, csdl: Path, logdir: Path, auth: str = "Session") -> tuple[dict[str, int], str]:
     proc = await asyncio.create_subprocess_exec(
         str(VALIDATOR), "--rhost", url, "--schema_directory", str(csdl), "--skipschema",
-        "--logdir", str(logdir), "--user", "admin", "--password", "password", "--authtype", "Session",
+        "--logdir", str(logdir), "--user", "admin", "--password", "password", "--authtype", auth,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
@@ -139,10 +143,11 @@ async def test_service_validator_zero_failures(csdl_dir: Path, tmp_path: Path) -
         assert counts["pass"] > 300
 
         # degraded and powered off: different health words, states and link status
-        for kind, name in ((ComponentKind.PSU, "PSU1"), (ComponentKind.DRIVE, "Disk1"), (ComponentKind.NIC, "eth0")):
+        for kind, name in ((ComponentKind.PSU, "PSU1"), (ComponentKind.DRIVE, "Disk1"), (ComponentKind.NIC, "eth0"),
+                           (ComponentKind.FAN, "Fan2")):
             await running.bmc.set_component(kind, name, failed=True)
         await running.bmc.reset("ForceOff")
-        counts, text = await run_validator(running.url, csdl_dir, tmp_path / "degraded")
+        counts, text = await run_validator(running.url, csdl_dir, tmp_path / "degraded", auth="Basic")
         assert counts["fail"] == 0, text[-4000:]
     finally:
         await running.stop()

@@ -83,6 +83,7 @@ class MonitoredTeam:
         self.state: Any = None
         self.announcer: Announcer | None = None
         self.dirty = False
+        self.logical_carrier: bool | None = None
         """The last rules swap failed; retry on the next poll."""
         self.last_failover: dict[str, Any] | None = None
 
@@ -145,6 +146,7 @@ class TeamDaemon:
         if decision.announce_on and team.announcer is not None and before is not None:
             team.announcer.send(decision.announce_on)
         announced = time.monotonic()
+        self.sync_logical_carrier(team)
         for event in decision.events:
             record = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(event).items()}
             record["monotonic"] = record.pop("at")  # the machine's clock: exact delay arithmetic
@@ -156,6 +158,24 @@ class TeamDaemon:
             self.emit(record)
         if decision.events or force:
             self.write_status()
+
+    def sync_logical_carrier(self, team: MonitoredTeam) -> None:
+        """Like a bond, the team has carrier only while some member can carry traffic.
+
+        Downing the hidden peer ``team0p`` takes carrier off ``team0``, so routes, bridges
+        and anything watching the team see it fail instead of black-holing into it.
+        """
+        if team.kind != "team":
+            return
+        wanted = bool(transmit_members(team.config, team.state))
+        if wanted == team.logical_carrier:
+            return
+        found = self.ipr.link_lookup(ifname=team.port)
+        if not found:
+            return
+        self.ipr.link("set", index=found[0], state="up" if wanted else "down")
+        team.logical_carrier = wanted
+        self.emit({"kind": "carrier", "team": team.config.name, "up": wanted, "at": time.time()})
 
     def emit(self, record: dict[str, Any]) -> None:
         self.events.write(json.dumps(record, default=list) + "\n")

@@ -146,3 +146,24 @@ def test_balance_xor_spreads_100_flows_and_survives_a_member_cut() -> None:
         sent, received = tcp.finish()
         assert received == sent > 0
         tb.wait_reachable()
+
+
+def test_the_team_loses_carrier_only_when_every_member_is_down() -> None:
+    spec = TeamSpec(name="team0", members=["eth0", "eth1"], primary="eth0")
+    with TeamTestbed(spec) as tb:
+        tb.start_daemon()
+        tb.wait_for(active_is("eth0"))
+        tb.cut("eth0")
+        tb.wait_for(active_is("eth1"))
+        assert tb.carrier("team0")
+        tb.cut("eth1")
+        tb.wait_for(active_is(None))
+        deadline = time.monotonic() + 2
+        while tb.carrier("team0"):
+            assert time.monotonic() < deadline, "team0 kept carrier with no usable member"
+            time.sleep(0.02)
+        tb.restore("eth1")
+        tb.wait_for(active_is("eth1"))
+        tb.wait_reachable(timeout=3.0)
+        assert tb.carrier("team0")
+        assert [e["up"] for e in tb.events() if e["kind"] == "carrier"] == [True, False, True]

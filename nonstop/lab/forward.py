@@ -107,7 +107,7 @@ class Forwarder:
         self.total += 1
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             try:
                 inner_reader, inner_writer = await self._open_inside()
@@ -118,7 +118,7 @@ class Forwarder:
             pass  # close(): end quietly, asyncio's stream callback must not see a cancelled task
         finally:
             self.active -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -222,10 +222,11 @@ def stop_forward(cluster: str, port: int) -> bool:
     lab = state.load(cluster)
     if lab is None:
         return False
-    keep, stop = [], []
+    keep: list[dict[str, object]] = []
+    stop: list[dict[str, object]] = []
     for record in lab.forwards:
         (stop if record["port"] == port else keep).append(record)
-    netns.stop_pids([int(r["pid"]) for r in stop])  # type: ignore[call-overload]
+    netns.stop_pids([int(str(r["pid"])) for r in stop])
     lab.forwards = keep
     state.save(lab)
     return bool(stop)

@@ -77,8 +77,8 @@ def create_vnic(
 ) -> VnicInfo:
     """Create (or repair) guest ``guest``'s vNIC number ``index`` on ``network``'s bridge.
 
-    ``kind``: "tap" for QEMU guests, "veth" for process guests. ``bandwidth``: bytes per
-    second in each direction, or None. Idempotent: calling again with the same arguments
+    ``kind``: "tap" for QEMU guests, "veth" for process guests. ``bandwidth``: bits per
+    second in each direction (the spec's ``VnicSpec.bandwidth``), or None. Idempotent: calling again with the same arguments
     changes nothing; with another bandwidth, updates the limits in place."""
     plan = render_vnic(cluster, network, guest, index, kind, bandwidth)
     bridge = names.bridge_name(network)

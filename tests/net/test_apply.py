@@ -103,15 +103,15 @@ def test_vnic_lifecycle(host_ns: tuple[str, ClusterSpec]) -> None:
     with pytest.raises(host_net.NetworkNotReadyError):
         host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap")
     host_net.ensure_host_network(ns, spec, "h1")
-    tap = host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap", bandwidth=1_000_000)
+    tap = host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap", bandwidth=8_000_000)
     assert tap.mac == names.vnic_mac(spec.cluster, "g-0", 0) and tap.peer_name is None
     links = _links(ns)
     assert links[tap.name]["master"] == "nb-prod" and links[tap.name]["mac"] != tap.mac
     assert ("netdev", names.bandwidth_table_name(tap.name)) in nft.list_tables(ns)
-    assert apply.plan(ns, render_vnic(spec.cluster, "prod", "g-0", 0, "tap", 1_000_000).desired) == ()
+    assert apply.plan(ns, render_vnic(spec.cluster, "prod", "g-0", 0, "tap", 8_000_000).desired) == ()
     # a new limit updates in place; no limit removes shaper and policer
-    host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap", bandwidth=2_000_000)
-    assert apply.plan(ns, render_vnic(spec.cluster, "prod", "g-0", 0, "tap", 2_000_000).desired) == ()
+    host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap", bandwidth=16_000_000)
+    assert apply.plan(ns, render_vnic(spec.cluster, "prod", "g-0", 0, "tap", 16_000_000).desired) == ()
     host_net.create_vnic(ns, spec.cluster, "prod", "g-0", 0, "tap")
     assert ("netdev", names.bandwidth_table_name(tap.name)) not in nft.list_tables(ns)
     assert apply.plan(ns, render_vnic(spec.cluster, "prod", "g-0", 0, "tap").desired) == ()
@@ -148,9 +148,9 @@ def _iperf(ns_server: str, ns_client: str, server_ip: str, reverse: bool, second
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 (Debian package iperf3) is not installed")
 def test_bandwidth_limit_both_directions_within_ten_percent(host_ns: tuple[str, ClusterSpec]) -> None:
     ns, spec = host_ns
-    rate = 5_000_000  # 40 Mbit/s
+    rate = 5_000_000  # bytes/s: 40 Mbit/s
     host_net.ensure_host_network(ns, spec, "h1")
-    vnic = host_net.create_vnic(ns, spec.cluster, "nat0", "g-0", 0, "veth", bandwidth=rate)
+    vnic = host_net.create_vnic(ns, spec.cluster, "nat0", "g-0", 0, "veth", bandwidth=rate * 8)
     guest_ns = f"nonstop-{spec.cluster}-g0"
     netns.create(guest_ns)
     host_net.move_to_netns(ns, vnic.peer_name or "", guest_ns, address="198.19.20.2/24", gateway="198.19.20.1")

@@ -72,7 +72,7 @@ def test_nat_port_forwards_and_plain_nic_uplink() -> None:
 
 
 def test_vnics() -> None:
-    tap = render_vnic("snap", "prod", "web-0", 0, "tap", bandwidth=12_500_000)
+    tap = render_vnic("snap", "prod", "web-0", 0, "tap", bandwidth=100_000_000)
     veth = render_vnic("snap", "prod", "api-0", 0, "veth")
     _compare("vnics", {
         "tap": {"device": tap.device, "mac": tap.mac, **_document(tap.desired, [])},

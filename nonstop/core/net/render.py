@@ -124,11 +124,13 @@ class VnicPlan:
 def render_vnic(
     cluster: str, network: str, guest: str, index: int, kind: str, bandwidth: int | None = None
 ) -> VnicPlan:
-    """A vNIC on ``network``'s bridge. ``bandwidth`` (bytes/s) limits both directions: tbf on
+    """A vNIC on ``network``'s bridge. ``bandwidth`` (bits/s, like the spec's ``Rate``, e.g.
+    ``VnicSpec.bandwidth``) limits both directions: tbf on
     the host-side device's egress (toward the guest), nftables policing on its ingress
     (from the guest). The guest's MAC goes to the guest end (veth) or to QEMU (tap); the
     tap itself keeps a kernel MAC so the bridge never mistakes the guest's MAC for local."""
     device, peer = names.vnic_names(cluster, guest, index, kind)
+    rate = max(bandwidth // 8, 1) if bandwidth else None  # the kernel counts bytes
     mac = names.vnic_mac(cluster, guest, index)
     link = LinkSpec(
         name=device,
@@ -136,9 +138,9 @@ def render_vnic(
         peer=peer,
         peer_mac=mac if peer is not None else None,
         master=names.bridge_name(network),
-        egress_rate=bandwidth,
+        egress_rate=rate,
     )
-    tables = (policing_table(names.bandwidth_table_name(device), device, bandwidth),) if bandwidth else ()
+    tables = (policing_table(names.bandwidth_table_name(device), device, rate),) if rate else ()
     return VnicPlan(device=device, peer=peer, mac=mac, desired=DesiredState(links=(link,), tables=tables))
 
 

@@ -8,10 +8,10 @@ writers in several processes serialize on SQLite's lock and revisions are assign
 order. Expired leases are removed at the start of every write and by each process's watch
 poller; until then reads skip keys whose lease has expired, so an expired key is never returned.
 
-Watches: one poller task per store object reads new ``history`` rows every ``POLL_INTERVAL``
-(``PRAGMA data_version`` makes an idle poll one cheap call; this process's own writes wake the
-poller at once) and hands events to each watch's queue. All SQLite calls run on one dedicated
-thread per store object, so the event loop never blocks on the database.
+Watches (``nonstop.store.sqlite_watch``): one poller thread per store object, with its own
+connection, follows the ``history`` table and hands new events to the loop; this module keeps the
+set of watches and dispatches to them. All other SQLite calls run on one dedicated thread per
+store object, so the event loop never blocks on the database.
 
 Must not: interpret keys or values; use the event-loop thread for SQLite calls.
 """
@@ -24,7 +24,6 @@ import functools
 import secrets
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any, TypeVar
 from nonstop.store.base import (
     CompactedError,
     Compare,
-    EventType,
     KeyValue,
     LeaseNotFound,
     Op,
@@ -46,11 +44,8 @@ from nonstop.store.base import (
     check_ops,
     prefix_end,
 )
+from nonstop.store.sqlite_watch import DELETE, PUT, HistoryPoller, SqliteWatch, event_from_row
 
-POLL_INTERVAL = 0.01
-"""Seconds between polls of the history table while watches are open (other processes' writes)."""
-SWEEP_INTERVAL = 0.1
-"""Seconds between checks for expired leases by the watch poller."""
 HISTORY_KEEP = 10_000
 """Revisions of history kept for watches that start in the past."""
 COMPACT_EVERY = 1_000
@@ -71,7 +66,6 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,
 CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases(expires_at);
 INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compacted', 0);
 """
-_PUT, _DELETE = 0, 1
 _KV_COLUMNS = "kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease"
 _LIVE = "(kv.lease = 0 OR EXISTS (SELECT 1 FROM leases l WHERE l.id = kv.lease AND l.expires_at > ?))"
 
@@ -80,11 +74,6 @@ T = TypeVar("T")
 
 def _kv(row: Sequence[Any]) -> KeyValue:
     return KeyValue(bytes(row[0]).decode(), bytes(row[1]), row[2], row[3], row[4], row[5])
-
-
-def _event(row: Sequence[Any]) -> WatchEvent:
-    kind = EventType.PUT if row[2] == _PUT else EventType.DELETE
-    return WatchEvent(kind, bytes(row[3]).decode(), bytes(row[4]), row[0], row[5], row[6], row[7])
 
 
 class _Writer:
@@ -113,13 +102,13 @@ class _Writer:
             "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
             (key, value, create, self.revision, version, lease or 0),
         )
-        self._history(_PUT, key, value, create, version, lease or 0)
+        self._history(PUT, key, value, create, version, lease or 0)
 
     def delete_where(self, where: str, args: tuple[Any, ...]) -> None:
         rows = self.con.execute(f"SELECT key FROM kv WHERE {where} ORDER BY key", args).fetchall()
         for (key,) in rows:
             self.con.execute("DELETE FROM kv WHERE key = ?", (key,))
-            self._history(_DELETE, bytes(key), b"", 0, 0, 0)
+            self._history(DELETE, bytes(key), b"", 0, 0, 0)
         self.deleted += len(rows)
 
     def apply(self, op: Op) -> None:
@@ -150,12 +139,10 @@ class SqliteStore(Store):
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nonstop-sqlite")
         self._closed = False
-        self._local_writes = 0  # touched only on the executor thread
-        self._seen = (-1, -1)  # (data_version, local_writes) at the last poll; executor thread only
-        self._watches: set[_SqliteWatch] = set()
-        self._position: int | None = None  # last revision dispatched to watches; event-loop only
-        self._poller: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._watches: set[SqliteWatch] = set()
+        self._position = 0  # the last revision handed to watches (event-loop side)
+        self._poller: HistoryPoller | None = None
+        self._sweeper: asyncio.Future[None] | None = None
         self._register_lock: asyncio.Lock | None = None
         try:
             self._con = self._executor.submit(self._connect).result()
@@ -211,7 +198,6 @@ class SqliteStore(Store):
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._local_writes += 1
         return result, revision
 
     def _txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> tuple[bool, int, int]:
@@ -277,34 +263,14 @@ class SqliteStore(Store):
 
         self._write(body)
 
-    def _poll(self, position: int) -> tuple[list[WatchEvent], int, int] | None:
-        """New history after ``position``: (events, new position, compacted); None if nothing changed."""
-        data_version = self._con.execute("PRAGMA data_version").fetchone()[0]
-        if (data_version, self._local_writes) == self._seen:
-            return None
-        rows = self._con.execute(
-            "SELECT * FROM history WHERE revision > ? ORDER BY revision, seq LIMIT 5000", (position,)
-        ).fetchall()
-        if len(rows) < 5000:
-            self._seen = (data_version, self._local_writes)  # else: more to read on the next poll
-        compacted = self._meta("compacted")
-        events = [_event(row) for row in rows]
-        return events, (events[-1].revision if events else position), compacted
-
-    def _expired_leases_exist(self) -> bool:
-        return (
-            self._con.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (self._clock(),)).fetchone()
-            is not None
-        )
-
-    def _backlog(self, prefix: bytes, start: int | None, upto: int) -> tuple[int, int, list[WatchEvent]]:
+    def _read_backlog(self, prefix: bytes, start: int | None, upto: int) -> tuple[int, int, list[WatchEvent]]:
         current, compacted = self._meta("revision"), self._meta("compacted")
         if start is None or start > upto:
             return current, compacted, []
         rows = self._con.execute(
             "SELECT * FROM history WHERE revision >= ? AND revision <= ? ORDER BY revision, seq", (start, upto)
         ).fetchall()
-        return current, compacted, [e for e in map(_event, rows) if e.key.encode().startswith(prefix)]
+        return current, compacted, [e for e in map(event_from_row, rows) if e.key.encode().startswith(prefix)]
 
     # ------------------------------------------------------------ event loop side
 
@@ -317,8 +283,8 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
     def _wrote(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if self._poller is not None:
+            self._poller.wake()
 
     async def get(self, key: str) -> KeyValue | None:
         return await self._run(lambda: self._get_locked(key, self._clock()))
@@ -349,7 +315,7 @@ class SqliteStore(Store):
         return TxnResult(ok, revision)
 
     def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
-        return _SqliteWatch(self, prefix, start_revision)
+        return SqliteWatch(self, prefix, start_revision)
 
     async def grant_lease(self, ttl_seconds: int) -> int:
         if ttl_seconds <= 0:
@@ -374,121 +340,67 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._closed:
             return
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-        for watch in list(self._watches):
-            watch._finish(None)
         self._closed = True
+        for watch in list(self._watches):
+            watch.finish(None)
+        if self._poller is not None:
+            self._poller.stop()
+            await asyncio.to_thread(self._poller.join, 10)
+        if self._sweeper is not None:
+            with contextlib.suppress(BaseException):
+                await self._sweeper
         await asyncio.get_running_loop().run_in_executor(self._executor, self._con.close)
         self._executor.shutdown(wait=False)
 
     # ---------------------------------------------------------------- watches
 
-    async def _register(self, watch: _SqliteWatch) -> int:
-        """Add a watch to the dispatch set; return the revision up to which it needs a backlog."""
+    async def _backlog(self, prefix: bytes, start: int | None, upto: int) -> tuple[int, int, Sequence[WatchEvent]]:
+        """(current revision, compaction point, history events under ``prefix`` in [start, upto])."""
+        return await self._run(self._read_backlog, prefix, start, upto)
+
+    async def _register(self, watch: SqliteWatch) -> int:
+        """Add a watch to the dispatch set; return the revision up to which it needs a backlog.
+
+        Every event the poller hands over later has a higher revision, and reaches this watch.
+        """
         if self._register_lock is None:
-            self._register_lock, self._wakeup = asyncio.Lock(), asyncio.Event()
+            self._register_lock = asyncio.Lock()
         async with self._register_lock:
-            if self._position is None:
+            if self._poller is None:
                 self._position = await self._run(self._meta, "revision")
-            self._watches.add(watch)  # from here on, every dispatched event (> position) reaches it
-            if self._poller is None or self._poller.done():
-                self._poller = asyncio.create_task(self._poll_loop(), name=f"nonstop-store-poller {self.path}")
+                self._poller = HistoryPoller(
+                    self.path,
+                    self._position,
+                    asyncio.get_running_loop(),
+                    self._dispatch,
+                    self._sweep_soon,
+                    self._poller_failed,
+                    self._clock,
+                )
+                self._poller.start()
+            self._watches.add(watch)
             return self._position
 
-    async def _poll_loop(self) -> None:
-        assert self._wakeup is not None
-        last_sweep = 0.0
-        while self._watches:
-            try:
-                polled = await self._run(self._poll, self._position)
-                if time.monotonic() - last_sweep >= SWEEP_INTERVAL:
-                    last_sweep = time.monotonic()
-                    if await self._run(self._expired_leases_exist):
-                        await self._run(self._txn, (), (), ())  # a write: it expires leases first
-                        continue
-            except Exception as exc:  # the poller must never die silently: watches would hang
-                error = exc if isinstance(exc, StoreError) else StoreError(f"watch poller failed: {exc!r}")
-                for watch in list(self._watches):
-                    watch._finish(error)
-                self._position = None
-                return
-            if polled is not None:
-                events, position, compacted = polled
-                assert self._position is not None
-                if compacted > self._position + 1:
-                    for watch in list(self._watches):
-                        watch._finish(CompactedError(self._position + 1, compacted))
-                for event in events:
-                    for watch in list(self._watches):
-                        watch._deliver(event)
-                self._position = position
-                if len(events) >= 5000:
-                    continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
-            self._wakeup.clear()
-        self._position = None  # idle: the next watch starts from the then-current revision
+    def _dispatch(self, events: Sequence[WatchEvent], compacted: int) -> None:
+        if compacted > self._position + 1:  # history this process had not read yet is gone
+            for watch in list(self._watches):
+                watch.finish(CompactedError(self._position + 1, compacted))
+        for event in events:
+            for watch in list(self._watches):
+                watch.deliver(event)
+        if events:
+            self._position = events[-1].revision
 
+    def _sweep_soon(self) -> None:
+        if not self._closed and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.ensure_future(self._sweep())
 
-class _SqliteWatch(Watch):
-    def __init__(self, store: SqliteStore, prefix: str, start_revision: int | None) -> None:
-        self._store = store
-        self._prefix = prefix.encode()
-        self._start_revision = start_revision
-        self._queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue()
-        self._backlog: deque[WatchEvent] = deque()
-        self._min_revision = 0
-        self._started = False
-        self._done = False
+    async def _sweep(self) -> None:
+        with contextlib.suppress(StoreError):
+            await self._run(self._txn, (), (), ())  # every write expires leases first
+            self._wrote()
 
-    async def start(self) -> None:
-        if self._started or self._done:
-            return
-        store = self._store
-        try:
-            upto = await store._register(self)
-            current, compacted, backlog = await store._run(store._backlog, self._prefix, self._start_revision, upto)
-            if self._start_revision is not None and self._start_revision < compacted:
-                raise CompactedError(self._start_revision, compacted)
-        except BaseException:
-            store._watches.discard(self)  # not started: the next call tries again (and fails the same way)
-            self._queue = asyncio.Queue()
-            raise
-        self._started = True
-        if self._start_revision is None:
-            self._min_revision = current + 1
-        else:
-            self._min_revision = self._start_revision
-            self._backlog.extend(backlog)
-
-    def _deliver(self, event: WatchEvent) -> None:
-        if not self._done and event.key.encode().startswith(self._prefix):
-            self._queue.put_nowait(event)
-
-    def _finish(self, error: BaseException | None) -> None:
-        if not self._done:
-            self._done = True
-            self._backlog.clear()
-            self._store._watches.discard(self)
-            self._queue.put_nowait(error)
-
-    async def __anext__(self) -> WatchEvent:
-        await self.start()
-        if self._backlog:
-            return self._backlog.popleft()
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                self._queue.put_nowait(None)  # stay finished for later calls
-                raise StopAsyncIteration
-            if isinstance(item, BaseException):
-                self._queue.put_nowait(item)  # a failed watch keeps failing the same way
-                raise item
-            if item.revision >= self._min_revision:
-                return item
-
-    async def aclose(self) -> None:
-        self._finish(None)
+    def _poller_failed(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, StoreError) else StoreUnavailable(f"watch poller failed: {exc!r}")
+        for watch in list(self._watches):
+            watch.finish(error)

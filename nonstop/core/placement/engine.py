@@ -167,6 +167,13 @@ class Engine:
         self._batchable = all(
             isinstance(f, AffinityFilter | AntiAffinityFilter) for f in self.group_filters
         ) and all(isinstance(w, SoftSpreadWeigher) for w, _ in self.group_weighers)
+        # Resource weighers add at most sum(|w|); a sibling costs the soft-spread weigher at least
+        # half its weight (1 -> 1/2). When that half is larger, any feasible host without a
+        # sibling beats every host with one, so siblings' hosts need no exact scoring.
+        soft_weight = sum(w for g, w in self.group_weighers if isinstance(g, SoftSpreadWeigher))
+        self._soft_dominates = (
+            len(self.group_weighers) == 1 and sum(abs(w) for _, w in self.resource_weighers) < 0.5 * soft_weight
+        )
 
     # ------------------------------------------------------------------ scoring
 
@@ -192,7 +199,7 @@ class Engine:
         """Weighted score (−inf where a class-level filter fails); shapes broadcast elementwise."""
         used_after = used + request
         if self.capacity_columns == (0, 1, 2):
-            ok = ok & np.all(CapacityFilter.fits(used_after, effective), axis=-1)
+            ok = ok & CapacityFilter.fits(used_after, effective).all(axis=-1)
         else:
             for c in self.capacity_columns:
                 ok = ok & CapacityFilter.fits(used_after[..., c], effective[..., c])
@@ -305,7 +312,7 @@ class Engine:
         i = int(np.argmax(row))
         best = float(row[i])
         row[blocked] = saved
-        if len(soft_hosts):
+        if len(soft_hosts) and not (self._soft_dominates and best > NEG_INF):
             if len(excluded):
                 soft_hosts = np.setdiff1d(soft_hosts, excluded)
             j, score = self._best_among(guest, soft_hosts)
@@ -392,18 +399,22 @@ class Engine:
         )
 
     def _batch_length(self, order: list[int], start: int, explain: frozenset[int]) -> int:
-        """How many guests from ``start`` on can be decided as one hard-spread batch.
+        """How many guests from ``start`` on can be decided as one spread batch.
 
         Consecutive guests of one hard-spread group and one request class: placing one on
         host x changes only x's score, and x is then excluded for its siblings anyway, so
         sequential greedy equals "the n best distinct hosts" — decided with one cache update.
+        Soft spread too, while the soft-spread weight dominates (``_soft_dominates``) and a
+        host without a sibling is left: greedy then never picks a sibling's host either.
         """
         if not self._batchable or self._cache is None:
             return 1
         state = self.state
         first = order[start]
         group = int(state.group[first])
-        if state.group_spread[group] is not Spread.HARD or state.group_affinity[group] or first in explain:
+        spread = state.group_spread[group]
+        spreads = spread is Spread.HARD or (spread is Spread.SOFT and self._soft_dominates)
+        if not spreads or state.group_affinity[group] or first in explain:
             return 1
         klass = int(state.klass[first])
         end = start + 1
@@ -417,6 +428,9 @@ class Engine:
         assert self._cache is not None
         row = self._cache[self._rows[int(self.state.klass[guests[0]])]]
         _required, excluded = self._group_constraints(guests[0])
+        group = int(self.state.group[guests[0]])
+        if self.state.group_spread[group] is Spread.SOFT:
+            excluded = np.concatenate((excluded, self.view.occupancy.hosts(group)))
         saved = row[excluded]
         row[excluded] = NEG_INF
         chosen: list[int] = []

@@ -76,19 +76,23 @@ class TeamTestbed:
         subnet_octet: int | None = None,
         speeds: dict[str, int] | None = None,
         plain: bool = False,
+        guest: bool = False,
     ) -> None:
         self.token = secrets.token_hex(3)
         self.prefix = f"nonstop-tm{self.token}"
-        self.h1, self.sw, self.h2 = (f"{self.prefix}-{n}" for n in ("h1", "sw", "h2"))
+        self.h1, self.sw, self.h2, self.g = (f"{self.prefix}-{n}" for n in ("h1", "sw", "h2", "g"))
         self.team = team
         self.lag = lag
         octet = subnet_octet if subnet_octet is not None else 100 + secrets.randbelow(150)
         self.h1_ip = f"198.18.{octet}.1"
         self.h2_ip = f"198.18.{octet}.2"
+        self.guest_ip = f"198.18.{octet}.3"
         self.switch_ports = {m: f"h1e{i}" for i, m in enumerate(team.members)}
         self.workdir = Path(f"/tmp/{self.prefix}")
         self.speeds = speeds or {}
         self.plain = plain
+        self.guest = guest
+        """Bridge ``brg`` in h1 over the team, with a guest namespace behind it (198.18.X.3)."""
         """No team: h1's address goes straight on its first NIC (the baseline path)."""
         self.daemon: subprocess.Popen[Any] | None = None
         self.lag_daemon: subprocess.Popen[Any] | None = None
@@ -109,7 +113,7 @@ class TeamTestbed:
 
     def build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for ns in (self.h1, self.sw, self.h2):
+        for ns in self.namespaces():
             netns.create(ns)
         with IPRoute(netns=self.sw) as ipr:
             ipr.link("add", ifname="br0", kind="bridge")
@@ -135,9 +139,36 @@ class TeamTestbed:
         logical = self.team.members[0]
         if not self.plain:
             logical = setup_team(self.h1, self.team, mac="02:6e:73:00:00:01")
+        if self.guest:
+            logical = self._build_guest(logical)
         with IPRoute(netns=self.h1) as ipr:
             ipr.addr("add", index=ipr.link_lookup(ifname=logical)[0], address=self.h1_ip, prefixlen=24)
         self.wait_reachable()
+
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.h1, self.sw, self.h2, self.g) if self.guest else (self.h1, self.sw, self.h2)
+
+    def _build_guest(self, uplink: str) -> str:
+        """h1: bridge brg over the team plus gst0 ── eth0 of the guest namespace.
+
+        The guest has no IPv6, so it sends nothing unless told to (no router solicitations
+        or MLD reports that would teach the switch its MAC behind a test's back).
+        """
+        with in_netns(self.g):
+            for scope in ("all", "default"):
+                Path(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6").write_text("1")
+        with IPRoute(netns=self.h1) as ipr:
+            ipr.link("add", ifname="brg", kind="bridge")
+            bridge = ipr.link_lookup(ifname="brg")[0]
+            ipr.link("set", index=bridge, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname=uplink)[0], master=bridge)
+            ipr.link("add", ifname="gst0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": self.g})
+            ipr.link("set", index=ipr.link_lookup(ifname="gst0")[0], master=bridge, state="up")
+        with IPRoute(netns=self.g) as ipr:
+            index = ipr.link_lookup(ifname="eth0")[0]
+            ipr.link("set", index=index, state="up", address="02:6e:73:00:00:33")
+            ipr.addr("add", index=index, address=self.guest_ip, prefixlen=24)
+        return "brg"
 
     def wait_reachable(self, timeout: float = 5.0) -> None:
         """Until a TCP connect from h1 to a closed port on h2 gets refused (ARP resolved)."""
@@ -160,7 +191,7 @@ class TeamTestbed:
 
     def close(self) -> None:
         self.stop_daemon()
-        for ns in (self.h1, self.sw, self.h2):
+        for ns in self.namespaces():
             with contextlib.suppress(Exception):
                 netns.remove(ns)
         with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from pyroute2 import IPRoute
 
 from nonstop.core.spec import PrimaryReselect, TeamSpec
 from nonstop.net.team_testbed import TeamTestbed, in_netns
@@ -167,3 +168,38 @@ def test_the_team_loses_carrier_only_when_every_member_is_down() -> None:
         tb.wait_reachable(timeout=3.0)
         assert tb.carrier("team0")
         assert [e["up"] for e in tb.events() if e["kind"] == "carrier"] == [True, False, True]
+
+
+def test_after_failover_the_switch_relearns_silent_guests_behind_the_team() -> None:
+    # A dead link with carrier: the switch never flushes its FDB, so a guest that stays
+    # silent is reachable again only because the daemon announces its MAC on the new port.
+    spec = TeamSpec(name="team0", members=["eth0", "eth1"], primary="eth0", miimon=0.05, arp_targets=["198.18.93.2"])
+    with TeamTestbed(spec, subnet_octet=93, guest=True) as tb:
+        with in_netns(tb.g):
+            guest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        guest.bind((tb.guest_ip, 7600))
+        guest.settimeout(0.05)
+        guest.sendto(b"hello", (tb.h2_ip, 7601))  # the switch learns the guest's MAC on eth0's port
+        with in_netns(tb.h2):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with IPRoute(netns=tb.h2) as ipr:  # a static neighbour: h2 never ARPs the guest again
+            ipr.neigh("replace", dst=tb.guest_ip, lladdr="02:6e:73:00:00:33", state=0x80,
+                      ifindex=ipr.link_lookup(ifname="eth0")[0])
+        sender.sendto(b"before", (tb.guest_ip, 7600))
+        assert guest.recv(64) == b"before"
+        tb.start_daemon()
+        tb.wait_for(lambda s: s["members"]["eth1"]["probe_ok"] is True and s["active"] == "eth0")
+        time.sleep(1.2)  # the daemon refreshes its announcement list every second
+        tb.blackhole("eth0")
+        tb.wait_for(active_is("eth1"))
+        received = 0
+        for i in range(50):
+            sender.sendto(b"after%d" % i, (tb.guest_ip, 7600))
+            try:
+                while guest.recv(64):
+                    received += 1
+            except TimeoutError:
+                pass
+        sender.close()
+        guest.close()
+        assert received >= 45, received

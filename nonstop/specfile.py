@@ -23,16 +23,30 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from nonstop.core.spec import NAME_PATTERN, ClusterSpec, Location, check_references
 
-__all__ = ["SpecError", "SpecProblem", "cluster_spec_schema", "load_spec", "load_spec_text", "render_field_path"]
+__all__ = [
+    "SpecError",
+    "SpecProblem",
+    "YamlDocument",
+    "cluster_spec_schema",
+    "load_model_text",
+    "load_spec",
+    "load_spec_text",
+    "pydantic_message",
+    "read_yaml",
+    "render_field_path",
+]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ def render_field_path(loc: Location) -> str:
 # ------------------------------------------------------------------ YAML with lines
 
 
-class _Document:
+class YamlDocument:
     """Plain data built from a YAML node tree, plus a way back from a location to a line."""
 
     def __init__(self, text: str, filename: str) -> None:
@@ -182,9 +196,9 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _model_at(loc: Location) -> type[BaseModel] | None:
-    """The model class whose fields live at ``loc`` (walked from ClusterSpec's annotations)."""
-    current: list[Any] = [ClusterSpec]
+def _model_at(loc: Location, root: type[BaseModel] = ClusterSpec) -> type[BaseModel] | None:
+    """The model class whose fields live at ``loc`` (walked from the root model's annotations)."""
+    current: list[Any] = [root]
     for part in loc:
         following: list[Any] = []
         for candidate in current:
@@ -202,7 +216,8 @@ def _model_at(loc: Location) -> type[BaseModel] | None:
     return models[0] if models else None
 
 
-def _pydantic_message(error: Any) -> str:  # error: pydantic_core.ErrorDetails
+def pydantic_message(error: Any, root: type[BaseModel] = ClusterSpec) -> str:
+    """One pydantic error (``ErrorDetails``) as a message that says what was expected."""
     kind: str = error["type"]
     ctx: dict[str, Any] = error.get("ctx") or {}
     value = error.get("input")
@@ -213,7 +228,7 @@ def _pydantic_message(error: Any) -> str:  # error: pydantic_core.ErrorDetails
     if kind == "missing":
         return f'missing required field "{loc[-1]}"' if loc else "missing required field"
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], root)
         allowed = list(model.model_fields) if model else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         text = f'unknown field "{loc[-1]}"'
@@ -357,52 +372,88 @@ def _references_despite_errors(data: dict[str, Any], errors: list[tuple[Location
     return problems
 
 
-def load_spec_text(text: str, filename: str = "<spec>") -> ClusterSpec:
-    """The validated spec from YAML text; raises ``SpecError`` listing every problem."""
+def _mapping_document(text: str, filename: str, expected: str) -> YamlDocument:
+    """The parsed document; raises ``SpecError`` for a YAML syntax error or a top level that is not a mapping."""
     try:
-        document = _Document(text, filename)
+        document = YamlDocument(text, filename)
     except yaml.YAMLError as exc:
         raise SpecError([_syntax_problem(filename, exc)]) from None
-    problems = list(document.problems)
     if not isinstance(document.data, dict):
         what = "the file is empty" if document.data is None else f"got {_got(document.data)}"
-        problems.append(
-            SpecProblem(filename, document.line_of(()), "", f"expected a mapping with cluster, hosts, ...; {what}")
-        )
-        raise SpecError(problems)
-    # Top-level ``x-...`` keys are the user's own (for YAML anchors), as in docker compose files.
-    document.data = {k: v for k, v in document.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        problem = SpecProblem(filename, document.line_of(()), "", f"expected {expected}; {what}")
+        raise SpecError([*document.problems, problem])
+    return document
+
+
+def _problems_at(document: YamlDocument, found: list[tuple[Location, str]]) -> list[SpecProblem]:
+    return [
+        SpecProblem(document.filename, document.line_of(loc), render_field_path(loc), message, loc)
+        for loc, message in found
+    ]
+
+
+def _validate(document: YamlDocument, model: type[M]) -> tuple[M | None, list[tuple[Location, str, str]]]:
+    """The model, or None and every pydantic error as (location, error type, message)."""
     try:
-        spec = ClusterSpec.model_validate(document.data)
+        return model.model_validate(document.data), []
     except ValidationError as exc:
-        errors: list[tuple[Location, str]] = []
+        errors = []
         for error in exc.errors(include_url=False):
             loc = tuple(part for part in error["loc"] if part != "[key]")
-            errors.append((loc, error["type"]))
-            problems.append(
-                SpecProblem(filename, document.line_of(loc), render_field_path(loc), _pydantic_message(error), loc)
-            )
-        for loc, message in _references_despite_errors(document.data, errors):
-            problems.append(SpecProblem(filename, document.line_of(loc), render_field_path(loc), message, loc))
-        raise SpecError(problems) from None
-    for loc, message in check_references(spec):
-        problems.append(SpecProblem(filename, document.line_of(loc), render_field_path(loc), message, loc))
-    if problems:
+            errors.append((loc, error["type"], pydantic_message(error, model)))
+        return None, errors
+
+
+def load_spec_text(text: str, filename: str = "<spec>") -> ClusterSpec:
+    """The validated spec from YAML text; raises ``SpecError`` listing every problem."""
+    document = _mapping_document(text, filename, "a mapping with cluster, hosts, ...")
+    # Top-level ``x-...`` keys are the user's own (for YAML anchors), as in docker compose files.
+    document.data = {k: v for k, v in document.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    spec, errors = _validate(document, ClusterSpec)
+    problems = document.problems + _problems_at(document, [(loc, message) for loc, _, message in errors])
+    if spec is None:
+        broken = [(loc, kind) for loc, kind, _ in errors]
+        problems += _problems_at(document, _references_despite_errors(document.data, broken))
+    else:
+        problems += _problems_at(document, check_references(spec))
+    if problems or spec is None:
         raise SpecError(problems)
     return spec
 
 
-def load_spec(path: str | Path) -> ClusterSpec:
-    """The validated spec from a YAML file; raises ``SpecError`` (never ``OSError``)."""
-    filename = str(path)
+def read_yaml(path: str | Path) -> str:
+    """The text of a YAML file; raises ``SpecError`` (never ``OSError``) naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SpecError(
-            [SpecProblem(filename, 0, "", f"cannot read the file ({reason}); expected a UTF-8 YAML file")]
+            [SpecProblem(str(path), 0, "", f"cannot read the file ({reason}); expected a UTF-8 YAML file")]
         ) from None
-    return load_spec_text(text, filename)
+
+
+def load_model_text(
+    text: str,
+    filename: str,
+    model: type[M],
+    cross_checks: Callable[[M], list[tuple[Location, str]]] | None = None,
+) -> M:
+    """Any pydantic model from YAML text, with the same error reporting as the cluster spec (file:line,
+    field path, what was expected, duplicate keys, all problems at once); for other YAML files
+    nonstop reads (e.g. ``nonstop lb`` configs). ``cross_checks`` returns (location, message) pairs."""
+    document = _mapping_document(text, filename, "a mapping")
+    result, errors = _validate(document, model)
+    problems = document.problems + _problems_at(document, [(loc, message) for loc, _, message in errors])
+    if result is not None and cross_checks is not None:
+        problems += _problems_at(document, cross_checks(result))
+    if problems or result is None:
+        raise SpecError(problems)
+    return result
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """The validated spec from a YAML file; raises ``SpecError`` (never ``OSError``)."""
+    return load_spec_text(read_yaml(path), str(path))
 
 
 def cluster_spec_schema() -> dict[str, Any]:
@@ -418,3 +469,8 @@ def cluster_spec_schema() -> dict[str, Any]:
 
 def cluster_spec_schema_text() -> str:
     return json.dumps(cluster_spec_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# Names other modules imported before these were public; keep them working.
+_Document = YamlDocument
+_pydantic_message = pydantic_message

@@ -219,3 +219,37 @@ def test_problems_are_sorted_by_line_and_one_per_line() -> None:
 )
 def test_render_field_path(loc: tuple[str | int, ...], text: str) -> None:
     assert render_field_path(loc) == text
+
+
+def test_load_model_text_reports_against_the_given_model() -> None:
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from nonstop.specfile import load_model_text
+
+    class Backend(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        address: str
+        weight: int = Field(default=1, ge=0)
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        backends: list[Backend]
+
+    def cross(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+        return [
+            (("backends", i, "address"), "expected host:port")
+            for i, b in enumerate(config.backends)
+            if ":" not in b.address
+        ]
+
+    text = "backends:\n  - {address: a:1, wieght: 2}\n  - address: b:2\n    weight: -1\n"
+    with pytest.raises(SpecError) as info:
+        load_model_text(text, "lb.yaml", Config, cross)
+    assert str(info.value).splitlines() == [
+        'lb.yaml:2 backends[0].wieght: unknown field "wieght"; did you mean "weight"? (expected one of: address, weight)',
+        "lb.yaml:4 backends[1].weight: expected a number >= 0, got -1",
+    ]
+    with pytest.raises(SpecError) as info:
+        load_model_text("backends:\n  - address: nowhere\n", "lb.yaml", Config, cross)
+    assert str(info.value) == "lb.yaml:2 backends[0].address: expected host:port"
+    assert load_model_text("backends: [{address: 'a:1'}]", "lb.yaml", Config, cross).backends[0].address == "a:1"

@@ -1,0 +1,473 @@
+"""The L7 data plane: an HTTP/1.1 reverse proxy on asyncio Protocols and httptools.
+
+Role: move requests from client connections to pooled upstream connections and responses
+back, as fast as Python allows: Protocol callbacks (no streams), direct
+``transport.write``, httptools callbacks that only collect, response bytes passed through
+unparsed except for the head (rewritten once), LIFO keep-alive pools per backend,
+back-pressure by pausing reads on the other side. Retries follow
+``nonstop.core.lb.retry``: a request whose backend failed before answering goes to
+another backend, never one already tried.
+
+One ``Exchange`` per request. A client connection handles its requests in order (HTTP/1.1
+pipelining: later requests wait, their bodies buffered with reads paused). Every
+timeout (header read, idle keep-alive, body, upstream, queue, drain) is a deadline field
+checked by the service's sweeper a few times a second — no timer objects per request.
+
+Must not: decide policy (the pool and core.lb.retry do), or let one connection's error
+escape into the event loop: every failure becomes a response or a closed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+
+from nonstop.core.lb.pool import ALL_FULL, Backend
+from nonstop.core.lb.retry import Failure, decide_retry
+from nonstop.lb.http_head import error_response, request_head, response_head, status_of
+
+if TYPE_CHECKING:
+    from nonstop.lb.service import ServiceRuntime
+
+log = logging.getLogger("nonstop.lb.http")
+access_log = logging.getLogger("nonstop.lb.access")
+
+REPLAY_LIMIT = 64 * 1024
+"""Request bodies up to this size are kept for a retry; larger ones stream and cannot be replayed."""
+PAUSE_BUFFER = 256 * 1024
+MAX_RESPONSE_HEAD = 64 * 1024
+
+# reasons a client's reading is paused (a bitmask: resume only when none is left)
+_PAUSE_PIPELINE, _PAUSE_UPSTREAM_FULL, _PAUSE_UNSENT = 1, 2, 4
+
+DEADLINE_NONE, DEADLINE_HEADER, DEADLINE_IDLE, DEADLINE_BODY = 0, 1, 2, 3
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class Exchange:
+    """One request: its head for upstream, body bookkeeping, and where it is."""
+
+    __slots__ = (
+        "client", "method", "head", "keep_alive", "http10", "is_head", "chunked", "chunks", "unsent",
+        "unsent_bytes", "body_bytes", "complete", "tried", "backend", "upstream", "sent", "started",
+        "answered", "cancelled", "queued_at", "url",
+    )  # fmt: skip
+
+    def __init__(self, client: HttpClient, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, url: bytes) -> None:
+        self.client = client
+        self.method = method
+        self.head = head
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.is_head = method == b"HEAD"
+        self.chunked = chunked
+        self.chunks: list[bytes] | None = []  # replay buffer; None once the body outgrew it
+        self.unsent: list[bytes] = []
+        self.unsent_bytes = 0
+        self.body_bytes = 0
+        self.complete = False
+        self.tried: list[str] = []
+        self.backend: Backend | None = None
+        self.upstream: HttpUpstream | None = None
+        self.sent = False
+        self.started = 0.0
+        self.answered = False  # some response bytes went to the client
+        self.cancelled = False
+        self.queued_at = 0.0
+        self.url = url
+
+
+class HttpUpstream(asyncio.Protocol):
+    """A connection to one backend; carries one exchange at a time, then goes back to the pool."""
+
+    __slots__ = (
+        "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
+        "done", "reusable", "framed", "deadline", "status", "idle_since",
+    )  # fmt: skip
+
+    def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
+        self.svc = svc
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.head_buf = b""
+        self.head_done = False
+        self.received = False
+        self.done = False
+        self.reusable = True
+        self.framed = True
+        self.deadline = 0.0
+        self.status = 0
+        self.idle_since = 0.0
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # a backend talking out of turn: not safe to reuse
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError:
+            self.reusable = False
+            if not self.head_done:
+                self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "invalid response")
+                return
+            self.done = True
+        client_transport = ex.client.transport
+        if not self.head_done:
+            data = self._head(ex, data)
+            if not self.head_done and not self.done:
+                return
+        if data and client_transport is not None:
+            client_transport.write(data)
+            ex.answered = True
+        if self.done:
+            self.svc.http_exchange_done(self, ex)
+
+    def _head(self, ex: Exchange, data: bytes) -> bytes:
+        """Forward interim (1xx) heads and rewrite the final one; returns bytes to write."""
+        buf = self.head_buf + data if self.head_buf else data
+        out = []
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self.reusable = False
+                    self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "response head too big")
+                    return b""
+                self.head_buf = buf
+                return b"".join(out)
+            head, buf = buf[: end + 2], buf[end + 4 :]
+            status = status_of(head)
+            client = ex.client
+            close = not ex.keep_alive or client.closing
+            rewritten, framed = response_head(head, close=close, http10_keep_alive=ex.http10 and ex.keep_alive)
+            out.append(rewritten)
+            if 100 <= status < 200 and status != 101:
+                continue
+            self.head_buf = b""
+            self.head_done = True
+            self.status = status
+            self.framed = framed or ex.is_head or status in (204, 304)
+            if not self.framed or status == 101:
+                client.closing = True  # close-delimited body: the client learns the end by EOF
+                self.reusable = False
+            if ex.is_head:
+                self.done = True
+                self.reusable = False  # the parser would wait for a body that never comes
+                return b"".join(out)
+            out.append(buf)
+            return b"".join(out)
+
+    # -- httptools callbacks
+    def on_message_complete(self) -> None:
+        code = self.parser.get_status_code()
+        if 100 <= code < 200 and code != 101:
+            return
+        self.done = True
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.svc.http_upstream_lost(self, exc)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause(_PAUSE_UPSTREAM_FULL)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume(_PAUSE_UPSTREAM_FULL)
+
+
+class HttpClient(asyncio.Protocol):
+    """A client connection: parse requests, hand them to the service, write answers in order."""
+
+    __slots__ = (
+        "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes", "headers",
+        "url", "cl_count", "te", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
+        "closed",
+    )  # fmt: skip
+
+    def __init__(self, svc: ServiceRuntime) -> None:
+        self.svc = svc
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.client_ip = b"unknown"
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.in_head = False
+        self.head_bytes = 0
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.url = b""
+        self.cl_count = 0
+        self.te = False
+        self.error: ClientError | None = None
+        self.deadline = 0.0
+        self.deadline_kind = DEADLINE_NONE
+        self.closing = False
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+
+    # -- connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        svc = self.svc
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = str(peer[0]).encode()
+        svc.clients.add(self)
+        svc.stats.connections += 1
+        svc.stats.active_connections += 1
+        self.deadline = svc.loop.time() + svc.spec.header_timeout
+        self.deadline_kind = DEADLINE_HEADER
+        if len(svc.clients) > svc.spec.max_client_connections:
+            self.reject(ClientError(503, "too many client connections"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        svc = self.svc
+        svc.clients.discard(self)
+        svc.stats.active_connections -= 1
+        for ex in self.queue:
+            ex.cancelled = True
+            svc.http_cancel(ex)
+        self.queue.clear()
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue and self.queue[0].upstream is not None:
+            up = self.queue[0].upstream
+            if up.transport is not None:
+                up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].upstream is not None:
+            up = self.queue[0].upstream
+            if up.transport is not None:
+                up.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self._feed(data)
+        except ClientError as exc:
+            self.reject(exc)
+        except HttpParserError as exc:
+            self.reject(self.error or ClientError(400, f"malformed HTTP request ({exc})"))
+
+    def _feed(self, data: bytes) -> None:
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except HttpParserUpgrade as exc:
+                # Upgrade/CONNECT heads are proxied as plain requests (Upgrade is hop-by-hop);
+                # httptools resumed the parser, so the bytes after the head are fed again.
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                data = data[offset:]
+                if data:
+                    continue
+            break
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.svc.spec.max_header_bytes:
+                raise ClientError(431, "request head too large")
+
+    def reject(self, exc: ClientError) -> None:
+        """Answer a client error and close; in-flight work of this connection is dropped."""
+        svc = self.svc
+        svc.stats.client_errors += 1
+        svc.stats.count_response(exc.status)
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error_response(exc.status, exc.detail, close=True))
+            self.transport.close()
+
+    # -- httptools callbacks (kept minimal: collect, check limits)
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
+        self.headers = []
+        self.url = b""
+        self.cl_count = 0
+        self.te = False
+        if self.deadline_kind != DEADLINE_HEADER:
+            self.deadline = self.svc.loop.time() + self.svc.spec.header_timeout
+            self.deadline_kind = DEADLINE_HEADER
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        if len(headers) >= self.svc.spec.max_headers:
+            self.error = ClientError(431, f"more than {self.svc.spec.max_headers} header fields")
+            raise self.error
+        lname = name.lower()
+        if lname == b"content-length":
+            self.cl_count += 1
+            if self.cl_count > 1:
+                self.error = ClientError(400, "duplicate Content-Length")
+                raise self.error
+            if not value.strip().isdigit():
+                self.error = ClientError(400, "invalid Content-Length")
+                raise self.error
+        elif lname == b"transfer-encoding":
+            if self.te or value.strip().lower() != b"chunked":
+                self.error = ClientError(400, "unsupported Transfer-Encoding (only a single chunked)")
+                raise self.error
+            self.te = True
+        headers.append((lname, name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.cl_count and self.te:
+            self.error = ClientError(400, "both Content-Length and Transfer-Encoding")
+            raise self.error
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1" and not any(h[0] == b"host" for h in self.headers):
+            self.error = ClientError(400, "HTTP/1.1 request without Host")
+            raise self.error
+        method = parser.get_method()
+        head = request_head(
+            method, self.url, self.headers, client_ip=self.client_ip, client_version=version, chunked=self.te
+        )
+        ex = Exchange(self, method, head, parser.should_keep_alive(), version == "1.0", self.te, self.url)
+        self.parsing = ex
+        self.queue.append(ex)
+        svc = self.svc
+        svc.stats.requests += 1
+        svc.budget.on_request()
+        self.deadline = svc.loop.time() + svc.spec.client_timeout
+        self.deadline_kind = DEADLINE_BODY
+        if len(self.queue) == 1:
+            svc.http_dispatch(ex)
+        else:
+            self.pause(_PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex.chunked:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        self._body(ex, body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        self.deadline_kind = DEADLINE_NONE
+        if ex is None:
+            return
+        if ex.chunked:
+            self._body(ex, b"0\r\n\r\n")
+        ex.complete = True
+
+    def _body(self, ex: Exchange, data: bytes) -> None:
+        ex.body_bytes += len(data)
+        if ex.chunks is not None:
+            if ex.body_bytes <= REPLAY_LIMIT:
+                ex.chunks.append(data)
+            else:
+                ex.chunks = None
+        up = ex.upstream
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+            return
+        ex.unsent.append(data)
+        ex.unsent_bytes += len(data)
+        if ex.unsent_bytes > PAUSE_BUFFER:
+            self.pause(_PAUSE_UNSENT)
+
+    # -- called by the service when the head-of-line exchange finished
+    def exchange_finished(self, ex: Exchange) -> None:
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if self.transport is None:
+            return
+        if not ex.keep_alive or self.closing:
+            self.closing = True
+            self.transport.close()
+            return
+        if not ex.complete:
+            # answered before the request body was read (e.g. an error): the rest of the body
+            # would be parsed as a new request, so this connection cannot go on
+            self.closing = True
+            self.transport.close()
+            return
+        if self.queue:
+            nxt = self.queue[0]
+            self.resume(_PAUSE_PIPELINE)
+            self.svc.http_dispatch(nxt)
+        elif not self.in_head:
+            self.deadline = self.svc.loop.time() + self.svc.spec.client_timeout
+            self.deadline_kind = DEADLINE_IDLE
+
+    def send_error(self, ex: Exchange, status: int, detail: str) -> None:
+        """A proxy-made answer for ``ex`` (502/503/504) in its place in the response order."""
+        svc = self.svc
+        svc.stats.count_response(status)
+        close = not ex.keep_alive or not ex.complete
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error_response(status, detail, close=close))
+        ex.answered = True
+        if close:
+            self.closing = True
+        self.exchange_finished(ex)
+
+    def on_deadline(self, now: float) -> None:
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        self.deadline_kind = DEADLINE_NONE
+        if kind == DEADLINE_HEADER and (self.in_head or not self.queue):
+            if self.in_head:
+                self.reject(ClientError(408, "request head not received in time"))
+            elif self.transport is not None:
+                self.closing = True
+                self.transport.close()
+        elif kind == DEADLINE_BODY:
+            self.reject(ClientError(408, "request body not received in time"))
+        elif kind == DEADLINE_IDLE and not self.queue and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+
+__all__ = ["ALL_FULL", "Exchange", "HttpClient", "HttpUpstream", "decide_retry", "access_log", "log"]

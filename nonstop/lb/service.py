@@ -1,0 +1,571 @@
+"""One balanced service at run time: its listener, pool, upstream connections and timers.
+
+Role: the glue between the pure pool (``nonstop.core.lb.pool``) and the data planes. It
+owns the listening socket, the per-backend LIFO keep-alive pools, the in-flight upstream
+set, the bounded wait queue, the retry budget and the stats; it dispatches HTTP
+exchanges and TCP connections, turns upstream failures into retries or 502/504 answers,
+reacts to health changes (in-flight requests on a backend that went down are retried
+elsewhere when safe; its idle connections are closed), and runs the sweeper that enforces
+every deadline. ``update`` applies a reloaded ServiceSpec in place, so connections that
+are open keep working across a reload.
+
+Must not: parse HTTP (http_proxy does), choose backends itself (the pool does), or block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from nonstop.core.lb.algorithms import make_balancer
+from nonstop.core.lb.health import AdminState, Health
+from nonstop.core.lb.outlier import OutlierPolicy
+from nonstop.core.lb.pool import ALL_FULL, Backend, Pool, PoolEvent
+from nonstop.core.lb.retry import Failure, RetryBudget, decide_retry
+from nonstop.core.spec import ServiceSpec, StaticServer
+from nonstop.lb.config import parse_address
+from nonstop.lb.http_proxy import Exchange, HttpClient, HttpUpstream, access_log
+from nonstop.lb.stats import BackendStats, ServiceStats
+from nonstop.lb.tcp_proxy import TcpClient, TcpUpstream
+
+log = logging.getLogger("nonstop.lb")
+
+SWEEP_INTERVAL = 0.1
+UPSTREAM_IDLE_TIMEOUT = 15.0
+MAX_IDLE_PER_BACKEND = 512
+NON_IDEMPOTENT_MAX_IDLE_AGE = 2.0
+"""A POST never goes on a pooled connection idle longer than this (it could be half-closed)."""
+
+
+def _pool_for(spec: ServiceSpec) -> Pool:
+    return Pool(
+        make_balancer(spec.algorithm.value),
+        rise=spec.health.rise,
+        fall=spec.health.fall,
+        slow_start=spec.slow_start,
+        outlier=OutlierPolicy(spec.outlier_errors, spec.outlier_ejection, spec.outlier_max_ejection),
+    )
+
+
+class ServiceRuntime:
+    def __init__(self, spec: ServiceSpec, loop: asyncio.AbstractEventLoop, *, reuse_port: bool = False) -> None:
+        self.spec = spec
+        self.loop = loop
+        self.reuse_port = reuse_port
+        self.pool = _pool_for(spec)
+        self.uses_key = self.pool.balancer.uses_key
+        self.stats = ServiceStats()
+        self.backend_stats: dict[str, BackendStats] = {}
+        self.budget = RetryBudget(spec.retry_budget)
+        self.clients: set[HttpClient] = set()
+        self.idle: dict[str, list[HttpUpstream]] = {}
+        self.busy: set[HttpUpstream] = set()
+        self.waiters: deque[Exchange] = deque()
+        self.tcp_clients: set[TcpClient] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.listening: tuple[str, int] | None = None
+        self.listeners: list[Callable[[PoolEvent | None], None]] = []
+        """Called on every health/admin change (the nft plane and the state publisher listen)."""
+        self._sweeper: asyncio.Task[None] | None = None
+        for server in spec.servers:
+            self.add_server(server, ramp=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self.spec.mode != "nft":
+            host, port = parse_address(self.spec.listen)
+            factory: Callable[[], asyncio.Protocol]
+            factory = (lambda: HttpClient(self)) if self.spec.mode == "http" else (lambda: TcpClient(self))
+            self.server = await self.loop.create_server(
+                factory, host, port, reuse_address=True, reuse_port=self.reuse_port or None, backlog=4096
+            )
+            sock = self.server.sockets[0]
+            addr = sock.getsockname()
+            self.listening = (addr[0], addr[1])
+            if self.spec.mode == "tcp":
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sweeper = self.loop.create_task(self._sweep_forever())
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; let open connections finish for ``grace`` seconds, then close them."""
+        if self.server is not None:
+            self.server.close()
+        deadline = self.loop.time() + grace
+        while (self.busy or self.tcp_clients or any(c.queue for c in self.clients)) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.close()
+        for tcp in list(self.tcp_clients):
+            if tcp.transport is not None:
+                tcp.transport.close()
+        for conns in self.idle.values():
+            for up in conns:
+                if up.transport is not None:
+                    up.transport.close()
+        self.idle.clear()
+
+    @property
+    def address(self) -> str:
+        if self.listening is None:
+            return self.spec.listen
+        return f"{self.listening[0]}:{self.listening[1]}"
+
+    # ------------------------------------------------------------------ membership (admin, reload)
+
+    def add_server(self, server: StaticServer, *, ramp: bool = True) -> Backend:
+        host, port = parse_address(server.address)
+        backend = self.pool.add(
+            server.name,
+            host,
+            port,
+            weight=server.weight,
+            backup=server.backup,
+            max_connections=server.max_connections,
+            now=self.loop.time(),
+            initial=Health.UP,
+            ramp=ramp,
+        )
+        self.backend_stats.setdefault(server.name, BackendStats())
+        self._notify(None)
+        return backend
+
+    def remove_server(self, name: str) -> None:
+        backend = self.pool.remove(name)
+        self._close_idle(backend.name)
+        self._notify(None)
+
+    def set_admin(self, name: str, state: AdminState) -> Backend:
+        backend = self.pool.set_admin(name, state, self.loop.time())
+        if state is not AdminState.READY:
+            self._close_idle(name)
+        if state is AdminState.MAINT:
+            self._abort_in_flight(name)
+        self._notify(None)
+        return backend
+
+    def set_weight(self, name: str, weight: int) -> Backend:
+        backend = self.pool.set_weight(name, weight, self.loop.time())
+        self._notify(None)
+        return backend
+
+    def update(self, spec: ServiceSpec) -> None:
+        """Apply a reloaded spec (same name and mode): settings, algorithm, servers."""
+        old = self.spec
+        self.spec = spec
+        if spec.algorithm != old.algorithm:
+            self.pool.balancer = make_balancer(spec.algorithm.value)
+            self.uses_key = self.pool.balancer.uses_key
+        pool = self.pool
+        pool.rise, pool.fall, pool.slow_start = spec.health.rise, spec.health.fall, spec.slow_start
+        pool.outlier_policy = OutlierPolicy(spec.outlier_errors, spec.outlier_ejection, spec.outlier_max_ejection)
+        self.budget.ratio = spec.retry_budget
+        wanted = {s.name: s for s in spec.servers}
+        for name in [n for n in pool.backends if n not in wanted]:
+            self.remove_server(name)
+        for name, server in wanted.items():
+            current = pool.backends.get(name)
+            host, port = parse_address(server.address)
+            if current is not None and (current.host, current.port) != (host, port):
+                self.remove_server(name)
+                current = None
+            if current is None:
+                self.add_server(server, ramp=True)
+                continue
+            current.backup = server.backup
+            current.max_connections = server.max_connections
+            if current.base_weight != server.weight:
+                pool.set_weight(name, server.weight, self.loop.time())
+        pool._changed()
+        self._notify(None)
+
+    # ------------------------------------------------------------------ health
+
+    def on_check(self, name: str, ok: bool) -> None:
+        if name not in self.pool.backends:
+            return
+        event = self.pool.check_result(name, ok, self.loop.time())
+        if event is not None:
+            self.on_pool_event(event)
+
+    def on_pool_event(self, event: PoolEvent) -> None:
+        change = event.change
+        log.info("%s/%s: %s -> %s (%s)", self.spec.name, event.backend, change.before.value, change.after.value, change.event.value)
+        if change.stopped_serving:
+            self._close_idle(event.backend)
+            self._abort_in_flight(event.backend)
+        self._notify(event)
+
+    def _notify(self, event: PoolEvent | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the data plane
+                log.exception("state listener failed")
+
+    def _close_idle(self, name: str) -> None:
+        for up in self.idle.pop(name, []):
+            if up.transport is not None:
+                up.transport.close()
+
+    def _abort_in_flight(self, name: str) -> None:
+        """The backend stopped serving: requests it has not started answering go elsewhere."""
+        for up in [u for u in self.busy if u.backend.name == name and not u.received]:
+            self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {name} went down")
+
+    # ------------------------------------------------------------------ HTTP
+
+    def http_dispatch(self, ex: Exchange) -> None:
+        pool = self.pool
+        loop = self.loop
+        now = loop.time()
+        backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried or None)
+        if backend is None:
+            if pool.last_refusal == ALL_FULL and len(self.waiters) < self.spec.queue_size:
+                ex.queued_at = now
+                self.waiters.append(ex)
+                return
+            if ex.tried:
+                ex.client.send_error(ex, 502, f"no backend could answer (tried {', '.join(ex.tried)})")
+            elif pool.last_refusal == ALL_FULL:
+                ex.client.send_error(ex, 503, "every backend is at its connection limit and the queue is full")
+            else:
+                ex.client.send_error(ex, 503, f"no backend of service {self.spec.name} is serving")
+            return
+        backend.active += 1
+        ex.backend = backend
+        self.backend_stats[backend.name].requests += 1
+        ex.started = now
+        idle = self.idle.get(backend.name)
+        if idle:
+            fresh_only = ex.method not in (b"GET", b"HEAD") and ex.method not in (b"OPTIONS", b"PUT", b"DELETE")
+            while idle:
+                up = idle.pop()
+                if up.transport is None or up.transport.is_closing():
+                    continue
+                if fresh_only and now - up.idle_since > NON_IDEMPOTENT_MAX_IDLE_AGE:
+                    up.transport.close()
+                    continue
+                self._attach(ex, up, now)
+                return
+        loop.create_task(self._connect(ex, backend))
+
+    async def _connect(self, ex: Exchange, backend: Backend) -> None:
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: HttpUpstream(self, backend), backend.host, backend.port),
+                self.spec.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            if not ex.cancelled and ex.backend is backend:
+                self._http_failed(ex, backend, Failure.CONNECT, f"connect to {backend.name} failed: {exc or 'timeout'}")
+            return
+        self.backend_stats[backend.name].connections += 1
+        if ex.cancelled or ex.backend is not backend:
+            self._park(up, self.loop.time())
+            return
+        self._attach(ex, up, self.loop.time())
+
+    def _attach(self, ex: Exchange, up: HttpUpstream, now: float) -> None:
+        up.exchange = ex
+        ex.upstream = up
+        up.head_buf = b""
+        up.head_done = False
+        up.received = False
+        up.done = False
+        up.status = 0
+        up.deadline = now + self.spec.server_timeout
+        self.busy.add(up)
+        if ex.sent:  # a retry: replay everything received so far
+            data = ex.head + b"".join(ex.chunks or ())
+        elif ex.unsent:
+            data = ex.head + b"".join(ex.unsent)
+        else:
+            data = ex.head
+        ex.unsent = []
+        ex.unsent_bytes = 0
+        ex.sent = True
+        assert up.transport is not None
+        up.transport.write(data)
+        client = ex.client
+        if client.paused:
+            client.resume(4)
+        if client.write_paused:
+            up.transport.pause_reading()
+
+    def _park(self, up: HttpUpstream, now: float) -> None:
+        backend = up.backend
+        if (
+            up.reusable
+            and up.transport is not None
+            and not up.transport.is_closing()
+            and backend.takes_new_work
+            and self.pool.backends.get(backend.name) is backend
+        ):
+            idle = self.idle.setdefault(backend.name, [])
+            if len(idle) < MAX_IDLE_PER_BACKEND:
+                up.idle_since = now
+                idle.append(up)
+                return
+        if up.transport is not None:
+            up.transport.close()
+
+    def http_exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
+        up.exchange = None
+        ex.upstream = None
+        self.busy.discard(up)
+        backend = up.backend
+        backend.active -= 1
+        ex.backend = None
+        now = self.loop.time()
+        status = up.status
+        self.stats.count_response(status)
+        bst = self.backend_stats.get(backend.name)
+        if bst is not None:
+            bst.observe(now - ex.started)
+        if status >= 500:
+            if bst is not None:
+                bst.errors += 1
+            event = self.pool.report_failure(backend, now)
+            if event is not None:
+                self.on_pool_event(event)
+        else:
+            backend.outlier.streak = 0
+        if ex.complete:
+            self._park(up, now)
+        elif up.transport is not None:
+            up.transport.close()
+        if self.spec.access_log:
+            access_log.info(
+                "%s %s %s %d %s %.1fms", self.spec.name, ex.client.client_ip.decode(), ex.method.decode(), status,
+                backend.name, (now - ex.started) * 1000,
+            )  # fmt: skip
+        ex.client.exchange_finished(ex)
+        if self.waiters:
+            self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        while self.waiters:
+            ex = self.waiters.popleft()
+            if not ex.cancelled:
+                self.http_dispatch(ex)
+                return
+
+    def _detach_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        ex = up.exchange
+        up.exchange = None
+        up.reusable = False
+        self.busy.discard(up)
+        if up.transport is not None:
+            up.transport.abort()
+        if ex is not None:
+            ex.upstream = None
+            self._http_failed(ex, up.backend, failure, detail)
+
+    def http_upstream_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        self._detach_failed(up, failure, detail)
+
+    def http_upstream_lost(self, up: HttpUpstream, exc: Exception | None) -> None:
+        self.busy.discard(up)
+        ex = up.exchange
+        if ex is None:
+            idle = self.idle.get(up.backend.name)
+            if idle and up in idle:
+                idle.remove(up)
+            return
+        up.exchange = None
+        ex.upstream = None
+        if up.head_done and not up.framed and exc is None:
+            up.reusable = False
+            self.http_exchange_done(up, ex)  # close-delimited body ended by EOF
+            return
+        failure = Failure.RESET_AFTER_RESPONSE_STARTED if up.received else Failure.RESET_BEFORE_RESPONSE
+        self._http_failed(ex, up.backend, failure, f"backend {up.backend.name} closed the connection")
+
+    def _http_failed(self, ex: Exchange, backend: Backend, failure: Failure, detail: str) -> None:
+        if ex.backend is backend:
+            backend.active -= 1
+            ex.backend = None
+        now = self.loop.time()
+        bst = self.backend_stats.get(backend.name)
+        if bst is not None:
+            bst.errors += 1
+        event = self.pool.report_failure(backend, now)
+        if event is not None:
+            self.on_pool_event(event)
+        if ex.cancelled:
+            return
+        decision = decide_retry(
+            ex.method,
+            failure,
+            sent_anything=ex.sent,
+            replayable=ex.chunks is not None,
+            retries_done=len(ex.tried),
+            max_retries=self.spec.retries,
+            budget_ok=self.budget.tokens >= 1.0,
+        )
+        ex.tried.append(backend.name)
+        if decision.retry and not ex.answered:
+            self.budget.try_spend()
+            self.stats.retries += 1
+            if bst is not None:
+                bst.retries_from += 1
+            self.http_dispatch(ex)
+            return
+        log.debug("%s: not retried: %s (%s)", self.spec.name, decision.reason, detail)
+        client = ex.client
+        if ex.answered:
+            client.closing = True
+            if client.transport is not None:
+                client.transport.abort()
+            return
+        status = 504 if failure is Failure.TIMEOUT else 502
+        client.send_error(ex, status, detail)
+
+    def http_cancel(self, ex: Exchange) -> None:
+        """The client went away: free what ``ex`` holds."""
+        if ex.queued_at:
+            try:
+                self.waiters.remove(ex)
+            except ValueError:
+                pass
+        up = ex.upstream
+        if up is not None:
+            up.exchange = None
+            ex.upstream = None
+            self.busy.discard(up)
+            if up.transport is not None:
+                up.transport.abort()
+        if ex.backend is not None:
+            ex.backend.active -= 1
+            ex.backend = None
+            if self.waiters:
+                self._wake_waiter()
+
+    # ------------------------------------------------------------------ TCP
+
+    def tcp_accepted(self, client: TcpClient) -> None:
+        self.tcp_clients.add(client)
+        self.stats.connections += 1
+        self.stats.active_connections += 1
+        self.stats.requests += 1
+        if len(self.tcp_clients) > self.spec.max_client_connections:
+            assert client.transport is not None
+            client.transport.abort()
+            return
+        self._tcp_dispatch(client)
+
+    def _tcp_dispatch(self, client: TcpClient) -> None:
+        backend = self.pool.choose(self.loop.time(), client.key if self.uses_key else b"", client.tried or None)
+        if backend is None:
+            if client.transport is not None:
+                client.transport.abort()
+            return
+        backend.active += 1
+        client.backend = backend
+        self.backend_stats[backend.name].requests += 1
+        self.loop.create_task(self._tcp_connect(client, backend))
+
+    async def _tcp_connect(self, client: TcpClient, backend: Backend) -> None:
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: TcpUpstream(client), backend.host, backend.port),
+                self.spec.connect_timeout,
+            )
+        except (TimeoutError, OSError):
+            backend.active -= 1
+            client.backend = None
+            self.backend_stats[backend.name].errors += 1
+            event = self.pool.report_failure(backend, self.loop.time())
+            if event is not None:
+                self.on_pool_event(event)
+            client.tried.append(backend.name)
+            if client.transport is not None and len(client.tried) <= self.spec.retries and self.budget.try_spend():
+                self.stats.retries += 1
+                self._tcp_dispatch(client)
+            elif client.transport is not None:
+                client.transport.abort()
+            return
+        self.backend_stats[backend.name].connections += 1
+        client.connected(up)
+
+    def tcp_closed(self, client: TcpClient) -> None:
+        if client in self.tcp_clients:
+            self.tcp_clients.discard(client)
+            self.stats.active_connections -= 1
+        if client.backend is not None:
+            client.backend.active -= 1
+            client.backend = None
+
+    # ------------------------------------------------------------------ deadlines
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.sweep(self.loop.time())
+            except Exception:
+                log.exception("%s: sweeper failed", self.spec.name)
+
+    def sweep(self, now: float) -> None:
+        for client in [c for c in self.clients if c.deadline_kind and now > c.deadline]:
+            client.on_deadline(now)
+        drain = self.spec.drain_timeout
+        for up in list(self.busy):
+            backend = up.backend
+            if now > up.deadline:
+                if up.received and up.exchange is not None and up.exchange.answered:
+                    self._detach_failed(up, Failure.RESET_AFTER_RESPONSE_STARTED, "backend stalled mid-response")
+                else:
+                    self._detach_failed(
+                        up, Failure.TIMEOUT, f"backend {backend.name} did not answer within {self.spec.server_timeout:g}s"
+                    )
+            elif backend.admin is not AdminState.READY and now > backend.admin_since + drain:
+                self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} drain deadline passed")
+        for name, idle in list(self.idle.items()):
+            keep = [u for u in idle if u.transport is not None and now - u.idle_since < UPSTREAM_IDLE_TIMEOUT]
+            for u in idle:
+                if u not in keep and u.transport is not None:
+                    u.transport.close()
+            self.idle[name] = keep
+        while self.waiters and now - self.waiters[0].queued_at > self.spec.queue_timeout:
+            ex = self.waiters.popleft()
+            if not ex.cancelled:
+                ex.client.send_error(ex, 503, "waited too long for a free backend slot")
+        for tcp in list(self.tcp_clients):
+            b = tcp.backend
+            expired = b is not None and b.admin is not AdminState.READY and now > b.admin_since + drain
+            if expired and tcp.transport is not None:
+                tcp.transport.close()
+        for event in self.pool.tick(now):
+            self.on_pool_event(event)
+
+    # ------------------------------------------------------------------ views
+
+    def snapshot(self) -> dict[str, Any]:
+        backends = self.pool.snapshot()
+        for b in backends:
+            st = self.backend_stats.get(str(b["name"]))
+            if st is not None:
+                b["stats"] = st.to_dict()
+        return {
+            "name": self.spec.name,
+            "mode": self.spec.mode,
+            "listen": self.address,
+            "algorithm": self.spec.algorithm.value,
+            "stats": self.stats.to_dict(),
+            "backends": backends,
+        }
+
+    def stats_document(self) -> dict[str, Any]:
+        return {
+            "service": self.stats.to_dict(),
+            "backends": {name: st.to_dict() for name, st in self.backend_stats.items()},
+        }

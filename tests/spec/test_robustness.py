@@ -73,7 +73,7 @@ def expected_outcome(data: dict[str, Any]) -> tuple[bool, set[tuple[Any, ...]]]:
     return not check_references(spec), set()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_loader_agrees_with_the_model_and_reports_every_error(data: dict[str, Any]) -> None:
     text = yaml.safe_dump(data, sort_keys=False)

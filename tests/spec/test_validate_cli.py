@@ -57,23 +57,27 @@ def test_json_output(tmp_path: Path) -> None:
     }
 
 
-def test_validate_writes_nothing(tmp_path: Path) -> None:
+def test_validate_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = tmp_path / "lab.yaml"
     spec.write_text(LAB.read_text())
     bad = tmp_path / "bad.yaml"
     bad.write_text(BROKEN.read_text())
     before = sorted(os.listdir(tmp_path))
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    monkeypatch.chdir(tmp_path)
     for path, code in ((spec, 0), (bad, 2), (tmp_path / "missing.yaml", 2)):
-        proc = subprocess.run(
-            [sys.executable, "-m", "nonstop.cli.main", "validate", str(path)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == code, proc.stderr
+        assert runner.invoke(app, ["validate", str(path)]).exit_code == code
+    # and once through a real process, as a user runs it
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nonstop.cli.main", "validate", str(bad)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bad}:17 hosts[2].memory" in proc.stdout
     assert sorted(os.listdir(tmp_path)) == before
 
 

@@ -314,3 +314,21 @@ async def test_a_failed_watch_start_can_be_retried_and_still_fails(store: Store,
         with pytest.raises(CompactedError):
             await asyncio.wait_for(watch.__anext__(), 5)
     await watch.aclose()
+
+
+async def test_lease_keeper_keeps_revokes_and_reports_loss(backend: Backend, store: Store, prefix: str) -> None:
+    from nonstop.store.lease import LeaseKeeper
+
+    ttl = backend.min_ttl
+    async with LeaseKeeper(store, ttl) as lease:
+        await store.put(prefix + "alive", b"1", lease=lease.id)
+        await asyncio.sleep(ttl * 1.6)
+        assert await store.get(prefix + "alive") is not None and not lease.lost.is_set()
+    assert await store.get(prefix + "alive") is None, "closing the keeper revokes the lease"
+
+    keeper = LeaseKeeper(store, ttl)
+    await keeper.start()
+    await store.revoke(keeper.id)  # someone else ends it
+    await asyncio.wait_for(keeper.lost.wait(), ttl)
+    assert "expired or was revoked" in keeper.reason
+    await keeper.close()

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 from pathlib import Path
 
 from nonstop.bmc.model import ComponentKind, HostHardware
@@ -84,6 +85,9 @@ async def serve(args: argparse.Namespace) -> None:
         tmp.write_text(json.dumps({"url": running.url, "port": running.port, "pid": os.getpid(), "host": args.host}))
         tmp.replace(args.ready_file)
     log.info("BMC of %s on %s (namespace %s)", args.host, running.url, args.netns)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(running.server, "should_exit", True))
     await running.task
 
 

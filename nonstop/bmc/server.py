@@ -27,7 +27,7 @@ import hmac
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PUBLIC_GETS = {"/redfish", f"{ROOT}", f"{ROOT}/odata", f"{ROOT}/$metadata"}
 SESSIONS = f"{ROOT}/SessionService/Sessions"
 HEADERS = {"OData-Version": "4.0", "Cache-Control": "no-cache"}
+MAX_SESSIONS = 64
 
 
 @dataclass
@@ -179,6 +180,7 @@ class Bmc:
 
 def build_app(bmc: Bmc) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    background: set[asyncio.Task[str | None]] = set()
 
     def tree() -> dict[str, dict[str, Any]]:
         users = {sid: user for sid, (user, _) in bmc.sessions.items()}
@@ -237,6 +239,8 @@ def build_app(bmc: Bmc) -> FastAPI:
         if not bmc.check_password(user, password):
             return redfish_error(401, "invalid credentials", "Base.1.8.NoValidSession")
         sid, token = secrets.token_hex(8), secrets.token_urlsafe(24)
+        while len(bmc.sessions) >= MAX_SESSIONS:  # clients that never log out: drop the oldest
+            del bmc.sessions[next(iter(bmc.sessions))]
         bmc.sessions[sid] = (user, token)
         uri = f"{SESSIONS}/{sid}"
         return JSONResponse(tree()[uri], status_code=201, headers={**HEADERS, "X-Auth-Token": token, "Location": uri})
@@ -245,6 +249,13 @@ def build_app(bmc: Bmc) -> FastAPI:
         reset_type = (await body(request)).get("ResetType")
         if reset_type not in RESET_TYPES:
             return redfish_error(400, f"ResetType must be one of {', '.join(RESET_TYPES)}", "Base.1.8.ActionParameterValueNotInList")
+        if reset_type in ("GracefulShutdown", "GracefulRestart"):
+            # Like real BMCs: accept now, finish in the background (PowerState shows
+            # PoweringOff meanwhile) — a client's read timeout must not race the grace period.
+            task = asyncio.get_running_loop().create_task(bmc.reset(str(reset_type)))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return Response(status_code=204, headers=HEADERS)
         error = await bmc.reset(str(reset_type))
         if error is not None:
             return redfish_error(409, error, "Base.1.8.ResourceInUse")
@@ -281,6 +292,15 @@ def bmc_state(bmc: Bmc) -> dict[str, Any]:
     }
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its process-wide SIGINT/SIGTERM capture: several BMCs (and the lab or
+    controller that embeds them) share one process, and the process owns its signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class RunningBmc:
     bmc: Bmc
@@ -306,7 +326,7 @@ async def start_bmc(config: BmcConfig, hooks: BmcHooks | None = None, *, bmc: Bm
     ``bmc``: serve this (possibly subclassed) ``Bmc`` instead of building one from ``config``.
     """
     bmc = bmc or Bmc(config, hooks)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _EmbeddedServer(uvicorn.Config(
         build_app(bmc), host=config.listen, port=config.port, log_level="warning", lifespan="off",
         access_log=False, loop="none",
     ))

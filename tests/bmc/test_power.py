@@ -152,3 +152,29 @@ async def test_losing_every_psu_powers_off_for_real(netns: str) -> None:
 def test_kill_namespace_of_a_missing_namespace_is_harmless() -> None:
     report = kill_namespace("nonstop-bmc-does-not-exist")
     assert report.namespace_missing and report.killed == [] and report.complete
+
+
+async def test_graceful_shutdown_over_http_returns_at_once(netns: str) -> None:
+    from nonstop.bmc import client
+
+    stubborn = spawn_in(netns, "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
+    running = await start_in_namespace(netns, graceful_timeout=1.0)
+    try:
+        await until_inside(netns, stubborn.pid)
+
+        def graceful() -> float:
+            import time
+
+            with redfish_session(running.url, "admin", "password") as root:
+                start = time.monotonic()
+                root.get_system("/redfish/v1/Systems/h1").reset_system(sushy.ResetType.GRACEFUL_SHUTDOWN)
+                return time.monotonic() - start
+
+        assert await asyncio.to_thread(graceful) < 0.5
+        assert (await asyncio.to_thread(client.state, running.url))["power"] == "PoweringOff"
+        await wait_until(lambda: running.bmc.hw.power is PowerState.OFF, 5.0)
+        assert stubborn.wait(timeout=2) == -9
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+        await running.stop()

@@ -131,23 +131,27 @@ async def run_validator(url: str, csdl: Path, logdir: Path, auth: str = "Session
 async def test_service_validator_zero_failures(csdl_dir: Path, tmp_path: Path) -> None:
     if not VALIDATOR.exists():
         pytest.skip("redfish-service-validator is not installed (pip install -e '.[dev]')")
-    running = await start_bmc(BmcConfig(host_hardware(), None))
+    healthy = await start_bmc(BmcConfig(host_hardware(), None))
+    # A second BMC degraded and powered off: other health words, states and link status.
+    degraded = await start_bmc(BmcConfig(host_hardware(), None))
     try:
-        counts, text = await run_validator(running.url, csdl_dir, tmp_path / "healthy")
-        assert counts["fail"] == 0, text[-4000:]
-        assert counts["warn"] == 0, text[-4000:]
-        validated = set(re.findall(r"^Validating (\S+?)\.\.\.$", text, re.M))
-        expected = set(render(running.bmc.hw, {}, "admin")) - {"/redfish/v1"}
-        # every resource we serve was reached and checked (sessions come and go)
-        assert expected - {u.rstrip("/") for u in validated} == set()
-        assert counts["pass"] > 300
-
-        # degraded and powered off: different health words, states and link status
         for kind, name in ((ComponentKind.PSU, "PSU1"), (ComponentKind.DRIVE, "Disk1"), (ComponentKind.NIC, "eth0"),
                            (ComponentKind.FAN, "Fan2")):
-            await running.bmc.set_component(kind, name, failed=True)
-        await running.bmc.reset("ForceOff")
-        counts, text = await run_validator(running.url, csdl_dir, tmp_path / "degraded", auth="Basic")
+            await degraded.bmc.set_component(kind, name, failed=True)
+        await degraded.bmc.reset("ForceOff")
+        # Both validator runs at once: two processes, two cores.
+        (counts, text), (degraded_counts, degraded_text) = await asyncio.gather(
+            run_validator(healthy.url, csdl_dir, tmp_path / "healthy"),
+            run_validator(degraded.url, csdl_dir, tmp_path / "degraded", auth="Basic"),
+        )
         assert counts["fail"] == 0, text[-4000:]
+        assert counts["warn"] == 0, text[-4000:]
+        assert counts["pass"] > 300
+        validated = {u.rstrip("/") for u in re.findall(r"^Validating (\S+?)\.\.\.$", text, re.M)}
+        expected = set(render(healthy.bmc.hw, {}, "admin")) - {"/redfish/v1"}
+        # every resource we serve was reached and checked (sessions come and go)
+        assert expected - validated == set()
+        assert degraded_counts["fail"] == 0, degraded_text[-4000:]
     finally:
-        await running.stop()
+        await healthy.stop()
+        await degraded.stop()

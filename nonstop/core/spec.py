@@ -546,6 +546,7 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
             )
 
     subnets: list[tuple[int, ipaddress.IPv4Network]] = []
+    forwarded: dict[tuple[str, int], str] = {}
     for n, net in enumerate(spec.networks):
         network = net.network()
         for other_index, other in subnets:
@@ -565,7 +566,12 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
                     )
             except ValueError:
                 add(("networks", n, "gateway"), f'expected an IPv4 address, got "{net.gateway}"')
-        if net.uplink is not None:
+        if net.uplink is not None and net.mode is NetworkMode.ISOLATED:
+            add(
+                ("networks", n, "uplink"),
+                "an isolated network has no uplink; expected no uplink, or mode bridged or nat",
+            )
+        elif net.uplink is not None:
             for host in spec.hosts:
                 if net.uplink not in host.uplink_names():
                     add(
@@ -583,6 +589,14 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
             )
         guest_names = [name for g in spec.guests for name in g.guest_names()]
         for p, forward in enumerate(net.port_forwards):
+            host_port = (forward.protocol, forward.host_port)
+            if host_port in forwarded:
+                add(
+                    ("networks", n, "port_forwards", p, "host_port"),
+                    f"{forward.protocol} port {forward.host_port} is already forwarded by {forwarded[host_port]}; "
+                    "expected a host port used once",
+                )
+            forwarded.setdefault(host_port, f"networks[{n}].port_forwards[{p}]")
             if forward.guest not in guest_names:
                 shown = _one_of(guest_names[:8]) + (", ..." if len(guest_names) > 8 else "")
                 add(
@@ -601,6 +615,12 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
             for i, other in enumerate(getattr(group, field)):
                 if other not in groups:
                     add(("guests", g, field, i), f'unknown guest group "{other}"; expected one of: {_one_of(groups)}')
+        for i, both in enumerate(group.anti_affinity):
+            if both in group.affinity:
+                add(
+                    ("guests", g, "anti_affinity", i),
+                    f'"{both}" is in both affinity and anti_affinity; expected it in one of them',
+                )
         if group.max_vcpus is not None and group.max_vcpus < group.vcpus:
             add(
                 ("guests", g, "max_vcpus"),

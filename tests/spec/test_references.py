@@ -112,6 +112,48 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[tuple[str | int, ...], str]]]]
         [(("services", 0, "listen"), 'expected an address like 127.0.0.1:8080, got "8080"')],
     ),
     (
+        "isolated network with an uplink",
+        {"networks": [{"name": "prod", "mode": "isolated", "subnet": "198.18.10.0/24", "uplink": "team0"}]},
+        [(("networks", 0, "uplink"), "an isolated network has no uplink; expected no uplink, or mode bridged or nat")],
+    ),
+    (
+        "affinity and anti-affinity to the same group",
+        {"guests": [*BASE["guests"], {"name": "db", "affinity": ["web"], "anti_affinity": ["web"]}]},
+        [
+            (
+                ("guests", 1, "anti_affinity", 0),
+                '"web" is in both affinity and anti_affinity; expected it in one of them',
+            )
+        ],
+    ),
+    (
+        "a host port forwarded twice",
+        {
+            "networks": [
+                {
+                    "name": "prod",
+                    "subnet": "198.18.10.0/24",
+                    "port_forwards": [{"host_port": 8080, "guest": "web-0", "guest_port": 80}],
+                },
+                {
+                    "name": "nat0",
+                    "mode": "nat",
+                    "subnet": "198.19.20.0/24",
+                    "port_forwards": [
+                        {"host_port": 8080, "guest": "web-1", "guest_port": 80, "protocol": "udp"},
+                        {"host_port": 8080, "guest": "web-1", "guest_port": 80},
+                    ],
+                },
+            ]
+        },
+        [
+            (
+                ("networks", 1, "port_forwards", 1, "host_port"),
+                "tcp port 8080 is already forwarded by networks[0].port_forwards[0]; expected a host port used once",
+            )
+        ],
+    ),
+    (
         "port forward to an unknown guest",
         {
             "networks": [

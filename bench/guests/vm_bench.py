@@ -93,8 +93,11 @@ def _one_round(lab: TwoHostLab, root: Path, index: int) -> dict[str, float]:
             time.sleep(0.3)
         finally:
             poller.stop()
+        if result.total_seconds > 5:
+            print(f"slow migration: {result.extra.get('trace')}", file=sys.stderr)
         out["migration_total_s"] = result.total_seconds
         out["migration_downtime_s"] = result.downtime_seconds or float("nan")
+        out["migration_transferred_mib"] = (result.transferred_bytes or 0) / MIB
         out["migration_failed_fetches"] = float(len(poller.failures))
         out["migration_slowest_fetch_s"] = poller.slowest
         out["migration_boot_id_changes"] = float(max(0, len(poller.boot_ids) - 1))

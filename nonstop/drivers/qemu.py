@@ -117,10 +117,18 @@ class QemuDriver(QemuHotplug):
             await qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 * 1024**3, "downtime-limit": 100})
             await qmp.execute("migrate", {"uri": endpoint.uri})
             info: dict[str, Any] = {}
+            trace: list[dict[str, Any]] = []
             while True:
                 result = await qmp.execute("query-migrate")
                 assert isinstance(result, dict)
                 info = result
+                elapsed = time.monotonic() - started
+                if not trace or elapsed - trace[-1]["t"] >= 1.0:
+                    # A coarse progress trace: where a slow migration spent its time.
+                    ram = info.get("ram", {})
+                    trace.append({"t": round(elapsed, 2), "status": info.get("status"),
+                                  "transferred": ram.get("transferred"), "remaining": ram.get("remaining"),
+                                  "dirty_rate": ram.get("dirty-pages-rate"), "iterations": ram.get("dirty-sync-count")})
                 if info.get("status") == "completed":
                     break
                 if info.get("status") in ("failed", "cancelled"):
@@ -145,7 +153,7 @@ class QemuDriver(QemuHotplug):
             total_seconds=float(info.get("total-time", (time.monotonic() - started) * 1000)) / 1000,
             downtime_seconds=float(info["downtime"]) / 1000 if "downtime" in info else None,
             transferred_bytes=int(ram["transferred"]) if "transferred" in ram else None,
-            extra={"wall_seconds": time.monotonic() - started, "setup_ms": info.get("setup-time")},
+            extra={"wall_seconds": time.monotonic() - started, "setup_ms": info.get("setup-time"), "trace": trace},
         )
 
     async def finish_incoming(self, name: str, timeout: float = 30.0) -> GuestStatus:

@@ -55,9 +55,12 @@ class TwoHostLab:
         for ns in (self.ns_a, self.ns_b, self.ns_client):
             netns.create(ns)
             self.created.append(ns)
-        for ns, ip in ((self.ns_a, self.host_a_ip), (self.ns_b, self.host_b_ip)):
+        for n, (ns, ip) in enumerate(((self.ns_a, self.host_a_ip), (self.ns_b, self.host_b_ip))):
             with IPRoute(netns=ns) as ipr:
-                ipr.link("add", ifname=self.bridge, kind="bridge", br_forward_delay=0, br_stp_state=0)
+                # A fixed MAC: a bridge without one takes its lowest port MAC, so plugging in a tap
+                # would change the host address's MAC under its neighbours' ARP caches.
+                ipr.link("add", ifname=self.bridge, kind="bridge", br_forward_delay=0, br_stp_state=0,
+                         address=f"02:00:5e:{int(self.token[:2], 16):02x}:0a:{n + 1:02x}")
                 br = ipr.link_lookup(ifname=self.bridge)[0]
                 ipr.addr("add", index=br, address=ip, prefixlen=24)
                 ipr.link("set", index=br, state="up")

@@ -30,6 +30,9 @@ for arg in $(cat /proc/cmdline); do
       ip link set "$iface" up
       ip addr add "$addr" dev "$iface"
       [ -n "$gw" ] && ip route add default via "$gw" dev "$iface"
+      # Unsolicited ARP: neighbours that cached this address with another MAC (a previous
+      # guest) update at once instead of after their entry goes stale (~30 s).
+      arping -q -U -c 2 -I "$iface" "${addr%/*}" >/dev/null 2>&1 &
       echo "$iface $addr $gw" >>/run/nonstop/addresses
       ;;
   esac

@@ -4,24 +4,30 @@ Role: the instruments team tests and benchmarks use to tell how long a failover
 interrupts traffic and whether connections survive it:
 
 * :class:`UdpProbeStream` sends a numbered datagram every ``interval`` from one
-  namespace to an echo socket in another; the longest stretch of send time whose probes
-  never came back is the outage (it covers both directions through the team);
+  namespace to an echo in another and counts the answers (so it covers both directions
+  through the team). The outage is the longest run of lost probes, measured from the
+  first lost probe's send time to the next answered probe's send time. Sender and echo
+  are separate processes (``python -m nonstop.net.team_traffic client|echo``): threads of
+  a busy test process stall each other on the GIL for tens of milliseconds under load,
+  which looked like network loss;
 * :class:`TcpStream` keeps one TCP connection sending from one namespace to a sink in
   another; ``finish`` checks every byte arrived on the same connection.
 
-Sockets are created inside the namespaces (``in_netns``) and then driven by threads of
-the calling process. Must NOT: address anything but the given lab addresses.
+Must NOT: address anything but the given lab addresses.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-
-from nonstop.net.team_testbed import in_netns
+from typing import Any
 
 _PROBE = struct.Struct("!Id")
 
@@ -31,89 +37,118 @@ class ProbeResult:
     sent: int
     received: int
     longest_gap: float
-    """Seconds of send time between two answered probes with only lost ones between."""
+    """Seconds from the first lost probe of the longest loss run to the next answered probe."""
 
     @property
     def lost(self) -> int:
         return self.sent - self.received
 
 
+def probe_result(sent_at: list[float], answered: set[int]) -> ProbeResult:
+    """Loss runs from send times and the sequence numbers that came back."""
+    sent = len(sent_at)
+    longest = 0.0
+    run_start: int | None = None
+    for seq in range(sent):
+        if seq not in answered:
+            if run_start is None:
+                run_start = seq
+        elif run_start is not None:
+            longest = max(longest, sent_at[seq] - sent_at[run_start])
+            run_start = None
+    if run_start is not None and sent:
+        longest = max(longest, sent_at[-1] - sent_at[run_start])
+    return ProbeResult(sent=sent, received=len([s for s in answered if s < sent]), longest_gap=longest)
+
+
+def _run_echo(ip: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((ip, port))
+    print("ready", flush=True)
+    while True:
+        data, peer = sock.recvfrom(64)
+        sock.sendto(data, peer)
+
+
+def _run_client(ip: str, port: int, interval: float, drain: float) -> None:
+    """Send until stdin closes, wait ``drain`` for late answers, print the result JSON."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((ip, port))
+    sock.settimeout(0.1)
+    sent_at: list[float] = []
+    answered: set[int] = set()
+    stop = threading.Event()
+    done = threading.Event()
+
+    def receive() -> None:
+        while not done.is_set():
+            try:
+                answered.add(_PROBE.unpack(sock.recv(64)[: _PROBE.size])[0])
+            except (TimeoutError, OSError, struct.error):
+                continue
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=receive, daemon=True).start()
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    print("ready", flush=True)
+    seq = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if now < next_at:
+            time.sleep(next_at - now)
+        sent_at.append(time.monotonic())
+        try:
+            sock.send(_PROBE.pack(seq, sent_at[-1]))
+        except OSError:
+            pass
+        seq += 1
+        next_at += interval
+        if next_at < time.monotonic() - 0.05:
+            next_at = time.monotonic()  # after a stall, do not burst to catch up
+    time.sleep(drain)
+    done.set()
+    result = probe_result(sent_at, set(answered))
+    print(json.dumps({"sent": result.sent, "received": result.received, "longest_gap": result.longest_gap}))
+
+
 class UdpProbeStream:
     def __init__(self, client_ns: str, server_ns: str, server_ip: str, port: int = 7007, interval: float = 0.001):
-        self.interval = interval
-        with in_netns(server_ns):
-            self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.server.bind((server_ip, port))
-        with in_netns(client_ns):
-            self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.client.connect((server_ip, port))
-        self.server.settimeout(0.2)
-        self.client.settimeout(0.2)
-        self.sent_at: list[float] = []
-        self.answered: set[int] = set()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._echo, daemon=True),
-            threading.Thread(target=self._receive, daemon=True),
-            threading.Thread(target=self._send, daemon=True),
-        ]
+        from nonstop.net.team_testbed import popen_in
 
-    def _echo(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.server.recvfrom(64)
-                self.server.sendto(data, peer)
-            except (TimeoutError, OSError):
-                continue
+        argv = [sys.executable, "-m", "nonstop.net.team_traffic"]
+        self.echo = popen_in(server_ns, [*argv, "echo", server_ip, str(port)], stdout=subprocess.PIPE, text=True)
+        self._ready(self.echo)
+        self.client = popen_in(client_ns, [*argv, "client", server_ip, str(port), "--interval", str(interval)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._ready(self.client)
 
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.client.recv(64)
-            except (TimeoutError, OSError):
-                continue
-            self.answered.add(_PROBE.unpack(data[: _PROBE.size])[0])
+    def _ready(self, proc: subprocess.Popen[Any]) -> None:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            self._kill()
+            raise RuntimeError(f"probe process failed to start ({proc.args!r}): {line!r}")
 
-    def _send(self) -> None:
-        seq = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now < next_at:
-                time.sleep(next_at - now)
-            self.sent_at.append(time.monotonic())
-            try:
-                self.client.send(_PROBE.pack(seq, self.sent_at[-1]))
-            except OSError:
-                pass
-            seq += 1
-            next_at += self.interval
-            if next_at < time.monotonic() - 0.05:
-                next_at = time.monotonic()  # after a stall, do not burst to catch up
+    def _kill(self) -> None:
+        for proc in (getattr(self, "client", None), self.echo):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def start(self) -> UdpProbeStream:
-        for thread in self._threads:
-            thread.start()
-        return self
+        return self  # the processes already run; kept for symmetry with TcpStream
 
-    def stop(self, drain: float = 0.2) -> ProbeResult:
-        sent = len(self.sent_at)
-        time.sleep(drain)  # late answers of the last probes
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(2)
-        self.server.close()
-        self.client.close()
-        answered = sorted(s for s in self.answered if s < sent)
-        longest = 0.0
-        for before, after in zip(answered, answered[1:], strict=False):
-            if after - before > 1:
-                longest = max(longest, self.sent_at[after] - self.sent_at[before])
-        if answered:
-            longest = max(longest, self.sent_at[answered[0]] - self.sent_at[0])
-        else:
-            longest = self.sent_at[-1] - self.sent_at[0] if self.sent_at else 0.0
-        return ProbeResult(sent=sent, received=len(answered), longest_gap=longest)
+    def stop(self) -> ProbeResult:
+        try:
+            out, _ = self.client.communicate(input="", timeout=10)
+            data = json.loads(out)
+        finally:
+            self._kill()
+        return ProbeResult(sent=data["sent"], received=data["received"], longest_gap=data["longest_gap"])
 
 
 class TcpStream:
@@ -121,6 +156,8 @@ class TcpStream:
 
     def __init__(self, client_ns: str, server_ns: str, server_ip: str, port: int = 7008,
                  chunk: int = 16384, pause: float = 0.002):
+        from nonstop.net.team_testbed import in_netns
+
         with in_netns(server_ns):
             self.listener = socket.socket()
             self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -176,3 +213,25 @@ class TcpStream:
         if self.error is not None:
             raise self.error
         return self.sent, self.received
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nonstop.net.team_traffic")
+    sub = parser.add_subparsers(dest="role", required=True)
+    echo = sub.add_parser("echo", help="answer every datagram (run in the server namespace)")
+    client = sub.add_parser("client", help="send probes until stdin closes; print the result JSON")
+    for p in (echo, client):
+        p.add_argument("ip")
+        p.add_argument("port", type=int)
+    client.add_argument("--interval", type=float, default=0.001)
+    client.add_argument("--drain", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    if args.role == "echo":
+        _run_echo(args.ip, args.port)
+    else:
+        _run_client(args.ip, args.port, args.interval, args.drain)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

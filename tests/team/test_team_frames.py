@@ -62,3 +62,14 @@ def test_link_events_decode_carrier_and_name() -> None:
 
 def test_truncated_netlink_data_does_not_raise() -> None:
     assert parse_link_events(b"\x10\x00") == []
+
+
+def test_probe_outage_runs_from_first_lost_to_next_answered() -> None:
+    from nonstop.net.team_traffic import probe_result
+
+    sent_at = [i * 0.001 for i in range(10)]
+    result = probe_result(sent_at, {0, 1, 2, 6, 7, 8, 9})
+    assert result.lost == 3 and result.received == 7
+    assert abs(result.longest_gap - 0.003) < 1e-9  # probes 3,4,5 lost; 6 answered
+    assert probe_result(sent_at, set(range(10))).longest_gap == 0.0
+    assert abs(probe_result(sent_at, {0, 1}).longest_gap - 0.007) < 1e-9  # lost to the end

@@ -53,14 +53,17 @@ def request_head(
     chunked: bool,
 ) -> bytes:
     """``headers`` are (lowercase name, name, value). Returns the head to send upstream."""
-    extra_hop: tuple[bytes, ...] = ()
+    drop: frozenset[bytes] = REQUEST_HOP_BY_HOP
+    for lname, _, value in headers:
+        if lname == b"connection":
+            # Connection: <token> names more hop-by-hop headers of this message
+            tokens = {t.strip().lower() for t in value.split(b",")} - {b"", b"close", b"keep-alive"}
+            drop = drop | tokens
     forwarded_for = b""
     parts = [method, b" ", url, b" HTTP/1.1\r\n"]
     append = parts.append
     for lname, name, value in headers:
-        if lname in REQUEST_HOP_BY_HOP:
-            if lname == b"connection":
-                extra_hop += tuple(t.strip().lower() for t in value.split(b",") if t.strip())
+        if lname in drop:
             continue
         if lname == b"x-forwarded-for":
             forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
@@ -71,18 +74,6 @@ def request_head(
         append(b": ")
         append(value)
         append(b"\r\n")
-    if extra_hop:
-        # Connection: <token> names more hop-by-hop headers; drop them now that we know
-        drop = set(extra_hop) - {b"close", b"keep-alive"}
-        if drop:
-            return request_head(
-                method,
-                url,
-                [h for h in headers if h[0] not in drop],
-                client_ip=client_ip,
-                client_version=client_version,
-                chunked=chunked,
-            )
     append(b"X-Forwarded-For: ")
     append(forwarded_for + b", " + client_ip if forwarded_for else client_ip)
     append(b"\r\nX-Forwarded-Proto: http\r\nVia: ")

@@ -4,7 +4,7 @@
 ``200`` and a body ``N <method> <path>`` (POST bodies are echoed after it), keeps
 connections alive, and obeys a few test knobs in the path: ``/slow?ms=N`` delays the
 answer, ``/health`` answers 200 (or 503 once ``/admin/sick`` was called), ``/chunked``
-answers with chunked encoding, ``/big?kb=N`` sends N KiB.
+answers with chunked encoding, ``/big`` sends 256 KiB, ``/headers`` echoes the request headers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class Handler(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.body: list[bytes] = []
+        self.headers: list[bytes] = []
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
@@ -40,6 +41,10 @@ class Handler(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.body = []
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append(name + b": " + value)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -69,6 +74,8 @@ class Handler(asyncio.Protocol):
             status = b"503 Sick"
         if path == b"/admin/sick":
             STATE["sick"] = True
+        if path == b"/headers":
+            body = b"\n".join(self.headers) + b"\n"
         if path == b"/big":
             body = b"x" * 1024 * 256
         conn = b"" if keep else b"Connection: close\r\n"

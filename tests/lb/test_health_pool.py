@@ -227,3 +227,11 @@ def test_pool_runtime_membership_and_weight():
         pool.set_admin("nope", AdminState.DRAIN, 0)
     with pytest.raises(ValueError):
         pool.add("s1", "127.0.0.1", 1)
+
+
+def test_a_retry_that_excludes_every_primary_falls_back_to_backups():
+    pool = make_pool(1)
+    pool.add("b0", "127.0.0.1", 9100, backup=True)
+    assert pool.choose(0).name == "s0"
+    assert pool.choose(0, exclude={"s0"}).name == "b0"
+    assert pool.choose(0, exclude={"s0", "b0"}) is None

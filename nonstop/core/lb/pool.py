@@ -260,8 +260,12 @@ class Pool:
     def choose(self, now: float, key: bytes = b"", exclude: Iterable[str] | None = None) -> Backend | None:
         candidates = self.serving(now)
         if exclude:
+            # a retry: backends already tried are out; when that leaves no primary, the
+            # backups stand in (as when every primary is down)
             skip = set(exclude)
-            candidates = [b for b in candidates if b.name not in skip]
+            candidates = [b for b in self._primary if b.name not in skip]
+            if not candidates:
+                candidates = [b for b in self._backup if b.name not in skip]
         if not candidates:
             self.last_refusal = NO_BACKEND
             return None

@@ -163,3 +163,19 @@ def test_machine_state_is_always_from_the_table(events: list[LinkEvent]) -> None
             assert machine.state is before
         else:
             assert machine.state is TRANSITIONS[before][event]
+
+
+def test_hosts_and_links_can_change_at_run_time() -> None:
+    cluster = ClusterLiveness({"h1": ["eth0"]})
+    t = feed(cluster, "h1", ["eth0"], 0.0, 3.0)
+    cluster.set_links("h1", ["eth0", "eth1"])  # a second link was cabled
+    cluster.set_links("h2", ["eth0"], now=t)  # a host joined: its grace starts now
+    t = feed(cluster, "h1", ["eth0", "eth1"], t, t + 1.0)
+    assert cluster.state("h1") is S.UP
+    assert cluster.state("h2") is S.UNKNOWN
+    feed(cluster, "h1", ["eth0", "eth1"], t, t + 1.5)
+    assert cluster.state("h2") is S.SUSPECT  # never heard, grace over
+    cluster.remove_host("h2")
+    assert "h2" not in cluster.machines and not cluster.heartbeat("h2", "eth0", t)
+    with pytest.raises(ValueError):
+        cluster.set_links("h1", [])

@@ -185,9 +185,31 @@ class ClusterLiveness:
             if not detectors:
                 raise ValueError(f"host {host} has no links")
         self.machines = {host: LivenessMachine(host) for host in self.detectors}
+        self.known_since = {host: started_at for host in self.detectors}
 
     def state(self, host: str) -> HostState:
         return self.machines[host].state
+
+    def set_links(self, host: str, links: Iterable[str], now: float | None = None) -> None:
+        """Add a host, or change its links (kept links keep their history). A new host's
+        start-up grace counts from ``now`` (default: when the monitor started)."""
+        wanted = list(links)
+        if not wanted:
+            raise ValueError(f"host {host} has no links")
+        current = self.detectors.setdefault(host, {})
+        for link in list(current):
+            if link not in wanted:
+                del current[link]
+        for link in wanted:
+            current.setdefault(link, PhiAccrualDetector(self.config.phi))
+        if host not in self.machines:
+            self.machines[host] = LivenessMachine(host)
+            self.known_since[host] = self.started_at if now is None else now
+
+    def remove_host(self, host: str) -> None:
+        self.detectors.pop(host, None)
+        self.machines.pop(host, None)
+        self.known_since.pop(host, None)
 
     def heartbeat(self, host: str, link: str, now: float) -> bool:
         """Record an arrival; False (and ignored) for an unknown host or link."""
@@ -198,7 +220,7 @@ class ClusterLiveness:
         return True
 
     def phis(self, host: str, now: float) -> dict[str, float]:
-        since_start = now - self.started_at
+        since_start = now - self.known_since[host]
         grace = self.config.startup_grace
         never_heard = 0.0
         if since_start >= 2 * grace:
@@ -212,8 +234,8 @@ class ClusterLiveness:
 
     def evaluate(self, now: float) -> list[Transition]:
         out: list[Transition] = []
-        in_grace = now - self.started_at < self.config.startup_grace
         for host, machine in self.machines.items():
+            in_grace = now - self.known_since[host] < self.config.startup_grace
             if in_grace and all(d.last_arrival is None for d in self.detectors[host].values()):
                 continue  # nothing known yet: stay unknown rather than claim "up"
             phis = self.phis(host, now)

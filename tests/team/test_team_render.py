@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nonstop.core.net.team_render import (
     TeamDataPath,
@@ -78,3 +80,23 @@ def test_long_names_with_a_shared_prefix_get_distinct_peers() -> None:
 def test_table_names_are_nft_identifiers() -> None:
     assert table_name("team", "up-link.0") == "nonstop_team_up_link_0"
     assert sanitize("sw0-h1") == "sw0_h1"
+
+
+names = st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True).filter(lambda n: n != "tp"),
+                min_size=1, max_size=4, unique=True)
+
+
+@given(members=names, data=st.data(), mode=st.sampled_from(list(TeamMode)), policy=st.sampled_from(list(HashPolicy)))
+def test_every_member_gets_a_chain_and_only_transmit_members_get_frames(
+    members: list[str], data: st.DataObject, mode: TeamMode, policy: HashPolicy
+) -> None:
+    transmit = tuple(m for m in members if data.draw(st.booleans()))
+    if mode is TeamMode.ACTIVE_BACKUP:
+        transmit = transmit[:1]
+    path = TeamDataPath("nonstop_team_t", "tp", mode, tuple(members), transmit, policy)
+    text = render_ruleset(path)
+    tx = "\n".join(transmit_rules(path))
+    for member in members:
+        assert f'device "{member}"' in text
+        assert (f'"{member}"' in tx) == (member in transmit)
+    assert text.count(f'fwd to "{path.port}"') == len(transmit)

@@ -107,3 +107,37 @@ def test_rebalance_respects_filters_and_says_when_it_cannot() -> None:
     plan = plan_rebalance(ClusterState(hosts, guests), 0.1)
     assert not plan.reached and plan.moves == ()
     assert "no single move" in plan.reason
+
+
+def test_failover_simulator_agrees_with_plan_failover_and_rolls_back_exactly() -> None:
+    import numpy as np
+
+    from nonstop.core.placement import SchedulerConfig, place
+    from nonstop.core.placement.engine import Engine
+    from nonstop.core.placement.failover import FailoverSimulator
+    from nonstop.core.placement.view import RunView
+
+    hosts = [host(f"h{i:02d}", cpus=6 + 2 * (i % 3), mem_gib=16 + 2 * (i % 4), ratios=ONE) for i in range(24)]
+    guests = []
+    for g in range(40):
+        spread = (Spread.HARD, Spread.SOFT, Spread.NONE)[g % 3]
+        affinity = frozenset({f"grp{g - 1:02d}"}) if g % 7 == 3 else frozenset()
+        for i in range(3):
+            guests.append(guest(f"grp{g:02d}-{i}", cpus=1 + g % 2, mem_gib=1 + g % 3, spread=spread,
+                                affinity=affinity, priority=100 + 50 * (g % 3)))
+    state = place(ClusterState(hosts, guests)).state
+    config = SchedulerConfig.for_state(state)
+    simulator = FailoverSimulator(state, config)
+    verdicts = []
+    for h, name in enumerate(state.host_names):
+        tolerated = not simulator.unplaced(np.array([h]))
+        assert tolerated == plan_failover(state, [name], config).ok
+        verdicts.append(tolerated)
+    assert np.array_equal(simulator.view.used, state.used)
+    assert np.array_equal(simulator.view.assignment, state.assignment)
+    fresh = Engine(RunView.start(state, config.accept_degraded), config)
+    fresh.prepare(set(state.klass.tolist()))
+    assert simulator.engine._cache is not None and fresh._cache is not None
+    assert np.array_equal(simulator.engine._cache, fresh._cache)  # bit for bit, after 24 what-ifs
+    assert admission(state, 1, config, prove=False).tolerates == all(verdicts)
+    assert 0 < sum(verdicts) < len(verdicts), verdicts  # both outcomes occur: the comparison means something

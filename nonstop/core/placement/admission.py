@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from nonstop.core.placement.engine import Engine, SchedulerConfig, place, placement_order
-from nonstop.core.placement.failover import failover_run
+from nonstop.core.placement.failover import FailoverSimulator, failover_run
 from nonstop.core.placement.filters import AffinityFilter, AntiAffinityFilter, GroupFilter
 from nonstop.core.placement.model import (
     RESOURCES,
@@ -180,11 +180,15 @@ def admission(
     prover = _Prover(state, config)
     names = state.host_names
 
+    simulator: FailoverSimulator | None = None
+
     def first_failure(sets: Sequence[Sequence[int]]) -> AdmissionReport | None:
+        nonlocal simulator
         for hosts in sets:
             failed = np.array(hosts, dtype=np.intp)
-            _view, _placed, unplaced = failover_run(state, failed, config, reasons=False, stop_on_failure=True)
-            if unplaced:
+            if simulator is None:
+                simulator = FailoverSimulator(state, config)
+            if simulator.unplaced(failed):
                 _view, _placed, unplaced = failover_run(state, failed, config)
                 who = ", ".join(names[h] for h in hosts)
                 guest, why = unplaced[0]

@@ -39,6 +39,7 @@ from nonstop.core.placement.filters import (
     Filter,
     GroupFilter,
     HostFilter,
+    HostStateFilter,
     default_filters,
 )
 from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray, Spread
@@ -113,24 +114,7 @@ def placement_order(state: ClusterState, guests: IntArray) -> IntArray:
     """Guests in decision order: effective priority (desc), affinity depth, name."""
     if len(guests) == 0:
         return guests
-    n_groups = len(state.group_names)
-    group_max = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(group_max, state.group, state.priority)
-    lift = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
-    depth = np.zeros(n_groups, dtype=np.int64)
-    dependents = [(a, b) for a in range(n_groups) for b in state.group_affinity[a]]
-    for _ in range(n_groups):  # longest affinity chain is < n_groups (cycles stop here)
-        changed = False
-        for a, b in dependents:
-            floor = max(int(group_max[a]), int(lift[a]))
-            if floor > lift[b]:
-                lift[b] = floor
-                changed = True
-            if depth[b] + 1 > depth[a]:
-                depth[a] = depth[b] + 1
-                changed = True
-        if not changed:
-            break
+    lift, depth = state.group_order_keys()
     groups = state.group[guests]
     priority = np.maximum(state.priority[guests], lift[groups])
     order = np.lexsort((state.name_rank[guests], depth[groups], -priority))
@@ -163,6 +147,8 @@ class Engine:
         self._cache: FloatArray | None = None
         self._cache_static: BoolArray | None = None
         self._cache_request: FloatArray | None = None
+        self._saved_columns: dict[int, tuple[FloatArray | None, BoolArray | None, dict[int, bool]]] | None = None
+        self._static_before: set[int] = set()
         # Batching is exact only for the group plugins whose effects it knows.
         self._batchable = all(
             isinstance(f, AffinityFilter | AntiAffinityFilter) for f in self.group_filters
@@ -369,6 +355,14 @@ class Engine:
 
     # -------------------------------------------------------------------- runs
 
+    def prepare(self, classes: Iterable[int]) -> bool:
+        """Build the score cache for ``classes`` now, if it fits the limit; True if built."""
+        classes = set(classes)
+        if classes and len(classes) * len(self.state.hosts) <= CACHE_LIMIT:
+            self._build_cache(classes)
+            return True
+        return False
+
     def _build_cache(self, classes: Iterable[int]) -> None:
         view, state = self.view, self.state
         classes = sorted(set(classes))
@@ -381,11 +375,62 @@ class Engine:
             for i, k in enumerate(classes)
         ])
 
+    # ---------------------------------------------------------- what-if runs
+
+    def begin(self) -> None:
+        """Record changes from here on (view, cached scores, static masks) for ``rollback``."""
+        self.view.begin()
+        self._saved_columns = {}
+        self._static_before = set(self._static)
+
+    def _save_column(self, host: int) -> None:
+        saved = self._saved_columns
+        if saved is None or host in saved:
+            return
+        cache = None if self._cache is None else self._cache[:, host].copy()
+        static = None if self._cache_static is None else self._cache_static[:, host].copy()
+        saved[host] = (cache, static, {k: bool(mask[host]) for k, mask in self._static.items()})
+
+    def rollback(self) -> None:
+        """Restore the state of ``begin`` exactly (saved values, not recomputed ones)."""
+        assert self._saved_columns is not None, "rollback without begin"
+        for host, (cache, static, masks) in self._saved_columns.items():
+            if cache is not None and self._cache is not None:
+                self._cache[:, host] = cache
+            if static is not None and self._cache_static is not None:
+                self._cache_static[:, host] = static
+            for k, value in masks.items():
+                self._static[k][host] = value
+        for k in set(self._static) - self._static_before:
+            del self._static[k]  # computed mid-run from changed conditions: stale now
+        self._saved_columns = None
+        self.view.rollback()
+
+    def fail_hosts(self, hosts: IntArray, displaced: IntArray) -> None:
+        """Fail ``hosts`` inside a what-if run, without recomputing any whole-cluster mask.
+
+        Only valid with a HostStateFilter configured: a FAILED host then passes no filter
+        chain, so its column is simply false / −inf for every class.
+        """
+        assert any(isinstance(f, HostStateFilter) for f in self.config.filters)
+        for h in hosts.tolist():
+            self._save_column(h)
+            for mask in self._static.values():
+                mask[h] = False
+            if self._cache is not None:
+                assert self._cache_static is not None
+                self._cache_static[:, h] = False
+                self._cache[:, h] = NEG_INF
+        self.view.fail_hosts(hosts, displaced)
+
     def touch(self, hosts: int | IntArray) -> None:
         """Recompute every cached class's score on ``hosts`` after their usage changed."""
         if self._cache is None:
             return
         assert self._cache_static is not None and self._cache_request is not None
+        if self._saved_columns is not None:
+            for h in [hosts] if isinstance(hosts, int) else hosts.tolist():
+                self._save_column(h)
         view = self.view
         if isinstance(hosts, int):
             self._cache[:, hosts] = self.evaluate(
@@ -457,10 +502,13 @@ class Engine:
     ) -> tuple[list[tuple[int, int]], list[tuple[int, str]], dict[str, Explanation]]:
         """Decide and apply each guest of ``order``; returns placed, unplaced, explanations."""
         classes = set(self.state.klass[order].tolist())
-        if use_cache is None:
-            use_cache = len(order) >= 4 * len(classes) and len(classes) * len(self.state.hosts) <= CACHE_LIMIT
-        if use_cache and len(order):
-            self._build_cache(classes)
+        if self._cache is not None and classes <= set(self._rows):
+            pass  # a prepared engine (what-if runs): keep its cache
+        else:
+            if use_cache is None:
+                use_cache = len(order) >= 4 * len(classes) and len(classes) * len(self.state.hosts) <= CACHE_LIMIT
+            if use_cache and len(order):
+                self._build_cache(classes)
         placed: list[tuple[int, int]] = []
         unplaced: list[tuple[int, str]] = []
         explanations: dict[str, Explanation] = {}

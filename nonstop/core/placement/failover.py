@@ -43,6 +43,40 @@ def failover_run(
     return view, placed, unplaced
 
 
+class FailoverSimulator:
+    """Many what-if failovers from one state, sharing one engine, its score cache and masks.
+
+    Each ``tolerates`` call fails hosts inside a journaled run and rolls back bit for bit,
+    so it decides exactly what a fresh ``failover_run`` decides (same filters, same
+    scores, same order) at a fraction of the cost: nothing cluster-wide is rebuilt.
+    """
+
+    def __init__(self, state: ClusterState, config: SchedulerConfig) -> None:
+        self.state = state
+        self.view = RunView.start(state, config.accept_degraded)
+        self.engine = Engine(self.view, config)
+        placed = state.assignment >= 0
+        classes = set(state.klass[placed].tolist())
+        for k in classes:
+            self.engine.static_mask(k)
+        self.engine.prepare(classes)
+
+    def unplaced(self, failed: IntArray) -> list[int]:
+        """Displaced guests the greedy failover cannot place (empty: tolerated); stops at the first."""
+        state = self.state
+        parts = [state.guests_on(h) for h in failed.tolist()]
+        displaced = np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+        self.engine.begin()
+        try:
+            self.engine.fail_hosts(failed, displaced)
+            _placed, unplaced, _ = self.engine.run(
+                placement_order(state, displaced), reasons=False, stop_on_failure=True
+            )
+        finally:
+            self.engine.rollback()
+        return [g for g, _reason in unplaced]
+
+
 def plan_failover(
     state: ClusterState,
     failed_hosts: Sequence[str],

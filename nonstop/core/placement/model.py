@@ -121,6 +121,8 @@ class ClusterState:
                 self.host_networks[i, net_index[n]] = True
         self._build_guests(net_index)
         self._label_masks: dict[tuple[tuple[str, str], ...], BoolArray] = {}
+        self._order_keys: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
+        self._by_host: tuple[IntArray, IntArray] | None = None
         for array in (self.capacity, self.ratios, self.reserved, self.effective, self.condition, self.host_networks):
             _readonly(array)
 
@@ -228,7 +230,43 @@ class ClusterState:
         return np.asarray(self.host_networks[:, list(networks)].all(axis=1), dtype=np.bool_)
 
     def guests_on(self, host: int) -> IntArray:
-        return np.flatnonzero(self.assignment == host)
+        """Guest indices on ``host``, ascending."""
+        if self._by_host is None:
+            order = np.argsort(self.assignment, kind="stable")
+            offsets = np.searchsorted(self.assignment[order], np.arange(-1, len(self.hosts) + 1))
+            self._by_host = (order, offsets.astype(np.intp))
+        order, offsets = self._by_host
+        return order[offsets[host + 1] : offsets[host + 2]]
+
+    def group_order_keys(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per group: the priority floor affine dependents lift it to, and its affinity depth.
+
+        A group others are affine to must be placed before them: it inherits the highest
+        priority of its (transitive) dependents, and sorts before them at equal priority.
+        """
+        if self._order_keys is None:
+            n_groups = len(self.group_names)
+            group_max = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(group_max, self.group, self.priority)
+            lift = np.full(n_groups, np.iinfo(np.int64).min, dtype=np.int64)
+            depth = np.zeros(n_groups, dtype=np.int64)
+            dependents = [(a, b) for a in range(n_groups) for b in self.group_affinity[a]]
+            for _ in range(n_groups):  # the longest affinity chain is < n_groups (cycles stop here)
+                changed = False
+                for a, b in dependents:
+                    floor = max(int(group_max[a]), int(lift[a]))
+                    if floor > lift[b]:
+                        lift[b] = floor
+                        changed = True
+                    if depth[b] + 1 > depth[a]:
+                        depth[a] = depth[b] + 1
+                        changed = True
+                if not changed:
+                    break
+            _readonly(lift)
+            _readonly(depth)
+            self._order_keys = (lift, depth)
+        return self._order_keys
 
     def placement_map(self) -> dict[str, str]:
         """Guest name -> host name for every placed guest."""
@@ -239,6 +277,7 @@ class ClusterState:
     def with_assignment(self, assignment: IntArray) -> ClusterState:
         """The same cluster with guests placed as ``assignment`` says (-1 = not placed)."""
         clone = self._clone()
+        clone._by_host = None
         clone.assignment = np.array(assignment, dtype=np.intp)
         clone.used = clone._usage(clone.assignment)
         _readonly(clone.assignment)

@@ -70,6 +70,15 @@ class Occupancy:
 
 
 @dataclass
+class _Journal:
+    """What a what-if run changed: original host per guest, original rows per host."""
+
+    hosts: dict[int, int] = field(default_factory=dict)
+    used: dict[int, FloatArray] = field(default_factory=dict)
+    condition: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
 class RunView:
     """Everything a filter or weigher may read during one run."""
 
@@ -80,6 +89,7 @@ class RunView:
     accept_degraded: bool = True
     """False when the policy says degraded hosts take no new guests."""
     inv_effective: FloatArray = field(init=False)
+    _journal: _Journal | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # A host with no effective capacity of a resource is full of it: any positive request
@@ -101,9 +111,30 @@ class RunView:
     def assignment(self) -> IntArray:
         return self.occupancy.assignment
 
+    def begin(self) -> None:
+        """Start recording changes so ``rollback`` can restore this exact view (what-if runs)."""
+        self._journal = _Journal()
+
+    def rollback(self) -> None:
+        """Undo every change since ``begin``, bit for bit."""
+        journal = self._journal
+        assert journal is not None, "rollback without begin"
+        self._journal = None
+        for guest, host in journal.hosts.items():
+            self.occupancy.move(guest, host)
+        for host, row in journal.used.items():
+            self.used[host] = row
+        for host, value in journal.condition.items():
+            self.condition[host] = value
+
     def assign(self, guest: int, host: int) -> None:
         """Move ``guest`` to ``host`` (-1: unplace it), keeping usage and occupancy current."""
         old = int(self.occupancy.assignment[guest])
+        if self._journal is not None:
+            self._journal.hosts.setdefault(guest, old)
+            for h in (old, host):
+                if h >= 0 and h not in self._journal.used:
+                    self._journal.used[h] = self.used[h].copy()
         request = self.state.request[guest]
         if old >= 0:
             self.used[old] -= request
@@ -111,10 +142,14 @@ class RunView:
             self.used[host] += request
         self.occupancy.move(guest, host)
 
-    def fail_hosts(self, hosts: IntArray) -> IntArray:
-        """Mark hosts FAILED and unplace their guests; returns those guests."""
+    def fail_hosts(self, hosts: IntArray, displaced: IntArray | None = None) -> IntArray:
+        """Mark hosts FAILED and unplace their guests (``displaced`` if the caller knows them)."""
+        if self._journal is not None:
+            for h in hosts.tolist():
+                self._journal.condition.setdefault(h, int(self.condition[h]))
         self.condition[hosts] = int(HostCondition.FAILED)
-        displaced = np.flatnonzero(np.isin(self.occupancy.assignment, hosts))
+        if displaced is None:
+            displaced = np.flatnonzero(np.isin(self.occupancy.assignment, hosts))
         for guest in displaced.tolist():
             self.assign(guest, -1)
         return displaced

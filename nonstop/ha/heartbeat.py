@@ -186,8 +186,10 @@ class HeartbeatSender:
             due = anchor + k * self.interval
             now = loop.time()
             if now - due > self.interval:
-                anchor, k = now, 0  # starved: re-anchor rather than burst
-                due = now
+                # Starved: we just sent (late); re-anchor one interval from now rather than
+                # bursting to catch up.
+                anchor, k = now + self.interval, 0
+                due = anchor
             await asyncio.sleep(max(due - now, 0.0))
 
     def start(self) -> asyncio.Task[None]:

@@ -191,3 +191,25 @@ async def test_agent_notices_a_silent_controller(key: bytes) -> None:
         assert silence is not None and silence >= 0.4
     finally:
         await sender.stop()
+
+
+async def test_sender_keeps_its_grid_and_does_not_burst_after_a_stall(key: bytes) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    sender = HeartbeatSender("c1", "h1", key, [HeartbeatLink("eth0", sock.getsockname())], interval=0.05)
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    loop.add_reader(sock.fileno(), lambda: (sock.recv(2048), arrivals.append(loop.time())))
+    try:
+        sender.start()
+        await asyncio.sleep(0.5)
+        time.sleep(0.3)  # stall the whole loop: the sender misses ~6 slots
+        await asyncio.sleep(0.5)
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        assert 12 <= len(arrivals) <= 23  # 1.3 s at 50 ms less the stall (~20); a catch-up burst would add 6
+        assert sum(g < 0.02 for g in gaps) <= 1
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+        await sender.stop()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nonstop.core.placement.explain import explain_decision
 from nonstop.core.placement.filters import (
     AffinityFilter,
     AntiAffinityFilter,
@@ -44,13 +45,9 @@ from nonstop.core.placement.filters import (
 )
 from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray, Spread
 from nonstop.core.placement.results import (
-    MAX_NAMES,
     Explanation,
-    FilterStep,
-    HostScore,
     PlacementResult,
     Unplaced,
-    WeigherScore,
 )
 from nonstop.core.placement.view import RunView
 from nonstop.core.placement.weighers import (
@@ -68,7 +65,6 @@ from nonstop.core.placement.weighers import (
 NEG_INF = float("-inf")
 CACHE_LIMIT = 25_000_000
 """Most cached scores (classes × hosts) a run keeps; beyond it every guest takes the explaining path."""
-RUNNERS_UP = 3
 
 
 @dataclass(frozen=True)
@@ -201,7 +197,7 @@ class Engine:
         result: FloatArray = np.where(ok, total, NEG_INF)
         return result
 
-    def _group_norms(self, guest: int, hosts: IntArray | None) -> list[FloatArray]:
+    def group_norms(self, guest: int, hosts: IntArray | None) -> list[FloatArray]:
         """Normalized group-weigher scores at ``hosts`` (sorted, distinct; None = all hosts)."""
         norms = []
         size = len(self.state.hosts) if hosts is None else len(hosts)
@@ -245,7 +241,7 @@ class Engine:
             self.state.effective[hosts],
             view.inv_effective[hosts],
             self.static_mask(klass)[hosts],
-            self._group_norms(guest, hosts),
+            self.group_norms(guest, hosts),
         )
         i = int(np.argmax(total))
         return int(hosts[i]), float(total[i])
@@ -265,7 +261,7 @@ class Engine:
             self.state.effective,
             view.inv_effective,
             self.static_mask(klass),
-            self._group_norms(guest, None),
+            self.group_norms(guest, None),
         )
         required, excluded = self._group_constraints(guest)
         if required is not None:
@@ -308,50 +304,7 @@ class Engine:
 
     def explain(self, guest: int) -> tuple[int, Explanation]:
         """The decision by the explaining path, with every filter step and weigher score."""
-        state, view = self.state, self.view
-        n = len(state.hosts)
-        remaining = np.ones(n, dtype=np.bool_)
-        steps = []
-        for f in self.config.filters:
-            mask = f.host_mask(view, guest)
-            removed = np.flatnonzero(remaining & ~mask)
-            remaining &= mask
-            names = tuple(state.host_names[h] for h in removed[:MAX_NAMES].tolist())
-            steps.append(FilterStep(f.label, len(removed), names, int(remaining.sum())))
-        klass = int(state.klass[guest])
-        group_norms = self._group_norms(guest, None)
-        total = self.evaluate(
-            state.class_request[klass], view.used, state.effective, view.inv_effective,
-            np.ones(n, dtype=np.bool_), group_norms,
-        )
-        total = np.where(remaining, total, NEG_INF)
-        candidates = np.flatnonzero(remaining)
-        ranked = candidates[np.lexsort((candidates, -total[candidates]))][: RUNNERS_UP + 1]
-        scores = [self._host_score(guest, int(h), float(total[h])) for h in ranked.tolist()]
-        name = state.guest_names[guest]
-        if not scores:
-            return -1, Explanation(name, tuple(steps), None, (), unplaceable_reason(steps))
-        chosen = int(ranked[0])
-        reason = f"highest score {scores[0].total:.4f} of {len(candidates)} hosts that pass every filter"
-        return chosen, Explanation(name, tuple(steps), scores[0], tuple(scores[1:]), reason)
-
-    def _host_score(self, guest: int, host: int, total: float) -> HostScore:
-        state, view = self.state, self.view
-        request = state.request[guest]
-        util = (view.used[host] + request) * view.inv_effective[host]
-        parts = []
-        for w, weight in self.config.weighers:
-            if isinstance(w, ResourceWeigher):
-                raw = w.raw(util)
-            else:
-                assert isinstance(w, GroupWeigher)
-                raw = np.array(w.default_raw, dtype=np.float64)
-                hosts, values = w.sparse_raw(view, guest)
-                hit = np.flatnonzero(hosts == host)
-                if len(hit):
-                    raw = np.array(values[hit[0]], dtype=np.float64)
-            parts.append(WeigherScore(w.name, weight, float(raw), float(w.normalize(raw))))
-        return HostScore(state.host_names[host], total, tuple(parts))
+        return explain_decision(self, guest)
 
     # -------------------------------------------------------------------- runs
 
@@ -544,17 +497,6 @@ class Engine:
             self.touch(host)
             placed.append((guest, host))
         return placed, unplaced, explanations
-
-
-def unplaceable_reason(steps: Sequence[FilterStep]) -> str:
-    removed = [s for s in steps if s.removed]
-    if not removed:
-        return "no hosts in the cluster"
-    parts = []
-    for s in removed:
-        more = "" if s.removed <= len(s.removed_hosts) else f", +{s.removed - len(s.removed_hosts)} more"
-        parts.append(f"{s.filter} removed {s.removed} ({', '.join(s.removed_hosts)}{more})")
-    return "no host passes the filters: " + "; ".join(parts)
 
 
 def place(

@@ -18,6 +18,7 @@ neither recorded in the state file nor inside one of the lab's namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -25,6 +26,8 @@ import os
 import sys
 import time
 from typing import Any
+
+from pyroute2 import IPRoute
 
 from nonstop.core.net.names import vnic_mac
 from nonstop.core.spec import ClusterSpec, HostSpec
@@ -127,6 +130,16 @@ def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
                     log_path=os.path.join(directory, f"team-{host.name}.log"),
                 )
                 lab.processes[key] = proc.pid
+                _wait_file(team_status_path(spec.cluster, host.name), proc.pid)
+
+
+def _wait_file(path: str, pid: int, timeout: float = 10.0) -> None:
+    """Return once ``path`` exists (a daemon's first status file: it is running)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline or not netns.alive(pid):
+            raise RuntimeError(f"lab process {pid} did not write {path}")
+        time.sleep(0.02)
 
 
 def _wait_listening(ns: str, port: int, pid: int, timeout: float = 10.0) -> None:
@@ -180,7 +193,12 @@ def up(spec: ClusterSpec, start_processes: bool = True) -> state.LabState:
         previous = None
     lab = previous or state.LabState(cluster=spec.cluster)
     lab.phase = "building"
-    lab.namespaces = sorted(set(lab.namespaces) | set(names.all_namespaces(spec)))
+    dropped = sorted(set(lab.namespaces) - set(names.all_namespaces(spec)))  # hosts gone from the spec
+    for ns in dropped:
+        netns.stop_pids(netns.pids_in(ns))
+        _delete_namespace(ns)
+    lab.processes = {k: p for k, p in lab.processes.items() if not k.startswith("team-daemon:") or names.host_ns(spec.cluster, k.split(":", 1)[1]) not in dropped}
+    lab.namespaces = sorted(names.all_namespaces(spec))
     state.save(lab)
     state.save_spec(spec.cluster, spec.model_dump_json(indent=2))
     for ns in names.all_namespaces(spec):
@@ -218,10 +236,24 @@ def down(cluster: str, spec: ClusterSpec | None = None) -> dict[str, list[str]]:
     netns.stop_pids(pids)
     removed["processes"] = [str(p) for p in pids]
     for ns in sorted(namespaces):
-        if netns.delete(ns):
+        if _delete_namespace(ns):
             removed["namespaces"].append(ns)
     state.remove_files(cluster)
     return removed
+
+
+def _delete_namespace(ns: str) -> bool:
+    """Delete the namespace, removing its veths first: the kernel destroys a dead namespace's
+    links asynchronously, and the other ends (in fab) should not outlive this call."""
+    if not netns.exists(ns):
+        return False
+    with contextlib.suppress(OSError), IPRoute(netns=ns) as ipr:
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth":
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=link["index"])
+    return netns.delete(ns)
 
 
 def _prefixed_namespaces(cluster: str) -> list[str]:

@@ -88,6 +88,9 @@ def assert_nothing_left(cluster: str, pids: list[int]) -> None:
 def assert_root_untouched(before: dict[str, object]) -> None:
     after = root_snapshot()
     lab_range = ipaddress.ip_network("198.18.0.0/15")
+    new_links = [name for name in after["links"] if name not in before["links"]]  # type: ignore[attr-defined,operator]
+    ours = ("nonstop", "nb-", "nu-", "pa-", "pb-", "nt", "nv", "ng", "isl", "c-", "o-", "host", "team", "sw", "eth")
+    assert not [name for name in new_links if name.startswith(ours)]
     new_routes = [r for r in after["routes"] if r not in before["routes"]]  # type: ignore[attr-defined,operator]
     assert not [r for r in new_routes if ipaddress.ip_network(r, strict=False).overlaps(lab_range)]
     assert not [t for t in after["tables"] if t not in before["tables"] and t[1].startswith("nonstop_")]  # type: ignore[operator]

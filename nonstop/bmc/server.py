@@ -151,11 +151,16 @@ class Bmc:
 
     async def reset(self, reset_type: str) -> str | None:
         """Carry out a ComputerSystem.Reset; returns an error message or None."""
+        if reset_type == "ForceOff":
+            # Never queued behind a graceful shutdown in progress: a fence must not wait out
+            # someone else's grace period. Killing is idempotent, so no lock is needed.
+            report = await self.power_off(graceful=False, reason=reset_type)
+            return None if report.complete else f"processes survived: {report.remaining}"
         async with self.lock:
             if reset_type == "On":
                 return None if await self.power_on() else "no working power supply"
-            if reset_type in ("ForceOff", "GracefulShutdown"):
-                report = await self.power_off(graceful=reset_type == "GracefulShutdown", reason=reset_type)
+            if reset_type == "GracefulShutdown":
+                report = await self.power_off(graceful=True, reason=reset_type)
                 return None if report.complete else f"processes survived: {report.remaining}"
             if reset_type in ("ForceRestart", "GracefulRestart", "PowerCycle"):
                 report = await self.power_off(graceful=reset_type == "GracefulRestart", reason=reset_type)

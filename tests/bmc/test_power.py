@@ -14,6 +14,7 @@ from nonstop.bmc.inventory import redfish_session
 from nonstop.bmc.model import ComponentKind, PowerState
 from nonstop.bmc.power import kill_namespace, namespace_id, pids_in_namespace
 from nonstop.bmc.server import BmcHooks
+from nonstop.fence import FenceOutcome, FenceTarget, RedfishFence
 
 from .conftest import alive, own_pid_is_outside, spawn_in, start_in_namespace
 
@@ -158,7 +159,7 @@ async def test_graceful_shutdown_over_http_returns_at_once(netns: str) -> None:
     from nonstop.bmc import client
 
     stubborn = spawn_in(netns, "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
-    running = await start_in_namespace(netns, graceful_timeout=1.0)
+    running = await start_in_namespace(netns, graceful_timeout=30.0)
     try:
         await until_inside(netns, stubborn.pid)
 
@@ -172,8 +173,11 @@ async def test_graceful_shutdown_over_http_returns_at_once(netns: str) -> None:
 
         assert await asyncio.to_thread(graceful) < 0.5
         assert (await asyncio.to_thread(client.state, running.url))["power"] == "PoweringOff"
-        await wait_until(lambda: running.bmc.hw.power is PowerState.OFF, 5.0)
+        # a fence during the 30 s grace period is not queued behind it
+        result = await RedfishFence().fence(FenceTarget("h1", running.url, "admin", "password"), timeout=3.0)
+        assert result.outcome is FenceOutcome.VERIFIED_OFF and result.seconds < 2.0
         assert stubborn.wait(timeout=2) == -9
+        await wait_until(lambda: running.bmc.hw.power is PowerState.OFF, 5.0)
     finally:
         stubborn.kill()
         stubborn.wait()

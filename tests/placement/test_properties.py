@@ -21,7 +21,7 @@ from nonstop.core.placement import (
 
 from .builders import clusters, recomputed_usage
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def assert_within_capacity(state: ClusterState) -> None:

@@ -95,15 +95,17 @@ class SchedulerConfig:
         return cls(default_filters(), weighers, accept_degraded)
 
     @classmethod
-    def for_state(cls, state: ClusterState, failures: int = 1, **kwargs: object) -> SchedulerConfig:
-        weights = kwargs.get("weights")
-        accept = kwargs.get("accept_degraded", True)
-        return cls.default(
-            hosts=len(state.hosts),
-            failures=failures,
-            weights=weights if isinstance(weights, Mapping) else None,
-            accept_degraded=bool(accept),
-        )
+    def for_state(
+        cls,
+        state: ClusterState,
+        failures: int = 1,
+        *,
+        weights: Mapping[str, float] | None = None,
+        accept_degraded: bool = True,
+    ) -> SchedulerConfig:
+        """Defaults sized for ``state`` (the HA reserve weigher's F/N headroom)."""
+        return cls.default(hosts=len(state.hosts), failures=failures, weights=weights,
+                           accept_degraded=accept_degraded)
 
 
 def placement_order(state: ClusterState, guests: IntArray) -> IntArray:
@@ -283,7 +285,7 @@ class Engine:
             candidates = np.setdiff1d(required, excluded, assume_unique=False) if len(excluded) else required
             host, score = self._best_among(guest, candidates)
             return host if score > NEG_INF else -1
-        soft = [h for w, _ in self.group_weighers for h in (w.sparse_raw(self.view, guest)[0],) if len(h)]
+        soft = [hosts for hosts, _raw in (w.sparse_raw(self.view, guest) for w, _ in self.group_weighers) if len(hosts)]
         if not soft and not len(excluded):
             i = int(np.argmax(row))
             return i if row[i] > NEG_INF else -1

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from nonstop.fence.base import FenceAgent, FenceOutcome, FenceResult, FenceTarget, fence_in_order
+from nonstop.fence.base import FenceAgent, FenceOutcome, FenceResult, FenceTarget, fence_in_order, target_for
 from nonstop.fence.redfish import RedfishFence
 from nonstop.fence.watchdog import WatchdogWaitFence
 
@@ -16,5 +16,5 @@ FENCE_AGENTS: dict[str, type[FenceAgent]] = {
 
 __all__ = [
     "FENCE_AGENTS", "FenceAgent", "FenceOutcome", "FenceResult", "FenceTarget", "RedfishFence",
-    "WatchdogWaitFence", "fence_in_order",
+    "WatchdogWaitFence", "fence_in_order", "target_for",
 ]

@@ -26,6 +26,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
 
+from nonstop.core.spec import HostSpec
+
 
 class FenceOutcome(str, Enum):
     VERIFIED_OFF = "verified-off"
@@ -53,6 +55,14 @@ class FenceTarget:
     """Redfish system Id; default: the host name, else the only system of the BMC."""
     last_heard: float | None = None
     """Monotonic time the host was last heard (for watchdog waiting)."""
+
+
+def target_for(host: HostSpec, *, password: str, address: str | None = None, last_heard: float | None = None) -> FenceTarget:
+    """The fence target of a host from its spec; ``address`` (``127.0.0.1:PORT``) overrides
+    ``host.bmc.address`` (the lab learns its BMCs' ports at start-up)."""
+    where = address or host.bmc.address
+    url = None if where is None else (where if "://" in where else f"http://{where}")
+    return FenceTarget(host.name, url, host.bmc.username, password, host.name, last_heard)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,15 @@ from nonstop.bmc.model import HostHardware, PowerState
 from nonstop.bmc.server import Bmc, BmcConfig, start_bmc
 from nonstop.core.ha.hardware import ComponentGroup, HardwareInventory
 from nonstop.core.spec import HostSpec
-from nonstop.fence import FENCE_AGENTS, FenceOutcome, FenceTarget, RedfishFence, WatchdogWaitFence, fence_in_order
+from nonstop.fence import (
+    FENCE_AGENTS,
+    FenceOutcome,
+    FenceTarget,
+    RedfishFence,
+    WatchdogWaitFence,
+    fence_in_order,
+    target_for,
+)
 
 from .conftest import free_port
 
@@ -117,3 +125,15 @@ async def test_against_the_real_sushy_emulator(sushy_emulator: str) -> None:
     result = await agent.fence(target, timeout=15.0)
     assert result.outcome is FenceOutcome.VERIFIED_OFF, result
     assert await agent.status(target) == "Off"
+
+
+async def test_target_from_the_host_spec() -> None:
+    running = await start_bmc(BmcConfig(hardware(), None, password="pw"))
+    try:
+        spec = HostSpec(name="h1", cpus=1, memory="1GiB", bmc={"address": running.url.removeprefix("http://")})
+        target = target_for(spec, password="pw")
+        assert target.bmc_url == running.url and target.system_id == "h1"
+        assert (await RedfishFence().fence(target, timeout=5.0)).outcome is FenceOutcome.VERIFIED_OFF
+        assert target_for(HostSpec(name="h2", cpus=1, memory="1GiB"), password="x").bmc_url is None
+    finally:
+        await running.stop()

@@ -207,7 +207,7 @@ class HttpClient(asyncio.Protocol):
 
     __slots__ = (
         "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes", "headers",
-        "url", "cl_count", "te", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
+        "url", "cl_count", "field_bytes", "te", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
         "closed",
     )  # fmt: skip
 
@@ -223,6 +223,7 @@ class HttpClient(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes, bytes]] = []
         self.url = b""
         self.cl_count = 0
+        self.field_bytes = 0  # bytes of header fields so far in this head
         self.te = False
         self.error: ClientError | None = None
         self.deadline = 0.0
@@ -327,6 +328,7 @@ class HttpClient(asyncio.Protocol):
         self.headers = []
         self.url = b""
         self.cl_count = 0
+        self.field_bytes = 0
         self.te = False
         if self.deadline_kind != DEADLINE_HEADER:
             self.deadline = self.svc.loop.time() + self.svc.spec.header_timeout
@@ -334,11 +336,19 @@ class HttpClient(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.svc.spec.max_header_bytes:
+            self.error = ClientError(431, "request target too long")
+            raise self.error
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
-        if len(headers) >= self.svc.spec.max_headers:
-            self.error = ClientError(431, f"more than {self.svc.spec.max_headers} header fields")
+        spec = self.svc.spec
+        if len(headers) >= spec.max_headers:
+            self.error = ClientError(431, f"more than {spec.max_headers} header fields")
+            raise self.error
+        self.field_bytes = size = self.field_bytes + len(name) + len(value) + 4
+        if size > spec.max_header_bytes:
+            self.error = ClientError(431, f"request head larger than {spec.max_header_bytes} bytes")
             raise self.error
         lname = name.lower()
         if lname == b"content-length":

@@ -71,8 +71,10 @@ class RoundRobin(Balancer):
         for c in candidates:
             if c.weight != first:
                 return self._weighted.pick(candidates, key)
+        # a free-running counter: lists of different lengths (retries filter out tried
+        # backends) must not reset the rotation
         i = self._next % n
-        self._next = i + 1
+        self._next += 1
         return i
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,20 @@ async def run_agent(
                   policy=RetryPolicy())
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    main_pid = os.getpid()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s: stopping the agent (guests keep running)", sig.name)
+        stop.set()
+
+    def handler(signum: int, _frame: object) -> None:
+        # Not loop.add_signal_handler: its wakeup fd is shared with children forked by libraries
+        # (pyroute2 forks netns helpers and SIGTERMs them), whose signals would then stop *us*.
+        if os.getpid() == main_pid:
+            loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, handler)
     log.info("agent for host %s of cluster %s: drivers %s, store %s", host, cluster, sorted(built), store_url)
     try:
         await agent.run(stop)

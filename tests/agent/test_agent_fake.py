@@ -35,7 +35,7 @@ def make_agent(store: Store, tmp_path: Path, cluster: str, host: str) -> Agent:
 
 @pytest.fixture
 async def agent(store: Store, tmp_path: Path) -> AsyncIterator[Agent]:
-    a = make_agent(store, tmp_path, f"c{secrets.token_hex(3)}", "h1")
+    a = make_agent(store, tmp_path, f"gf{secrets.token_hex(3)}", "h1")
     await a.start()
     yield a
     await a.shutdown()
@@ -175,7 +175,7 @@ async def test_crashed_guest_is_respawned(store: Store, agent: Agent) -> None:
 
 
 async def test_restarted_agent_adopts_instead_of_restarting(store: Store, tmp_path: Path) -> None:
-    cluster = f"c{secrets.token_hex(3)}"
+    cluster = f"gf{secrets.token_hex(3)}"
     first = make_agent(store, tmp_path, cluster, "h1")
     await first.start()
     await put_desired(store, first, gdef(first))
@@ -193,7 +193,7 @@ async def test_restarted_agent_adopts_instead_of_restarting(store: Store, tmp_pa
 
 
 async def test_live_migration_between_two_agents(store: Store, tmp_path: Path) -> None:
-    cluster = f"c{secrets.token_hex(3)}"
+    cluster = f"gf{secrets.token_hex(3)}"
     a, b = make_agent(store, tmp_path, cluster, "h1"), make_agent(store, tmp_path, cluster, "h2")
     await a.start()
     await b.start()

@@ -32,7 +32,7 @@ PORT = 8080
 
 @pytest.fixture(params=["fake", pytest.param("process", marks=pytest.mark.root)])
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
-    cluster = f"tc{secrets.token_hex(3)}"
+    cluster = f"gc{secrets.token_hex(3)}"
     drv = driver_class(request.param)(cluster=cluster, host="h1", state_dir=tmp_path / "state")
     yield drv
     for name in await drv.list_guests():
@@ -132,7 +132,7 @@ async def test_unsupported_operations_say_so(driver: Driver) -> None:
 
 @pytest.fixture
 async def process_driver(tmp_path: Path) -> AsyncIterator[Driver]:
-    cluster = f"tp{secrets.token_hex(3)}"
+    cluster = f"gp{secrets.token_hex(3)}"
     drv = driver_class("process")(cluster=cluster, host="h1", state_dir=tmp_path / "state")
     yield drv
     for name in await drv.list_guests():

@@ -88,8 +88,11 @@ def _build_host(spec: ClusterSpec, host: HostSpec) -> None:
     ns = names.host_ns(spec.cluster, host.name)
     wiring.set_sysctls(ns, wiring.ARP_SYSCTLS)
     wiring.ensure_up(ns, "lo")
+    in_lag = {port for _, _, ports in names.switch_lags(spec) for port in ports}
     for i, nic in enumerate(host.nics):
-        wiring.ensure_cable(fab, names.port_name(host.name, nic.name), ns, nic.name, master_a=spec.nic_switch(host, i))
+        port = names.port_name(host.name, nic.name)
+        # a LAG member port is off the bridge: the LAG's own port sits there in its place
+        wiring.ensure_cable(fab, port, ns, nic.name, master_a=None if port in in_lag else spec.nic_switch(host, i))
     if host.teams:
         if not _has_module("nonstop.net.team"):
             raise LabPlanError(f"host {host.name} has teams but nonstop.net.team is not installed")
@@ -107,6 +110,17 @@ def _build_host(spec: ClusterSpec, host: HostSpec) -> None:
         wiring.ensure_default_route(ns, gateway)
 
 
+def _build_lags(spec: ClusterSpec) -> None:
+    """Static LAGs on the switches for balance-xor / round-robin teams (nonstop.net.team)."""
+    lags = names.switch_lags(spec)
+    if not lags:
+        return
+    from nonstop.net.team import setup_switch_lag
+
+    for switch, lag, ports in lags:
+        setup_switch_lag(names.fabric_ns(spec.cluster), switch, ports, lag)
+
+
 def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
     directory = names.state_dir(spec.cluster)
     python = sys.executable
@@ -118,6 +132,15 @@ def _start_processes(spec: ClusterSpec, lab: state.LabState) -> None:
         )
         lab.processes["upstream"] = proc.pid
         _wait_listening(names.out_ns(spec.cluster), UPSTREAM_PORT, proc.pid)
+    lags = names.switch_lags(spec)
+    if lags and _has_module(TEAM_DAEMON_MODULE) and not netns.alive(lab.processes.get("team-daemon:fab", 0) or -1):
+        fab = names.fabric_ns(spec.cluster)
+        argv = [python, "-m", TEAM_DAEMON_MODULE, "--netns", fab, "--status-file", team_status_path(spec.cluster, "fab")]
+        for _, lag, ports in lags:
+            argv += ["--lag", f"{lag}={','.join(ports)}"]
+        proc = netns.spawn(fab, argv, log_path=os.path.join(directory, "team-fab.log"))
+        lab.processes["team-daemon:fab"] = proc.pid
+        _wait_file(team_status_path(spec.cluster, "fab"), proc.pid)
     if _has_module(TEAM_DAEMON_MODULE):
         for host in spec.hosts:
             key = f"team-daemon:{host.name}"
@@ -207,6 +230,7 @@ def up(spec: ClusterSpec, start_processes: bool = True) -> state.LabState:
     _build_legs(spec)
     for host in spec.hosts:
         _build_host(spec, host)
+    _build_lags(spec)
     if start_processes:
         _start_processes(spec, lab)
     lab.phase = "up"

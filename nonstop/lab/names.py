@@ -82,6 +82,33 @@ def isl_names(k: int) -> tuple[str, str]:
     return f"isl{k}a", f"isl{k}b"
 
 
+LAG_MODES = ("balance-xor", "round-robin")
+"""Team modes whose switch ports must be aggregated (a static LAG), as with Linux bonding."""
+
+
+def lag_name(host: str, team: str, switch: str) -> str:
+    return fit("lag-", f"{host}-{team}-{switch}")
+
+
+def switch_lags(spec: ClusterSpec) -> list[tuple[str, str, list[str]]]:
+    """(switch, LAG port name, member ports) for every team that needs a LAG: the team's
+    NICs cabled to one switch (two or more of them) become one static LAG on that switch.
+    Members spread over several switches cannot be aggregated (no MLAG in the lab)."""
+    out = []
+    for host in spec.hosts:
+        for team in host.teams:
+            if team.mode.value not in LAG_MODES:
+                continue
+            by_switch: dict[str, list[str]] = {}
+            for i, nic in enumerate(host.nics):
+                if nic.name in team.members:
+                    by_switch.setdefault(spec.nic_switch(host, i), []).append(port_name(host.name, nic.name))
+            for switch, ports in by_switch.items():
+                if len(ports) >= 2:
+                    out.append((switch, lag_name(host.name, team.name, switch), ports))
+    return out
+
+
 def switch_subnet(k: int) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"198.18.{k}.0/24")
 

@@ -12,6 +12,8 @@ teams (the lab fabric / the teaming code does), or touch links it does not own.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -157,14 +159,11 @@ def announce(netns_name: str, ifname: str, address: str, count: int = 1) -> None
     ``netns_name`` (a guest's namespace), so switches relearn where its MAC now is and
     neighbours refresh their caches -- what QEMU's announce does after a migration. Call it
     after a guest moved to another host."""
-    import socket as socket_module
-    import struct
-
     def send() -> None:
-        with socket_module.socket(socket_module.AF_PACKET, socket_module.SOCK_RAW) as sock:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
             sock.bind((ifname, 0))
             mac = sock.getsockname()[4]
-            ip = socket_module.inet_aton(address.split("/")[0])
+            ip = socket.inet_aton(address.split("/")[0])
             broadcast = b"\xff" * 6
             arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, broadcast, ip)
             for _ in range(count):

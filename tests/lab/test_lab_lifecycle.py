@@ -7,6 +7,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
+from nonstop.core.spec import ClusterSpec
 from nonstop.lab import fabric, faults, names, state, wiring
 from nonstop.lab.probe import http_get, tcp_request
 from nonstop.net import netns, nft
@@ -151,3 +152,28 @@ def test_up_with_a_smaller_spec_drops_removed_hosts(cluster: str) -> None:
     assert not netns.exists(names.host_ns(cluster, "host2"))
     assert "host2-eth0" not in _links(names.fabric_ns(cluster))  # its cables went with it
     assert names.host_ns(cluster, "host2") not in lab.namespaces
+
+
+def test_balance_xor_team_gets_a_switch_lag(cluster: str) -> None:
+    spec = ClusterSpec.model_validate({
+        "cluster": cluster,
+        "hosts": [{
+            "name": "host1", "cpus": 1, "memory": "1GiB",
+            "nics": [{"name": "eth0", "switch": "sw0"}, {"name": "eth1", "switch": "sw0"}],
+            "teams": [{"name": "team0", "mode": "balance-xor", "members": ["eth0", "eth1"]}],
+        }],
+    })
+    lab = fabric.up(spec)
+    lag = names.lag_name("host1", "team0", "sw0")
+    assert names.switch_lags(spec) == [("sw0", lag, ["host1-eth0", "host1-eth1"])]
+    assert netns.alive(lab.processes["team-daemon:fab"])
+    fab = names.fabric_ns(cluster)
+    with IPRoute(netns=fab) as ipr:
+        masters = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_MASTER") for link in ipr.get_links()}
+        sw0 = ipr.link_lookup(ifname="sw0")[0]
+    assert masters[lag] == sw0 and masters["host1-eth0"] is None and masters["host1-eth1"] is None
+    assert http_get(names.host_ns(cluster, "host1"), "198.18.0.254") == "out 198.18.0.10"
+    fabric.up(spec)  # converging again keeps the LAG ports off the bridge
+    with IPRoute(netns=fab) as ipr:
+        assert ipr.get_links(ipr.link_lookup(ifname="host1-eth0")[0])[0].get_attr("IFLA_MASTER") is None
+    assert http_get(names.host_ns(cluster, "host1"), "198.18.0.254") == "out 198.18.0.10"

@@ -15,7 +15,6 @@ or decide where host management addresses come from (the lab or the installer do
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -142,7 +141,3 @@ def render_vnic(
     )
     tables = (policing_table(names.bandwidth_table_name(device), device, rate),) if rate else ()
     return VnicPlan(device=device, peer=peer, mac=mac, desired=DesiredState(links=(link,), tables=tables))
-
-
-def subnet_prefixlen(network: NetworkSpec) -> int:
-    return ipaddress.ip_network(network.subnet).prefixlen

@@ -48,7 +48,14 @@ from nonstop.core.net.team import TeamConfig, TeamDecision, initial_state, obser
 from nonstop.core.net.team_render import peer_name, render_ruleset
 from nonstop.core.spec import ClusterSpec, TeamSpec
 from nonstop.net.team import data_path_for, lag_config, link_info, probe_macs, setup_team
-from nonstop.net.team_frames import Announcer, ArpProbe, LinkWatcher, open_member_socket, parse_probe_reply
+from nonstop.net.team_frames import (
+    Announcer,
+    ArpProbe,
+    LinkPoller,
+    LinkWatcher,
+    open_member_socket,
+    parse_probe_reply,
+)
 from nonstop.net.team_nft import InProcessNft, NftError, setns_to
 
 PROBE_MISSED = 3
@@ -101,6 +108,7 @@ class TeamDaemon:
         self.meta = meta
         self.ipr = IPRoute()
         self.watch = LinkWatcher()
+        self.poller = LinkPoller()
         self.nft = InProcessNft()
         self.running = True
         self.next_status = 0.0
@@ -237,9 +245,9 @@ class TeamDaemon:
 
     def poll(self, team: MonitoredTeam, now: float) -> None:
         """The miimon pass: re-read carrier, send probes, judge probe silence, run delays."""
+        carriers = self.poller.carriers()
         for member in team.config.members:
-            info = link_info(self.ipr, member)
-            team.carrier[member] = bool(info and info["carrier"])
+            team.carrier[member] = carriers.get(member, False)
             sock = team.sockets.get(member)
             if sock is not None and team.own_macs.get(member):
                 for target in team.targets:

@@ -203,6 +203,10 @@ NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_GETLINK = 18
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
 IFLA_IFNAME = 3
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -270,3 +274,44 @@ class LinkWatcher:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class LinkPoller:
+    """Carrier of every link in the current namespace, by one RTM_GETLINK dump.
+
+    The miimon pass reads carrier this way ten times a second; a pyroute2 ``get_links``
+    per member cost the daemon ~3 % of a core at miimon 100 ms.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(1.0)
+        self.seq = 0
+
+    def carriers(self) -> dict[str, bool]:
+        self.seq += 1
+        body = _IFINFOMSG.pack(0, 0, 0, 0, 0)
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        found: dict[str, bool] = {}
+        while True:
+            data = self.sock.recv(1 << 16)
+            for event in parse_link_events(data):
+                found[event.name] = event.carrier
+            if _has_done(data):
+                return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _has_done(data: bytes) -> bool:
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+        if kind == NLMSG_DONE:
+            return True
+        if length < _NLMSGHDR.size:
+            return True  # malformed: stop rather than spin
+        offset += (length + 3) & ~3
+    return False

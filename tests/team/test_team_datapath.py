@@ -105,3 +105,22 @@ def test_kernel_jhash_picks_the_member_the_pure_hash_predicts() -> None:
             if not (grew[predicted] >= 20 and grew[other] < 20):
                 mismatches.append((port, predicted, grew))
         assert not mismatches
+
+
+def test_link_poller_reads_carrier_of_every_link() -> None:
+    from nonstop.net.team_frames import LinkPoller
+
+    with TeamTestbed(TeamSpec(name="team0", members=["eth0", "eth1"])) as tb:
+        with in_netns(tb.h1):
+            poller = LinkPoller()
+        try:
+            carriers = poller.carriers()
+            assert carriers["eth0"] and carriers["eth1"] and carriers["team0"] and "lo" in carriers
+            tb.cut("eth1")
+            deadline = time.monotonic() + 2
+            while poller.carriers()["eth1"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert poller.carriers()["eth0"]
+        finally:
+            poller.close()

@@ -95,8 +95,8 @@ class _Walker:
         out = []
         for member in collection.get("Members", []):
             if isinstance(member, dict):
-                if "Id" in member or "Name" in member and "@odata.id" not in member:
-                    out.append(member)  # expanded inline
+                if "Id" in member or "Name" in member:
+                    out.append(member)  # expanded inline ($expand), not just a link
                     continue
                 data = self.get(member.get("@odata.id"), what)
                 if data is not None:

@@ -131,3 +131,16 @@ def test_an_outage_is_not_learned_but_a_new_rhythm_is() -> None:
     # the sender now really beats every 1 s: after a few gaps the detector follows
     t = steady(detector, 30, interval=1.0, start=t)
     assert 1.0 < first_suspicion(detector, t) < 3.0
+
+
+@settings(deadline=None)
+@given(count=st.integers(10, 300), jitter=st.floats(0.0, 0.005), start=st.floats(0.0, 1e6))
+def test_steady_stream_then_silence_is_suspected_between_300_and_500ms(count: int, jitter: float, start: float) -> None:
+    detector = PhiAccrualDetector()
+    t = start
+    for i in range(count):
+        t += 0.1 + (jitter if i % 2 else -jitter)
+        detector.heartbeat(t)
+    delay = detector.silence_for_phi(detector.config.threshold)
+    assert 0.3 <= delay <= 0.5, delay
+    assert detector.is_available(t + 0.3) and not detector.is_available(t + 0.5)

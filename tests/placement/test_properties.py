@@ -21,7 +21,7 @@ from nonstop.core.placement import (
 
 from .builders import clusters, recomputed_usage
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def assert_within_capacity(state: ClusterState) -> None:
@@ -105,6 +105,17 @@ def test_single_failover_succeeds_everywhere_exactly_when_admission_says_so(stat
     )
     assert admission(placed, 1).tolerates == every_failover_ok
     assert admission(placed, 1, prove=False).tolerates == every_failover_ok
+
+
+@SETTINGS
+@given(clusters(max_hosts=5))
+def test_two_host_failures_enumerated_agree_with_failover(state: ClusterState) -> None:
+    placed = place(state).state
+    alive = [name for i, name in enumerate(placed.host_names) if placed.condition[i] != HostCondition.FAILED]
+    pairs = [[a, b] for i, a in enumerate(alive) for b in alive[i + 1 :]] or [alive]
+    every_pair_ok = all(plan_failover(placed, pair).ok for pair in pairs)
+    assert admission(placed, 2).tolerates == every_pair_ok
+    assert admission(placed, 2, prove=False).tolerates == every_pair_ok
 
 
 @SETTINGS

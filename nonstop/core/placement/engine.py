@@ -189,8 +189,12 @@ class Engine:
                 ok = ok & CapacityFilter.fits(used_after[..., c], effective[..., c])
         util = used_after * inv_effective
         total: FloatArray | float = 0.0
-        for w, weight in self.resource_weighers:
-            total = total + weight * w.normalize(w.raw(util))
+        for n, (w, weight) in enumerate(self.resource_weighers):
+            # x * 1.0 and 0.0 + x are exact: skipping them changes no bit, only the op count.
+            term = w.normalize(w.raw(util))
+            if weight != 1.0:
+                term = weight * term
+            total = term if n == 0 else total + term
         for j, (_w, weight) in enumerate(self.group_weighers):
             if group_norms is None:
                 total = total + self._group_default_terms[j]
@@ -287,13 +291,13 @@ class Engine:
             return host if score > NEG_INF else -1
         soft = [hosts for hosts, _raw in (w.sparse_raw(self.view, guest) for w, _ in self.group_weighers) if len(hosts)]
         if not soft and not len(excluded):
-            i = int(np.argmax(row))
+            i = int(row.argmax())
             return i if row[i] > NEG_INF else -1
         soft_hosts = np.unique(np.concatenate(soft)) if soft else np.zeros(0, dtype=np.intp)
         blocked = np.concatenate((excluded, soft_hosts))
         saved = row[blocked]
         row[blocked] = NEG_INF
-        i = int(np.argmax(row))
+        i = int(row.argmax())
         best = float(row[i])
         row[blocked] = saved
         if len(soft_hosts) and not (self._soft_dominates and best > NEG_INF):
@@ -436,7 +440,7 @@ class Engine:
         chosen: list[int] = []
         chosen_scores: list[float] = []
         for _guest in guests:
-            i = int(np.argmax(row))
+            i = int(row.argmax())
             if row[i] == NEG_INF:
                 break
             chosen.append(i)
@@ -473,9 +477,9 @@ class Engine:
             batch = self._batch_length(guests, position, explain)
             if batch > 1:
                 hosts = self.decide_batch(guests[position : position + batch])
-                for guest, host in zip(guests[position : position + len(hosts)], hosts, strict=True):
-                    self.view.assign(guest, host)
-                    placed.append((guest, host))
+                batch_guests = guests[position : position + len(hosts)]
+                self.view.assign_new(batch_guests, hosts)
+                placed.extend(zip(batch_guests, hosts, strict=True))
                 if hosts:
                     self.touch(np.array(hosts, dtype=np.intp))
                     position += len(hosts)

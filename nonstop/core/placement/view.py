@@ -142,6 +142,16 @@ class RunView:
             self.used[host] += request
         self.occupancy.move(guest, host)
 
+    def assign_new(self, guests: list[int], hosts: list[int]) -> None:
+        """Place unplaced ``guests`` on distinct ``hosts`` at once (a batch decision)."""
+        if self._journal is not None:
+            for guest, host in zip(guests, hosts, strict=True):
+                self.assign(guest, host)
+            return
+        self.used[hosts] += self.state.request[guests]
+        for guest, host in zip(guests, hosts, strict=True):
+            self.occupancy.move(guest, host)
+
     def fail_hosts(self, hosts: IntArray, displaced: IntArray | None = None) -> IntArray:
         """Mark hosts FAILED and unplace their guests (``displaced`` if the caller knows them)."""
         if self._journal is not None:

@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
 
         enter(args.netns)  # before any thread exists, so every thread lives in the host's namespace
     options: dict[str, Any] = {}
-    if args.host_netns:
-        options["host_netns"] = args.host_netns
-        options["netns"] = args.host_netns
+    host_netns = args.host_netns or args.netns  # the switches live in the host's namespace
+    if host_netns:
+        options["host_netns"] = host_netns
+        options["netns"] = host_netns
     state_dir = args.state_dir or DEFAULT_STATE_DIR / args.cluster / args.host
     asyncio.run(run_agent(
         store_url=args.store, cluster=args.cluster, host=args.host, state_dir=state_dir,

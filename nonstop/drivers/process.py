@@ -173,7 +173,7 @@ class ProcessDriver(Driver):
         self._dir(name).mkdir(parents=True, exist_ok=True)
         # Pin each vNIC's host interface name now, so unplugging one never renames the others.
         vnics = tuple(
-            v if v.host_ifname else replace(v, host_ifname=process_net.host_ifname(self.cluster, name, i))
+            v if v.host_ifname else replace(v, host_ifname=process_net.vnic_plan(self.host_netns, self.cluster, name, i, v))
             for i, v in enumerate(definition.vnics)
         )
         guest = _Guest(definition=definition.with_changes(vnics=vnics))
@@ -224,7 +224,7 @@ class ProcessDriver(Driver):
         try:
             process_net.create_netns(ns)
             for index, vnic in enumerate(d.vnics):
-                process_net.plug_vnic(self.host_netns, ns, self._ifname(d.name, index, vnic), index, vnic)
+                process_net.plug(self.host_netns, self.cluster, d.name, ns, self._index(d.name, index, vnic), vnic)
             cg.remove()
             cg.create()
             cg.set_cpu(d.vcpus)
@@ -289,12 +289,20 @@ class ProcessDriver(Driver):
         guest.last_sample = None
 
     def _ifname(self, name: str, index: int, vnic: VnicDefinition) -> str:
-        return vnic.host_ifname or process_net.host_ifname(self.cluster, name, index)
+        return vnic.host_ifname or process_net.vnic_plan(self.host_netns, self.cluster, name, index, vnic)
 
-    def _free_index(self, d: GuestDefinition) -> int:
+    def _index(self, name: str, position: int, vnic: VnicDefinition) -> int:
+        """The vNIC's slot number: the one its pinned host name was derived from (stable across unplugs)."""
+        for index in range(64):
+            if vnic.host_ifname in (process_net.vnic_plan(self.host_netns, self.cluster, name, index, vnic),
+                                    process_net.host_ifname(self.cluster, name, index)):
+                return index
+        return position
+
+    def _free_index(self, d: GuestDefinition, vnic: VnicDefinition) -> int:
         taken = {v.host_ifname for v in d.vnics}
         index = len(d.vnics)
-        while process_net.host_ifname(self.cluster, d.name, index) in taken:
+        while process_net.vnic_plan(self.host_netns, self.cluster, d.name, index, vnic) in taken:
             index += 1
         return index
 
@@ -337,8 +345,9 @@ class ProcessDriver(Driver):
             with contextlib.suppress(CgroupError):
                 guest.cgroup.remove()
         d = guest.definition
-        for index, vnic in enumerate(d.vnics):
-            process_net.unplug_vnic(self.host_netns, self._ifname(d.name, index, vnic))
+        for position, vnic in enumerate(d.vnics):
+            index = self._index(d.name, position, vnic)
+            process_net.unplug(self.host_netns, self.cluster, d.name, index, self._ifname(d.name, index, vnic))
         process_net.remove_netns(guest.netns or process_net.netns_name(self.cluster, d.name))
         if guest.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -524,13 +533,11 @@ class ProcessDriver(Driver):
     async def attach_vnic(self, name: str, vnic: VnicDefinition) -> GuestStatus:
         guest = self._get(name)
         d = guest.definition
-        index = self._free_index(d)
-        vnic = replace(vnic, host_ifname=vnic.host_ifname or process_net.host_ifname(self.cluster, name, index))
+        index = self._free_index(d, vnic)
+        vnic = replace(vnic, host_ifname=process_net.vnic_plan(self.host_netns, self.cluster, name, index, vnic))
         if guest.state is GuestState.RUNNING and guest.netns:
             try:
-                await asyncio.to_thread(
-                    process_net.plug_vnic, self.host_netns, guest.netns, vnic.host_ifname or "", index, vnic
-                )
+                await asyncio.to_thread(process_net.plug, self.host_netns, self.cluster, name, guest.netns, index, vnic)
             except process_net.VnicError as exc:
                 raise GuestStartError(str(exc), guest=name) from exc
         guest.definition = d.with_changes(vnics=(*d.vnics, vnic))
@@ -540,9 +547,11 @@ class ProcessDriver(Driver):
     async def detach_vnic(self, name: str, mac: str) -> GuestStatus:
         guest = self._get(name)
         d = guest.definition
-        for index, vnic in enumerate(d.vnics):
+        for position, vnic in enumerate(d.vnics):
             if vnic.mac == mac:
-                await asyncio.to_thread(process_net.unplug_vnic, self.host_netns, self._ifname(name, index, vnic))
+                index = self._index(name, position, vnic)
+                await asyncio.to_thread(process_net.unplug, self.host_netns, self.cluster, name, index,
+                                        self._ifname(name, index, vnic))
                 guest.definition = d.with_changes(vnics=tuple(v for v in d.vnics if v.mac != mac))
                 self._save_definition(guest)
                 break

@@ -6,9 +6,14 @@ and joins the host's virtual switch (a Linux bridge) when the vNIC names one; th
 ``eth<index>`` inside the guest namespace with the vNIC's MAC, address and (first vNIC) default
 route. A vNIC bandwidth becomes a tbf qdisc on both ends (each shapes its egress).
 
+Two ways to plug, chosen per vNIC by ``vnic_plan``:
+- **lab network** (``nonstop.net.host``): when the vNIC names no bridge and the host namespace is
+  known, the network's own bridge (``nb-<network>``) is used through ``create_vnic(kind="veth")`` +
+  ``move_to_netns``, so bandwidth policing and naming (``nv<hash>``) are the lab network's;
+- **own**: a veth onto the bridge the vNIC names explicitly (or onto nothing), shaped with tbf.
+
 Must not: shell out to ``ip``, create bridges (the host's switch belongs to the lab network code),
-or touch interfaces it did not name. This is the process driver's own helper; the lab network
-module's ``create_vnic`` can replace it once both agree on naming.
+or touch interfaces it did not name.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nonstop.core.guests.model import VnicDefinition, short_id
+from nonstop.core.net import names as net_names
 
 NETNS_DIR = Path("/var/run/netns")
 TBF_LATENCY_MS = 50
@@ -40,6 +46,52 @@ def netns_path(name: str) -> str:
 
 def host_ifname(cluster: str, guest: str, index: int) -> str:
     return f"nsg{short_id(cluster, guest, length=9)}{index:x}"[:15]
+
+
+def uses_lab_network(host_netns: str | None, vnic: VnicDefinition) -> bool:
+    return vnic.bridge is None and host_netns is not None
+
+
+def vnic_plan(host_netns: str | None, cluster: str, guest: str, index: int, vnic: VnicDefinition) -> str:
+    """The host-side interface name this vNIC will have (pinned in the definition at create)."""
+    if uses_lab_network(host_netns, vnic):
+        return net_names.vnic_names(cluster, guest, index, "veth")[0]
+    return host_ifname(cluster, guest, index)
+
+
+def plug(host_netns: str | None, cluster: str, guest: str, guest_netns: str, index: int, vnic: VnicDefinition) -> None:
+    """Plug vNIC ``index`` by whichever way ``vnic_plan`` chose; on failure nothing of it is left."""
+    ifname = vnic.host_ifname or vnic_plan(host_netns, cluster, guest, index, vnic)
+    if not ifname.startswith(net_names.VETH_HOST_PREFIX) or host_netns is None:
+        plug_vnic(host_netns, guest_netns, ifname, index, vnic)
+        return
+    from nonstop.net import host as lab_host  # the lab network module (nonstop/net/host.py)
+
+    try:
+        info = lab_host.create_vnic(host_netns, cluster, vnic.network, guest, index, kind="veth",
+                                    bandwidth=vnic.bandwidth)
+        if info.peer_name is None:
+            raise VnicError("the lab network returned no guest end for a veth")
+        lab_host.move_to_netns(host_netns, info.peer_name, guest_netns, f"eth{index}", vnic.address,
+                               vnic.gateway if index == 0 else None)
+        with IPRoute(netns=guest_netns) as ipr:
+            gi = ipr.link_lookup(ifname=f"eth{index}")[0]
+            ipr.link("set", index=gi, state="down")
+            ipr.link("set", index=gi, address=vnic.mac)
+            ipr.link("set", index=gi, state="up")
+    except (lab_host.NetworkNotReadyError, LookupError, NetlinkError, OSError, IndexError, ValueError) as exc:
+        unplug(host_netns, cluster, guest, index, ifname)
+        raise VnicError(f"cannot plug vNIC {index} ({vnic.network}): {exc}") from exc
+
+
+def unplug(host_netns: str | None, cluster: str, guest: str, index: int, ifname: str) -> None:
+    """Remove the vNIC (and the lab network's policing table for it). Succeeds if it is gone."""
+    unplug_vnic(host_netns, ifname)
+    if host_netns is not None and ifname.startswith(net_names.VETH_HOST_PREFIX):
+        from nonstop.net import host as lab_host
+
+        with contextlib.suppress(NetlinkError, OSError, LookupError):
+            lab_host.delete_vnic(host_netns, cluster, guest, index, kind="veth")
 
 
 def create_netns(name: str) -> None:

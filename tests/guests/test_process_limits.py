@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
+from nonstop.core.guests.model import default_mac
+from nonstop.core.net import names as net_names
 from nonstop.drivers.base import GuestDefinition, GuestState, GuestStatus, VnicDefinition
 from nonstop.drivers.probe import http_get, wait_http_ok
 from nonstop.drivers.process import ProcessDriver
@@ -48,9 +50,9 @@ def make_host_switch(host_ns: str) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
 
-def bridge_ports(host_ns: str) -> list[str]:
+def bridge_ports(host_ns: str, bridge: str = "nsbr0") -> list[str]:
     with IPRoute(netns=host_ns) as ipr:
-        br = ipr.link_lookup(ifname="nsbr0")[0]
+        br = ipr.link_lookup(ifname=bridge)[0]
         return [link.get("ifname") for link in ipr.get_links() if link.get("master") == br]
 
 
@@ -146,3 +148,37 @@ async def test_vnic_on_the_host_switch_serves_over_the_guest_network(drv: Proces
     assert ports == [(await drv.definition("g0")).vnics[0].host_ifname]
     await drv.stop("g0", timeout=2)
     assert await asyncio.to_thread(bridge_ports, host_ns) == []
+
+
+def guest_mac(guest_ns: str) -> str:
+    with IPRoute(netns=guest_ns) as ipr:
+        return str(ipr.get_links(ipr.link_lookup(ifname="eth0")[0])[0].get("address"))
+
+
+def make_lab_bridge(host_ns: str, network: str) -> str:
+    """The bridge the lab network code gives ``network`` (``ensure_host_network`` makes it in a real lab)."""
+    bridge = net_names.bridge_name(network)
+    with IPRoute(netns=host_ns) as ipr:
+        ipr.link("add", ifname=bridge, kind="bridge")
+        idx = ipr.link_lookup(ifname=bridge)[0]
+        ipr.addr("add", index=idx, address="198.18.78.1", prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+    return bridge
+
+
+async def test_vnic_through_the_lab_network_module(drv: ProcessDriver) -> None:
+    assert drv.host_netns is not None
+    bridge = await asyncio.to_thread(make_lab_bridge, drv.host_netns, "labnet")
+    d = gdef(drv)
+    mac = default_mac(drv.cluster, "g0", 0)
+    vnic = VnicDefinition(network="labnet", mac=mac, address="198.18.78.5/24", gateway="198.18.78.1")
+    st = await drv.spawn(d.with_changes(vnics=(vnic,)))
+    await asyncio.to_thread(wait_http_ok, drv.host_netns, "198.18.78.5", PORT)
+    host_if = (await drv.definition("g0")).vnics[0].host_ifname
+    assert host_if == net_names.vnic_names(drv.cluster, "g0", 0, "veth")[0]
+    assert await asyncio.to_thread(bridge_ports, drv.host_netns, bridge) == [host_if]
+    _, body = await asyncio.to_thread(http_get, drv.host_netns, "198.18.78.5", PORT, "/")
+    assert json.loads(body)["boot_id"] == st.boot_id
+    assert await asyncio.to_thread(guest_mac, netns_name(drv.cluster, "g0")) == mac
+    await drv.destroy("g0")
+    assert await asyncio.to_thread(bridge_ports, drv.host_netns, bridge) == []

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
+from nonstop.core.net import names
 from nonstop.core.spec import GuestGroupSpec, GuestKind
 
 
@@ -258,9 +259,9 @@ class GuestStatus:
 
 
 def default_mac(cluster: str, guest: str, index: int) -> str:
-    """A stable, locally administered unicast MAC for vNIC ``index`` of ``guest``."""
-    digest = hashlib.sha256(f"{cluster}/{guest}/{index}".encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+    """A stable, locally administered unicast MAC for vNIC ``index`` of ``guest`` — the same one the
+    lab network code gives the vNIC (one derivation for the whole system)."""
+    return names.vnic_mac(cluster, guest, index)
 
 
 def short_id(*parts: str, length: int = 8) -> str:

@@ -1,7 +1,7 @@
 """Lab fabric and host networking benchmark: what a guest's packets pay for the path.
 
-Paths, each measured with iperf3 (TCP, one stream, 3 s, median of 3 runs) and a UDP
-echo ping-pong (2,000 round trips after 100 warm-up; p50/p99 in microseconds):
+Paths, each measured with iperf3 (TCP, one stream, 3 s, median of 5 interleaved rounds) and a UDP
+echo ping-pong (400 round trips per round after 50 warm-up, 2,000 in all; p50/p99 in µs):
 
 1. ``direct_veth`` -- the peer/baseline: two namespaces joined by one veth pair;
 2. ``bridged_cross_host_nic`` -- guest on host1 to guest on host2 over a bridged network
@@ -17,6 +17,7 @@ outside its own namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
@@ -34,7 +35,7 @@ from nonstop.net import host as host_net
 from nonstop.net import netns
 
 Progress = Callable[[str], None]
-RUNS = 3
+RUNS = 5
 SECONDS = 3
 ECHO = (
     "import socket,sys\n"
@@ -61,7 +62,8 @@ def iperf(server_ns: str, client_ns: str, server_ip: str, seconds: int = SECONDS
         netns.stop_pids([server.pid])
 
 
-def udp_rtts(server_ns: str, client_ns: str, server_ip: str, count: int = 2000) -> dict[str, float]:
+def udp_samples(server_ns: str, client_ns: str, server_ip: str, count: int = 400, warmup: int = 50) -> list[float]:
+    """UDP echo round trips in microseconds (echo server in its own process)."""
     import subprocess
 
     echo = subprocess.Popen([sys.executable, "-c", ECHO, server_ip, "7300"], stdout=subprocess.PIPE, text=True,
@@ -74,43 +76,41 @@ def udp_rtts(server_ns: str, client_ns: str, server_ip: str, count: int = 2000) 
             sock.connect((server_ip, 7300))
             sock.settimeout(1.0)
             samples = []
-            for i in range(count + 100):
+            for i in range(count + warmup):
                 began = time.perf_counter()
                 sock.send(i.to_bytes(4, "big"))
                 sock.recv(64)
-                if i >= 100:
+                if i >= warmup:
                     samples.append((time.perf_counter() - began) * 1e6)
     finally:
         netns.stop_pids([echo.pid])
-    samples.sort()
-    return {"p50_us": round(samples[len(samples) // 2], 1), "p99_us": round(samples[int(len(samples) * 0.99)], 1)}
+    return samples
 
 
-def measure(server_ns: str, client_ns: str, server_ip: str) -> dict[str, Any]:
-    runs = [iperf(server_ns, client_ns, server_ip) for _ in range(RUNS)]
-    return {"throughput_gbps": round(statistics.median(runs) / 1e9, 2),
-            "throughput_runs_gbps": [round(r / 1e9, 2) for r in runs], **udp_rtts(server_ns, client_ns, server_ip)}
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_us": round(ordered[len(ordered) // 2], 1), "p99_us": round(ordered[int(len(ordered) * 0.99)], 1)}
 
 
-def bench_direct(progress: Progress) -> dict[str, Any]:
-    progress("network bench: direct veth")
+Path = tuple[str, str, str]
+"""(server namespace, client namespace, server address)."""
+
+
+def _direct(stack: contextlib.ExitStack) -> Path:
     token = secrets.token_hex(2)
     a, b = f"nonstop-bn{token}-a", f"nonstop-bn{token}-b"
-    try:
-        netns.create(a)
-        netns.create(b)
-        with IPRoute(netns=a) as ipr:
-            ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": b})
-        for ns, ip in ((a, "198.19.250.1"), (b, "198.19.250.2")):
-            with IPRoute(netns=ns) as ipr:
-                index = ipr.link_lookup(ifname="eth0")[0]
-                ipr.addr("add", index=index, address=ip, prefixlen=24)
-                ipr.link("set", index=index, state="up")
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        return measure(b, a, "198.19.250.2")
-    finally:
-        netns.delete(a)
-        netns.delete(b)
+    for ns in (a, b):
+        netns.create(ns)
+        stack.callback(netns.delete, ns)
+    with IPRoute(netns=a) as ipr:
+        ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": b})
+    for ns, ip in ((a, "198.19.250.1"), (b, "198.19.250.2")):
+        with IPRoute(netns=ns) as ipr:
+            index = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=index, address=ip, prefixlen=24)
+            ipr.link("set", index=index, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return b, a, "198.19.250.2"
 
 
 def _lab_spec(cluster: str, teamed: bool) -> ClusterSpec:
@@ -135,38 +135,47 @@ def _guest(spec: ClusterSpec, host: str, network: str, guest: str, cidr: str, ga
     return ns
 
 
-def bench_lab_paths(progress: Progress, teamed: bool) -> dict[str, Any]:
+def _lab(stack: contextlib.ExitStack, teamed: bool) -> dict[str, Path]:
     cluster = "bn" + secrets.token_hex(2)
     spec = _lab_spec(cluster, teamed)
-    out: dict[str, Any] = {}
-    try:
-        fabric.up(spec, start_processes=teamed)  # team daemons only matter with teams
-        g1 = _guest(spec, "host1", "prod", "g1", "198.18.10.11/24", "198.18.10.1")
-        g2 = _guest(spec, "host2", "prod", "g2", "198.18.10.12/24", "198.18.10.1")
-        label = "team" if teamed else "nic"
-        progress(f"network bench: bridged guest to guest across hosts, {label} uplinks")
-        out[f"bridged_cross_host_{label}"] = measure(g2, g1, "198.18.10.12")
-        if not teamed:
-            n1 = _guest(spec, "host1", "nat0", "n1", "198.19.20.2/24", "198.19.20.1")
-            progress("network bench: NAT guest to the outside")
-            out["nat_guest_to_outside"] = measure(names.out_ns(cluster), n1, "198.18.0.254")
-    finally:
-        fabric.down(cluster)
-    return out
+    stack.callback(fabric.down, cluster)
+    fabric.up(spec, start_processes=teamed)  # team daemons only matter with teams
+    g1 = _guest(spec, "host1", "prod", "g1", "198.18.10.11/24", "198.18.10.1")
+    g2 = _guest(spec, "host2", "prod", "g2", "198.18.10.12/24", "198.18.10.1")
+    if teamed:
+        return {"bridged_cross_host_team": (g2, g1, "198.18.10.12")}
+    n1 = _guest(spec, "host1", "nat0", "n1", "198.19.20.2/24", "198.19.20.1")
+    return {"bridged_cross_host_nic": (g2, g1, "198.18.10.12"), "nat_guest_to_outside": (names.out_ns(cluster), n1, "198.18.0.254")}
 
 
 def run_fabric_benchmarks(progress: Progress = print, with_teams: bool = True) -> dict[str, Any]:
+    """Build every path first, then measure them in interleaved rounds (round r measures
+    each path once), so load from elsewhere on the shared machine hits all paths alike."""
     began = time.monotonic()
-    results: dict[str, Any] = {"direct_veth": bench_direct(progress)}
-    results.update(bench_lab_paths(progress, teamed=False))
-    if with_teams:
-        results.update(bench_lab_paths(progress, teamed=True))
+    with contextlib.ExitStack() as stack:
+        paths: dict[str, Path] = {"direct_veth": _direct(stack)}
+        paths.update(_lab(stack, teamed=False))
+        if with_teams:
+            paths.update(_lab(stack, teamed=True))
+        runs: dict[str, list[float]] = {key: [] for key in paths}
+        rtts: dict[str, list[float]] = {key: [] for key in paths}
+        for r in range(RUNS):
+            for key, (server, client, ip) in paths.items():
+                progress(f"network bench: round {r + 1}/{RUNS}, {key}")
+                runs[key].append(iperf(server, client, ip))
+                rtts[key] += udp_samples(server, client, ip)
+        results: dict[str, Any] = {
+            key: {"throughput_gbps": round(statistics.median(runs[key]) / 1e9, 2),
+                  "throughput_runs_gbps": [round(v / 1e9, 2) for v in runs[key]], **percentiles(rtts[key])}
+            for key in paths
+        }
     base = results["direct_veth"]
     for key, value in results.items():
         if key != "direct_veth":
             value["vs_direct_throughput"] = round(value["throughput_gbps"] / base["throughput_gbps"], 3)
             value["p99_minus_direct_us"] = round(value["p99_us"] - base["p99_us"], 1)
-    results["meta"] = {"duration_s": round(time.monotonic() - began, 1), "runs": RUNS, "seconds_per_run": SECONDS}
+    results["meta"] = {"duration_s": round(time.monotonic() - began, 1), "runs": RUNS, "seconds_per_run": SECONDS,
+                       "method": "paths measured in interleaved rounds; median of the rounds"}
     return results
 
 
@@ -180,7 +189,7 @@ LABELS = {
 
 def markdown(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| path | iperf3 TCP Gbit/s (median of 3) | × direct | UDP RTT p50 µs | p99 µs | p99 − direct µs |",
+        "| path | iperf3 TCP Gbit/s (median of 5) | × direct | UDP RTT p50 µs | p99 µs | p99 − direct µs |",
         "|---|---|---|---|---|---|",
     ]
     for key, label in LABELS.items():

@@ -35,7 +35,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.placement import baseline, scenario
-from nonstop.core.placement import ClusterState, SchedulerConfig, admission, place, placement_order, plan_failover
+from nonstop.core.placement import (
+    ClusterState,
+    SchedulerConfig,
+    Spread,
+    admission,
+    place,
+    placement_order,
+    plan_failover,
+)
 from nonstop.core.placement.weighers import HaReserveWeigher
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -67,6 +75,17 @@ def bench_place(state: ClusterState, repeats: int) -> tuple[dict[str, Any], Any]
         "runs_s": times, "median_s": median, "placements_per_s": len(state.guests) / median,
         "unplaced": len(result.unplaced), "target_placements_per_s": 20_000,
     }, result
+
+
+def bench_spread_variants(state: ClusterState) -> list[dict[str, Any]]:
+    """(a) again with the groups' spread switched to soft (the spec's default) and to none."""
+    out = []
+    for spread in (Spread.SOFT, Spread.NONE):
+        variant = ClusterState(state.hosts, [replace(g, spread=spread) for g in state.guests])
+        times, result = _timed(lambda v=variant: place(v), 1, f"(a) place, spread {spread.value}")
+        out.append({"spread": spread.value, "wall_s": times[0], "placements_per_s": len(state.guests) / times[0],
+                    "unplaced": len(result.unplaced)})
+    return out
 
 
 def bench_baseline(state: ClusterState, engine_placed: tuple[tuple[str, str], ...], sample: int) -> dict[str, Any]:
@@ -134,6 +153,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"| (a) place {a['guests']:,} guests on {a['hosts']:,} hosts | {a['median_s']:.2f} s, "
         f"**{a['placements_per_s']:,.0f} placements/s** (median of {len(a['runs_s'])}; {a['unplaced']} unplaced) "
         f"| ≥ 20,000/s | Kubernetes scheduler ≈ 100 pods/s at 5,000 nodes (published) |",
+    ]
+    for v in results["place_variants"]:
+        lines.append(
+            f"| (a') the same with spread {v['spread']} | {v['wall_s']:.2f} s, {v['placements_per_s']:,.0f} "
+            f"placements/s (1 run; {v['unplaced']} unplaced) | — | — |"
+        )
+    lines += [
         f"| (b) Nova-shaped pure-Python loop, first {b['sample_guests']} decisions | "
         f"{b['placements_per_s']:,.1f} placements/s; engine is **{a['placements_per_s'] / b['placements_per_s']:,.0f}×** "
         f"faster; same host chosen {b['same_decisions_as_engine']}/{b['sample_guests']} | — | baseline |",
@@ -173,6 +199,7 @@ def main() -> None:
         "state_build_s": build_s,
         "place": place_results,
     }
+    results["place_variants"] = bench_spread_variants(state)
     results["baseline"] = bench_baseline(state, placed.placed, args.baseline_sample)
     results["failover"] = bench_failover(placed.state, 20)
     results["admission"] = bench_admission(placed.state, 5)

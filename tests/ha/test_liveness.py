@@ -179,3 +179,20 @@ def test_hosts_and_links_can_change_at_run_time() -> None:
     assert "h2" not in cluster.machines and not cluster.heartbeat("h2", "eth0", t)
     with pytest.raises(ValueError):
         cluster.set_links("h1", [])
+
+
+def test_config_from_the_spec_policy_scales_with_the_interval() -> None:
+    from nonstop.core.ha.liveness import liveness_config
+    from nonstop.core.ha.phi import PhiAccrualDetector
+    from nonstop.core.spec import HaPolicy
+
+    assert liveness_config(HaPolicy()) == LivenessConfig()
+    for interval in (0.05, 0.1, 1.0):
+        config = liveness_config(HaPolicy(heartbeat_interval=interval))
+        detector = PhiAccrualDetector(config.phi)
+        t = 0.0
+        for _ in range(100):
+            t += interval
+            detector.heartbeat(t)
+        assert 3.0 * interval <= detector.silence_for_phi(config.phi.threshold) <= 5.0 * interval
+    assert liveness_config(HaPolicy(phi_threshold=10)).dead_threshold == 15

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from nonstop.core.ha.phi import PhiAccrualDetector, PhiConfig
+from nonstop.core.spec import HaPolicy
 
 
 class HostState(str, Enum):
@@ -131,6 +132,23 @@ class LivenessConfig:
     def __post_init__(self) -> None:
         if self.dead_threshold < self.phi.threshold:
             raise ValueError("dead_threshold must be >= phi.threshold")
+
+
+def liveness_config(policy: HaPolicy) -> LivenessConfig:
+    """Detector settings from the spec's ``policies.ha``, scaled to its heartbeat interval.
+
+    At the default 100 ms this is exactly ``LivenessConfig()``: floor = interval/4, acceptable
+    pause = 2 intervals, so detection stays at ~4.3 intervals for any interval.
+    """
+    interval = policy.heartbeat_interval
+    phi = PhiConfig(
+        threshold=policy.phi_threshold,
+        expected_interval=interval,
+        min_std_dev=interval / 4,
+        acceptable_pause=2 * interval,
+        max_sample=max(2.0, 20 * interval),
+    )
+    return LivenessConfig(phi=phi, dead_threshold=max(12.0, 1.5 * policy.phi_threshold), startup_grace=max(2.0, 20 * interval))
 
 
 def classify(phis: Mapping[str, float], threshold: float, dead_threshold: float) -> tuple[LinkEvent, frozenset[str]]:

@@ -106,7 +106,7 @@ def test_rebalance_respects_filters_and_says_when_it_cannot() -> None:
     guests = [guest(f"g{i}-0", cpus=1, host="h0", networks=frozenset({"y"})) for i in range(4)]
     plan = plan_rebalance(ClusterState(hosts, guests), 0.1)
     assert not plan.reached and plan.moves == ()
-    assert "no single move" in plan.reason
+    assert "no single guest move" in plan.reason
 
 
 def test_failover_simulator_agrees_with_plan_failover_and_rolls_back_exactly() -> None:

@@ -25,6 +25,8 @@ from nonstop.core.placement.view import RunView
 CANDIDATE_GUESTS = 8
 """Guests tried per source host per step, best-fitting first."""
 CANDIDATE_SOURCES = 4
+CANDIDATE_HOSTS = 16
+"""Hosts outside the target tried per step, furthest first, before the plan gives up."""
 
 
 def _dominant(used: FloatArray, inv_effective: FloatArray) -> FloatArray:
@@ -71,10 +73,15 @@ def plan_rebalance(
         if len(moves) >= limit:
             reason = f"stopped after {limit} moves"
             break
-        move = _best_step(state, view, engine, usable, deviation, mean, spread_target, worst, moved)
+        move = None
+        outside = np.flatnonzero(usable & (np.abs(deviation) > spread_target))
+        for host in outside[np.argsort(-np.abs(deviation[outside]), kind="stable")][:CANDIDATE_HOSTS].tolist():
+            move = _best_step(state, view, engine, usable, deviation, mean, host, moved)
+            if move is not None:
+                break
         if move is None:
-            reason = (f"no single move of a guest brings {state.host_names[worst]} closer to the mean "
-                      f"without breaking a filter or the target")
+            reason = (f"no single guest move brings a host outside the target (worst: {state.host_names[worst]}) "
+                      f"closer to the mean without breaking a filter")
             break
         moves.append(move)
     deviation, _mean = _deviation(view, usable)
@@ -92,7 +99,6 @@ def _best_step(
     usable: BoolArray,
     deviation: FloatArray,
     mean: float,
-    target: float,
     worst: int,
     moved: set[int],
 ) -> Move | None:
@@ -121,8 +127,10 @@ def _best_step(
             misfit = np.abs(-deviation[pull_to] - (after - util[pull_to]))
         for guest in guests[np.argsort(misfit, kind="stable")][:CANDIDATE_GUESTS].tolist():
             request = state.request[guest]
-            fits_target = _dominant(view.used + request, view.inv_effective) <= mean + target
-            allowed = usable & fits_target & (host_ids != source)
+            # The target host must not end up above where the source is now (no new worst host);
+            # the squared-deviation check below makes sure the move is progress.
+            below_source = _dominant(view.used + request, view.inv_effective) < util[source]
+            allowed = usable & below_source & (host_ids != source)
             if pull_to is not None:
                 allowed &= host_ids == pull_to
             view.assign(guest, -1)

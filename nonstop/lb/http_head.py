@@ -16,6 +16,7 @@ REQUEST_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 RESPONSE_HOP_BY_HOP = (b"connection:", b"keep-alive:", b"proxy-connection:", b"upgrade:", b"trailer:")
+_RESPONSE_HOP_MARKERS = tuple(b"\n" + name for name in RESPONSE_HOP_BY_HOP)
 
 REASONS = {
     400: b"Bad Request",
@@ -84,24 +85,78 @@ def request_head(
     return b"".join(parts)
 
 
-def response_head(head: bytes, *, close: bool, http10_keep_alive: bool) -> tuple[bytes, bool]:
-    """Rewrite a backend response head (status line + header lines, ending CRLF, without the
-    blank line). Returns (new head including the blank line, whether the body is framed by
-    Content-Length or chunked encoding)."""
+BODY_NONE, BODY_CHUNKED, BODY_UNTIL_CLOSE = -1, -2, -3
+
+
+class BadResponse(ValueError):
+    """A backend response head the proxy will not forward (ambiguous framing)."""
+
+
+def response_head(head: bytes, *, close: bool, http10_keep_alive: bool, no_body: bool) -> tuple[bytes, int, bool]:
+    """Rewrite a backend response head (status line + header lines ending CRLF, without the
+    blank line) for the client, and read its framing. Returns (head to send including the
+    blank line, body length or BODY_NONE / BODY_CHUNKED / BODY_UNTIL_CLOSE, whether the
+    backend connection may be reused). Raises BadResponse for ambiguous framing."""
     lower = head.lower()
-    framed = b"\ncontent-length:" in lower or b"\ntransfer-encoding:" in lower
-    if any(b"\n" + h in lower for h in RESPONSE_HOP_BY_HOP):
-        lines = head.split(b"\r\n")
-        kept = [lines[0]]
-        for line in lines[1:]:
-            if line and not line.lower().startswith(RESPONSE_HOP_BY_HOP):
-                kept.append(line)
-        head = b"\r\n".join(kept) + b"\r\n"
-    if close or not framed:
-        return head + b"Connection: close\r\n\r\n", framed
+    reusable = lower.startswith(b"http/1.1")
+    te_at = lower.find(b"\ntransfer-encoding:")
+    if te_at >= 0:
+        if b"\ncontent-length:" in lower:
+            raise BadResponse("response with both Content-Length and Transfer-Encoding")
+        te_end = lower.find(b"\r", te_at + 1)
+        te_line = lower[te_at : te_end if te_end >= 0 else len(lower)]
+        body = BODY_CHUNKED if te_line.rstrip().endswith(b"chunked") else BODY_UNTIL_CLOSE
+    else:
+        at = lower.find(b"\ncontent-length:")
+        if at >= 0:
+            if lower.find(b"\ncontent-length:", at + 16) >= 0:
+                raise BadResponse("response with more than one Content-Length")
+            value = lower[at + 16 : lower.find(b"\r", at + 16)].strip()
+            if not value.isdigit():
+                raise BadResponse("response with an invalid Content-Length")
+            body = int(value)
+        else:
+            body = BODY_UNTIL_CLOSE
+    if no_body:
+        body = BODY_NONE
+    for name in _RESPONSE_HOP_MARKERS:
+        at = lower.find(name)
+        while at >= 0:
+            # cut the whole line out by slicing (nginx always sends "Connection: keep-alive")
+            end = lower.find(b"\n", at + 1)
+            if name == b"\nconnection:":
+                value = lower[at + 12 : end]
+                if b"close" in value:
+                    reusable = False
+                elif b"keep-alive" in value and not reusable:
+                    reusable = True  # an HTTP/1.0 backend that keeps the connection
+            head = head[: at + 1] + head[end + 1 :]
+            lower = lower[: at + 1] + lower[end + 1 :]
+            at = lower.find(name, at)
+    if body == BODY_UNTIL_CLOSE:
+        reusable = False
+    if close or body == BODY_UNTIL_CLOSE:
+        return head + b"Connection: close\r\n\r\n", body, reusable
     if http10_keep_alive:
-        return head + b"Connection: keep-alive\r\n\r\n", framed
-    return head + b"\r\n", framed
+        return head + b"Connection: keep-alive\r\n\r\n", body, reusable
+    return head + b"\r\n", body, reusable
+
+
+_HEAD_CACHE: dict[tuple[bytes, bool, bool, bool], tuple[bytes, int, bool]] = {}
+_HEAD_CACHE_MAX = 512
+
+
+def response_head_cached(head: bytes, close: bool, http10_keep_alive: bool, no_body: bool) -> tuple[bytes, int, bool]:
+    """``response_head`` memoized: a backend sends the same head (Date changes once a second)
+    over and over, and one dict lookup is far cheaper than re-reading it in Python."""
+    key = (head, close, http10_keep_alive, no_body)
+    hit = _HEAD_CACHE.get(key)
+    if hit is None:
+        hit = response_head(head, close=close, http10_keep_alive=http10_keep_alive, no_body=no_body)
+        if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
+            _HEAD_CACHE.clear()
+        _HEAD_CACHE[key] = hit
+    return hit
 
 
 def status_of(head: bytes) -> int:

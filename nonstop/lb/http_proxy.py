@@ -28,7 +28,16 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, Htt
 
 from nonstop.core.lb.pool import ALL_FULL, Backend
 from nonstop.core.lb.retry import Failure, decide_retry
-from nonstop.lb.http_head import error_response, request_head, response_head, status_of
+from nonstop.lb.http_head import (
+    BODY_CHUNKED,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
+    BadResponse,
+    error_response,
+    request_head,
+    response_head_cached,
+    status_of,
+)
 
 if TYPE_CHECKING:
     from nonstop.lb.service import ServiceRuntime
@@ -88,18 +97,21 @@ class Exchange:
 
 
 class HttpUpstream(asyncio.Protocol):
-    """A connection to one backend; carries one exchange at a time, then goes back to the pool."""
+    """A connection to one backend; carries one exchange at a time, then goes back to the pool.
+
+    Response framing is read from the head (Content-Length: count bytes; no httptools call
+    on the hot path); only chunked bodies go through an httptools response parser."""
 
     __slots__ = (
         "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
-        "done", "reusable", "framed", "deadline", "status", "idle_since",
+        "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining",
     )  # fmt: skip
 
     def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
         self.svc = svc
         self.backend = backend
         self.transport: asyncio.Transport | None = None
-        self.parser = HttpResponseParser(self)
+        self.parser: HttpResponseParser | None = None
         self.exchange: Exchange | None = None
         self.head_buf = b""
         self.head_done = False
@@ -110,6 +122,7 @@ class HttpUpstream(asyncio.Protocol):
         self.deadline = 0.0
         self.status = 0
         self.idle_since = 0.0
+        self.remaining = 0
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,24 +136,38 @@ class HttpUpstream(asyncio.Protocol):
                 self.transport.abort()
             return
         self.received = True
+        if not self.head_done:
+            data = self._head(ex, data)
+            if not self.head_done:
+                if data:
+                    ex.answered = True
+                    ex.client.write(data)  # interim 1xx heads
+                return
+        elif self.parser is not None:
+            self._feed_chunked(data)
+        elif self.remaining >= 0:
+            n = len(data)
+            if n >= self.remaining:
+                if n > self.remaining:
+                    data = data[: self.remaining]
+                    self.reusable = False  # bytes beyond the framing: never reuse
+                self.remaining = 0
+                self.done = True
+            else:
+                self.remaining -= n
+        if data:
+            ex.answered = True
+            ex.client.write(data)
+        if self.done:
+            self.svc.http_exchange_done(self, ex)
+
+    def _feed_chunked(self, data: bytes) -> None:
+        assert self.parser is not None
         try:
             self.parser.feed_data(data)
         except HttpParserError:
             self.reusable = False
-            if not self.head_done:
-                self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "invalid response")
-                return
-            self.done = True
-        client_transport = ex.client.transport
-        if not self.head_done:
-            data = self._head(ex, data)
-            if not self.head_done and not self.done:
-                return
-        if data and client_transport is not None:
-            client_transport.write(data)
-            ex.answered = True
-        if self.done:
-            self.svc.http_exchange_done(self, ex)
+            self.done = True  # the client gets what came; the connection closes after
 
     def _head(self, ex: Exchange, data: bytes) -> bytes:
         """Forward interim (1xx) heads and rewrite the final one; returns bytes to write."""
@@ -150,41 +177,62 @@ class HttpUpstream(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
-                    self.reusable = False
                     self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "response head too big")
                     return b""
                 self.head_buf = buf
                 return b"".join(out)
+            raw_head = buf[: end + 4]
             head, buf = buf[: end + 2], buf[end + 4 :]
             status = status_of(head)
             client = ex.client
-            close = not ex.keep_alive or client.closing
-            rewritten, framed = response_head(head, close=close, http10_keep_alive=ex.http10 and ex.keep_alive)
+            try:
+                rewritten, body, reusable = response_head_cached(
+                    head,
+                    not ex.keep_alive or client.closing,
+                    ex.http10 and ex.keep_alive,
+                    ex.is_head or status in (204, 304) or 100 <= status < 200,
+                )
+            except BadResponse as exc:
+                self.head_buf = b""
+                self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, str(exc))
+                return b""
             out.append(rewritten)
             if 100 <= status < 200 and status != 101:
                 continue
             self.head_buf = b""
             self.head_done = True
             self.status = status
-            self.framed = framed or ex.is_head or status in (204, 304)
-            if not self.framed or status == 101:
+            self.reusable = reusable
+            self.framed = body != BODY_UNTIL_CLOSE and status != 101
+            if not self.framed:
                 client.closing = True  # close-delimited body: the client learns the end by EOF
                 self.reusable = False
-            if ex.is_head:
+                self.remaining = -1
+                out.append(buf)
+            elif body == BODY_NONE:
                 self.done = True
-                self.reusable = False  # the parser would wait for a body that never comes
-                return b"".join(out)
-            out.append(buf)
+                if buf:
+                    self.reusable = False
+            elif body == BODY_CHUNKED:
+                self.parser = HttpResponseParser(self)
+                self._feed_chunked(raw_head + buf)
+                out.append(buf)
+            else:
+                n = len(buf)
+                if n >= body:
+                    if n > body:
+                        buf = buf[:body]
+                        self.reusable = False
+                    self.done = True
+                    self.remaining = 0
+                else:
+                    self.remaining = body - n
+                out.append(buf)
             return b"".join(out)
 
-    # -- httptools callbacks
+    # -- httptools callback (chunked responses only)
     def on_message_complete(self) -> None:
-        code = self.parser.get_status_code()
-        if 100 <= code < 200 and code != 101:
-            return
         self.done = True
-        if not self.parser.should_keep_alive():
-            self.reusable = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -207,7 +255,7 @@ class HttpClient(asyncio.Protocol):
 
     __slots__ = (
         "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes", "headers",
-        "url", "cl_count", "field_bytes", "te", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
+        "url", "cl_count", "field_bytes", "te", "has_host", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
         "closed",
     )  # fmt: skip
 
@@ -225,6 +273,7 @@ class HttpClient(asyncio.Protocol):
         self.cl_count = 0
         self.field_bytes = 0  # bytes of header fields so far in this head
         self.te = False
+        self.has_host = False
         self.error: ClientError | None = None
         self.deadline = 0.0
         self.deadline_kind = DEADLINE_NONE
@@ -243,7 +292,7 @@ class HttpClient(asyncio.Protocol):
         svc.clients.add(self)
         svc.stats.connections += 1
         svc.stats.active_connections += 1
-        self.deadline = svc.loop.time() + svc.spec.header_timeout
+        self.deadline = svc.clock + svc.spec.header_timeout
         self.deadline_kind = DEADLINE_HEADER
         if len(svc.clients) > svc.spec.max_client_connections:
             self.reject(ClientError(503, "too many client connections"))
@@ -258,6 +307,11 @@ class HttpClient(asyncio.Protocol):
             ex.cancelled = True
             svc.http_cancel(ex)
         self.queue.clear()
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None:
+            t.write(data)
 
     def pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
@@ -330,8 +384,9 @@ class HttpClient(asyncio.Protocol):
         self.cl_count = 0
         self.field_bytes = 0
         self.te = False
+        self.has_host = False
         if self.deadline_kind != DEADLINE_HEADER:
-            self.deadline = self.svc.loop.time() + self.svc.spec.header_timeout
+            self.deadline = self.svc.clock + self.svc.spec.header_timeout
             self.deadline_kind = DEADLINE_HEADER
 
     def on_url(self, url: bytes) -> None:
@@ -359,6 +414,8 @@ class HttpClient(asyncio.Protocol):
             if not value.strip().isdigit():
                 self.error = ClientError(400, "invalid Content-Length")
                 raise self.error
+        elif lname == b"host":
+            self.has_host = True
         elif lname == b"transfer-encoding":
             if self.te or value.strip().lower() != b"chunked":
                 self.error = ClientError(400, "unsupported Transfer-Encoding (only a single chunked)")
@@ -373,7 +430,7 @@ class HttpClient(asyncio.Protocol):
             raise self.error
         parser = self.parser
         version = parser.get_http_version()
-        if version == "1.1" and not any(h[0] == b"host" for h in self.headers):
+        if version == "1.1" and not self.has_host:
             self.error = ClientError(400, "HTTP/1.1 request without Host")
             raise self.error
         method = parser.get_method()
@@ -385,8 +442,10 @@ class HttpClient(asyncio.Protocol):
         self.queue.append(ex)
         svc = self.svc
         svc.stats.requests += 1
-        svc.budget.on_request()
-        self.deadline = svc.loop.time() + svc.spec.client_timeout
+        budget = svc.budget  # RetryBudget.on_request, inlined (hot path)
+        tokens = budget.tokens + budget.ratio
+        budget.tokens = tokens if tokens < budget.cap else budget.cap
+        self.deadline = svc.clock + svc.spec.client_timeout
         self.deadline_kind = DEADLINE_BODY
         if len(self.queue) == 1:
             svc.http_dispatch(ex)
@@ -448,7 +507,7 @@ class HttpClient(asyncio.Protocol):
             self.resume(_PAUSE_PIPELINE)
             self.svc.http_dispatch(nxt)
         elif not self.in_head:
-            self.deadline = self.svc.loop.time() + self.svc.spec.client_timeout
+            self.deadline = self.svc.clock + self.svc.spec.client_timeout
             self.deadline_kind = DEADLINE_IDLE
 
     def send_error(self, ex: Exchange, status: int, detail: str) -> None:

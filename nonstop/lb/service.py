@@ -71,6 +71,8 @@ class ServiceRuntime:
         self.listeners: list[Callable[[PoolEvent | None], None]] = []
         """Called on every health/admin change (the nft plane and the state publisher listen)."""
         self._sweeper: asyncio.Task[None] | None = None
+        self.clock = loop.time()
+        """A coarse clock for deadlines, advanced by the sweeper (saves a clock read per request)."""
         for server in spec.servers:
             self.add_server(server, ramp=False)
 
@@ -281,6 +283,9 @@ class ServiceRuntime:
         up.received = False
         up.done = False
         up.status = 0
+        up.parser = None
+        up.remaining = 0
+        up.framed = True
         up.deadline = now + self.spec.server_timeout
         self.busy.add(up)
         if ex.sent:  # a retry: replay everything received so far
@@ -510,7 +515,8 @@ class ServiceRuntime:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                self.sweep(self.loop.time())
+                self.clock = now = self.loop.time()
+                self.sweep(now)
             except Exception:
                 log.exception("%s: sweeper failed", self.spec.name)
 

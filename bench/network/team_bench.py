@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from nonstop.core.spec import TeamSpec
-from nonstop.net.team_testbed import TeamTestbed, in_netns, popen_in
+from nonstop.net.team_nft import in_netns
+from nonstop.net.team_testbed import TeamTestbed, popen_in
 from nonstop.net.team_traffic import UdpProbeStream
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -19,16 +19,12 @@ Must NOT: touch anything outside its own namespaces, or address anything outside
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +33,13 @@ from pyroute2 import IPRoute, netns
 
 from nonstop.core.spec import ClusterSpec, HostSpec, TeamSpec
 from nonstop.net.team import link_info, setup_switch_lag, setup_team
-from nonstop.net.team_nft import CLONE_NEWNET, apply_script, netns_path, setns_to
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the body (in this thread) inside namespace ``name``; sockets made here stay there."""
-    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            _libc.setns(own, CLONE_NEWNET)
-    finally:
-        os.close(own)
-        os.close(target)
+from nonstop.net.team_nft import apply_script, in_netns, netns_path
 
 
 def popen_in(name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Start ``argv`` inside namespace ``name`` (only the child enters it)."""
-    path = netns_path(name)
-    return subprocess.Popen(argv, preexec_fn=lambda: setns_to(path), **kwargs)
+    """Start ``argv`` inside namespace ``name`` (through ``nsenter``: no ``preexec_fn``,
+    which is unsafe in a process with other threads)."""
+    return subprocess.Popen(["nsenter", f"--net={netns_path(name)}", *argv], **kwargs)
 
 
 class TeamTestbed:

@@ -156,7 +156,7 @@ class TcpStream:
 
     def __init__(self, client_ns: str, server_ns: str, server_ip: str, port: int = 7008,
                  chunk: int = 16384, pause: float = 0.002):
-        from nonstop.net.team_testbed import in_netns
+        from nonstop.net.team_nft import in_netns
 
         with in_netns(server_ns):
             self.listener = socket.socket()

@@ -12,8 +12,8 @@ from nonstop.core.net.team_hash import IPPROTO_UDP, FrameKey, nft_member_index
 from nonstop.core.net.team_render import peer_name, render_delete, render_ruleset
 from nonstop.core.spec import HashPolicy, TeamMode, TeamSpec
 from nonstop.net.team import link_info, setup_team, team_status, teardown_team
-from nonstop.net.team_nft import apply_script, chain_rules, forward_targets, list_table
-from nonstop.net.team_testbed import TeamTestbed, in_netns
+from nonstop.net.team_nft import apply_script, chain_rules, forward_targets, in_netns, list_table
+from nonstop.net.team_testbed import TeamTestbed
 from nonstop.net.team_traffic import TcpStream
 
 from .test_team_render import CASES

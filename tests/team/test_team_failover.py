@@ -10,7 +10,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from nonstop.core.spec import PrimaryReselect, TeamSpec
-from nonstop.net.team_testbed import TeamTestbed, in_netns
+from nonstop.net.team_nft import in_netns
+from nonstop.net.team_testbed import TeamTestbed
 from nonstop.net.team_traffic import TcpStream, UdpProbeStream
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]

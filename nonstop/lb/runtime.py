@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,9 @@ class Balancer:
                 proc.wait(timeout=max(grace, 0) + 5)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+        if self.role == "control" and self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         if self._stopped is not None:
             self._stopped.set()
 

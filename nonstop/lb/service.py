@@ -19,6 +19,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from nonstop.core.lb.algorithms import make_balancer
@@ -244,7 +245,7 @@ class ServiceRuntime:
         backend.active += 1
         ex.backend = backend
         self.backend_stats[backend.name].requests += 1
-        ex.started = now
+        ex.started = perf_counter()  # uvloop's loop.time() has millisecond resolution
         idle = self.idle.get(backend.name)
         if idle:
             fresh_only = ex.method not in (b"GET", b"HEAD") and ex.method not in (b"OPTIONS", b"PUT", b"DELETE")
@@ -334,7 +335,7 @@ class ServiceRuntime:
         self.stats.count_response(status)
         bst = self.backend_stats.get(backend.name)
         if bst is not None:
-            bst.observe(now - ex.started)
+            bst.observe(perf_counter() - ex.started)
         if status >= 500:
             if bst is not None:
                 bst.errors += 1
@@ -350,7 +351,7 @@ class ServiceRuntime:
         if self.spec.access_log:
             access_log.info(
                 "%s %s %s %d %s %.1fms", self.spec.name, ex.client.client_ip.decode(), ex.method.decode(), status,
-                backend.name, (now - ex.started) * 1000,
+                backend.name, (perf_counter() - ex.started) * 1000,
             )  # fmt: skip
         ex.client.exchange_finished(ex)
         if self.waiters:

@@ -152,3 +152,44 @@ async def test_cli_serves_reloads_on_sighup_and_stops_cleanly(backends, tmp_path
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+async def test_workers_share_health_and_admin_state(backends, tmp_path):
+    a, b = backends("a", "b")
+    port, admin = free_port(), free_port()
+    path = tmp_path / "lb.yaml"
+    doc = {"admin": f"127.0.0.1:{admin}", "services": [service("web", [a, b], listen=f"127.0.0.1:{port}")]}
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(path), "--workers", "2"], cwd=ROOT)
+    try:
+        for _ in range(100):
+            try:
+                r = await Client(port).request("GET", "/", headers="Connection: close\r\n")
+                if r.status == 200:
+                    break
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        fresh = Counter()
+        for _ in range(20):  # new connections spread over both workers (SO_REUSEPORT)
+            fresh[(await Client(port).request("GET", "/", headers="Connection: close\r\n")).body[:1]] += 1
+        assert set(fresh) == {b"a", b"b"}
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+        body = b'{"state": "maint"}'
+        writer.write(b"PUT /services/web/backends/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert b" 200 " in (await reader.read())[:20]
+        writer.close()
+        await asyncio.sleep(0.5)  # workers poll the shared state every 100 ms
+        after = Counter()
+        for _ in range(20):
+            after[(await Client(port).request("GET", "/", headers="Connection: close\r\n")).body[:1]] += 1
+        assert after == {b"b": 20}
+        await asyncio.sleep(1.2)  # workers write their stats every second
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+        writer.write(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        stats = json.loads((await reader.read()).split(b"\r\n\r\n", 1)[1])
+        writer.close()
+        assert stats["web"]["service"]["requests"] >= 40
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

@@ -15,7 +15,7 @@ import pytest
 
 from nonstop.store import Store
 
-from .etcd_process import ETCD, EtcdProcess
+from .etcd_process import ETCD, EtcdProcess, running_etcd
 from .helpers import Backend
 
 
@@ -24,12 +24,8 @@ def etcd_server() -> Iterator[EtcdProcess]:
     """One etcd for the session's conformance tests."""
     if ETCD is None:
         pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    server = EtcdProcess()
-    try:
-        server.start()
+    with running_etcd() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(params=["sqlite", "etcd"])

@@ -7,6 +7,7 @@ stops it and removes the data dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -15,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ETCD = shutil.which("etcd")
@@ -86,3 +88,14 @@ class EtcdProcess:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_etcd() -> Iterator[EtcdProcess]:
+    """A started etcd, stopped and removed on exit."""
+    server = EtcdProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

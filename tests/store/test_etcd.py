@@ -9,19 +9,15 @@ import pytest
 
 from nonstop.store import StoreUnavailable, open_store
 
-from .etcd_process import ETCD, EtcdProcess
+from .etcd_process import ETCD, EtcdProcess, running_etcd
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (apt-get install etcd-server)")
 
 
 @pytest.fixture
 def own_etcd() -> Iterator[EtcdProcess]:
-    server = EtcdProcess()
-    try:
-        server.start()
+    with running_etcd() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 async def test_outage_is_reported_and_data_survives_a_restart(own_etcd: EtcdProcess) -> None:

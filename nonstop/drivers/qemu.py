@@ -43,6 +43,7 @@ from nonstop.drivers.base import (
     MigrationError,
     MigrationResult,
 )
+from nonstop.drivers.qemu_core import driver_errors
 from nonstop.drivers.qemu_hotplug import QemuHotplug
 
 
@@ -107,6 +108,7 @@ class QemuDriver(QemuHotplug):
             self._save(name, record)
         await self.destroy(name)
 
+    @driver_errors(MigrationError)
     async def migrate(self, name: str, endpoint: MigrationEndpoint, *, timeout: float = 120.0) -> MigrationResult:
         record = self._load(name)
         self._require_running(name, record)
@@ -156,6 +158,7 @@ class QemuDriver(QemuHotplug):
             extra={"wall_seconds": time.monotonic() - started, "setup_ms": info.get("setup-time"), "trace": trace},
         )
 
+    @driver_errors(MigrationError)
     async def finish_incoming(self, name: str, timeout: float = 30.0) -> GuestStatus:
         record = self._load(name)
         deadline = time.monotonic() + timeout

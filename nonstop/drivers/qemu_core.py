@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from qemu.qmp import QMPError
 
 from nonstop.core.guests.model import short_id
 from nonstop.core.guests.qemu_argv import (
@@ -39,6 +43,7 @@ from nonstop.drivers import qemu_runtime as rt
 from nonstop.drivers.base import (
     Capabilities,
     Driver,
+    DriverError,
     GuestDefinition,
     GuestExists,
     GuestNotFound,
@@ -50,8 +55,31 @@ from nonstop.drivers.base import (
 from nonstop.image import DEFAULT_CACHE as DEFAULT_IMAGE_CACHE
 from nonstop.image import ImageBuildError, ImagePaths, ensure_image
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def driver_errors(kind: type[DriverError] = DriverError) -> Callable[[F], F]:
+    """Turn QMP and host-side failures of a per-guest method into ``kind(reason, guest=name)``,
+    so the agent only ever sees ``DriverError``s (the contract of ``nonstop.drivers.base``)."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        async def wrapper(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, name, *args, **kwargs)
+            except DriverError:
+                raise
+            except (QMPError, rt.RuntimeFailure, OSError) as exc:
+                raise kind(str(exc) or exc.__class__.__name__, guest=name) from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 READY_LINE = re.compile(rb"nonstop-guest: ready ([0-9a-f-]{36})")
 DEFAULT_DISK_DIR = Path("/var/lib/nonstop/disks")
+
 
 
 class QemuCore(Driver):
@@ -245,6 +273,7 @@ class QemuCore(Driver):
             return False
         return rt.is_our_qemu(pid, record.get("pid_start"), name)
 
+    @driver_errors()
     async def stop(self, name: str, *, timeout: float = 10.0) -> GuestStatus:
         record = self._load(name)
         if self._alive(name, record):

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qemu.qmp import ExecuteError
+
 from nonstop.core.guests.qemu_argv import (
     MAX_DISKS,
     MAX_NICS,
@@ -31,7 +33,7 @@ from nonstop.core.guests.qemu_argv import (
 )
 from nonstop.drivers import qemu_runtime as rt
 from nonstop.drivers.base import DiskDefinition, GuestDefinition, GuestStatus, InvalidDefinition, VnicDefinition
-from nonstop.drivers.qemu_core import QemuCore
+from nonstop.drivers.qemu_core import QemuCore, driver_errors
 
 UNPLUG_TIMEOUT = 10.0
 
@@ -39,6 +41,7 @@ UNPLUG_TIMEOUT = 10.0
 class QemuHotplug(QemuCore):
     # ----------------------------------------------------------------------------- hot-plug
 
+    @driver_errors()
     async def set_vcpus(self, name: str, vcpus: int) -> GuestStatus:
         record = self._load(name)
         self._require_running(name, record)
@@ -61,6 +64,7 @@ class QemuHotplug(QemuCore):
         self._update_definition(name, vcpus=layout.vcpus)
         return await self.status(name)
 
+    @driver_errors()
     async def set_memory(self, name: str, memory: int) -> GuestStatus:
         record = self._load(name)
         self._require_running(name, record)
@@ -80,6 +84,7 @@ class QemuHotplug(QemuCore):
 
     # ------------------------------------------------------------------------ vNICs
 
+    @driver_errors()
     async def attach_vnic(self, name: str, vnic: VnicDefinition) -> GuestStatus:
         """Add a virtio-net vNIC on a new tap bridged to ``vnic.bridge``. The built-in image
         configures addresses only at boot, so a hot-added vNIC comes up without one."""
@@ -110,6 +115,7 @@ class QemuHotplug(QemuCore):
         self._save_layout(name)
         return await self.status(name)
 
+    @driver_errors()
     async def detach_vnic(self, name: str, mac: str) -> GuestStatus:
         record = self._load(name)
         self._require_running(name, record)
@@ -118,8 +124,7 @@ class QemuHotplug(QemuCore):
             raise InvalidDefinition(f"no vNIC with MAC {mac}", guest=name)
         slot = slots[mac]
         await self._unplug(name, f"nic{slot}")
-        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
-            await qmp.execute("netdev_del", {"id": f"net{slot}"})
+        await self._delete_backend(name, "netdev_del", {"id": f"net{slot}"})
         record = self._load(name)
         definition = GuestDefinition.from_dict(record["definition"])
         record["nic_slots"] = {m: n for m, n in slots.items() if m != mac}
@@ -143,8 +148,23 @@ class QemuHotplug(QemuCore):
                     raise rt.RuntimeFailure(f"guest did not release {device_id} within {UNPLUG_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.05)
 
+    async def _delete_backend(self, name: str, command: str, arguments: dict[str, str]) -> None:
+        """Delete a device's backend once QEMU has let go of it: the device leaves the QOM
+        tree a moment before it drops its reference, so "in use" is retried briefly."""
+        deadline = time.monotonic() + UNPLUG_TIMEOUT
+        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            while True:
+                try:
+                    await qmp.execute(command, arguments)
+                    return
+                except ExecuteError as exc:
+                    if "in use" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(0.05)
+
     # ------------------------------------------------------------------------ disks
 
+    @driver_errors()
     async def attach_disk(self, name: str, disk: DiskDefinition) -> GuestStatus:
         record = self._load(name)
         self._require_running(name, record)
@@ -186,6 +206,7 @@ class QemuHotplug(QemuCore):
         self._save_layout(name)
         return await self.status(name)
 
+    @driver_errors()
     async def detach_disk(self, name: str, disk_name: str) -> GuestStatus:
         """Unplug a disk. Its file is kept (data is never deleted by an unplug) until ``destroy``."""
         record = self._load(name)
@@ -194,8 +215,7 @@ class QemuHotplug(QemuCore):
         if entry is None:
             raise InvalidDefinition(f"no disk named {disk_name}", guest=name)
         await self._unplug(name, f"blk-{disk_name}")
-        async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
-            await qmp.execute("blockdev-del", {"node-name": f"disk-{disk_name}"})
+        await self._delete_backend(name, "blockdev-del", {"node-name": f"disk-{disk_name}"})
         record = self._load(name)
         record["disks"] = [d for d in record["disks"] if d["name"] != disk_name]
         record["detached_disks"] = [*record.get("detached_disks", []), entry]
@@ -206,6 +226,7 @@ class QemuHotplug(QemuCore):
         self._save_layout(name)
         return await self.status(name)
 
+    @driver_errors()
     async def resize_disk(self, name: str, disk_name: str, size: int) -> GuestStatus:
         """Grow a disk (never shrinks): live with QMP block_resize, else with qemu-img."""
         record = self._load(name)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from nonstop.core.placement import (
     ClusterState,
+    SchedulerConfig,
     HostCondition,
     Spread,
     admission,
@@ -82,12 +83,20 @@ def test_decisions_are_deterministic_and_independent_of_input_order(state: Clust
     assert [u.guest for u in shuffled.unplaced] == [u.guest for u in first.unplaced]
 
 
+WEIGHTINGS = [
+    None,  # defaults: soft spread dominates, so soft groups are batched
+    {"SoftSpreadWeigher": 1.0, "PackWeigher": 2.0},  # it does not: siblings' hosts are scored exactly
+    {"SpreadWeigher": 0.0, "BalanceWeigher": 0.0, "HaReserveWeigher": 0.0, "PackWeigher": 1.0},
+]
+
+
 @SETTINGS
-@given(clusters())
-def test_cached_full_and_explaining_paths_decide_alike(state: ClusterState) -> None:
-    cached = place(state, use_cache=True)
-    assert place(state, use_cache=False).placed == cached.placed
-    explained = place(state, explain=state.guest_names)
+@given(clusters(), st.sampled_from(WEIGHTINGS))
+def test_cached_full_and_explaining_paths_decide_alike(state: ClusterState, weights: dict[str, float] | None) -> None:
+    config = SchedulerConfig.for_state(state, weights=weights)
+    cached = place(state, config=config, use_cache=True)
+    assert place(state, config=config, use_cache=False).placed == cached.placed
+    explained = place(state, config=config, explain=state.guest_names)
     assert explained.placed == cached.placed
     for name, host in cached.placed:
         chosen = explained.explanations[name].chosen

@@ -168,3 +168,18 @@ async def test_slow_start_ramps_a_recovered_backend(backends):
         late = Counter([(await client.request()).body[:1] for _ in range(100)])
         assert early[b"b"] < 25 and 40 <= late[b"b"] <= 60
         client.close()
+
+
+async def test_connection_limit_queues_then_refuses(backends):
+    (a,) = backends("a")
+    servers = [{"name": "a", "address": a.address, "max_connections": 1}]
+    async with running(service("web", servers, queue_size=1, queue_timeout="2s")) as lb:
+        port = port_of(lb, "web")
+        first = asyncio.create_task(Client(port).request("GET", "/slow?ms=400"))
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(Client(port).request("GET", "/slow?ms=10"))
+        await asyncio.sleep(0.1)
+        refused = await Client(port).request("GET", "/")  # slot busy, queue full
+        assert refused.status == 503 and b"queue is full" in refused.body
+        assert (await first).status == 200 and (await queued).status == 200
+        assert lb.services["web"].pool.get("a").active == 0

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from nonstop.core.placement import (
     ClusterState,
-    SchedulerConfig,
     HostCondition,
+    SchedulerConfig,
     Spread,
     admission,
     place,

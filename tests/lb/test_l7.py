@@ -183,3 +183,17 @@ async def test_connection_limit_queues_then_refuses(backends):
         assert refused.status == 503 and b"queue is full" in refused.body
         assert (await first).status == 200 and (await queued).status == 200
         assert lb.services["web"].pool.get("a").active == 0
+
+
+async def test_large_bodies_stream_both_ways(backends):
+    (a,) = backends("a")
+    async with running(service("web", [a])) as lb:
+        client = Client(port_of(lb, "web"))
+        body = bytes(range(256)) * 8192  # 2 MiB: above the replay and pause buffers
+        r = await client.request("POST", "/upload", body)
+        assert r.status == 200 and r.body.endswith(body)
+        r = await client.request("GET", "/big")
+        assert r.status == 200 and len(r.body) == 256 * 1024
+        r = await client.request("GET", "/after")  # the same keep-alive connection still works
+        assert r.body == b"a GET /after\n"
+        client.close()

@@ -113,6 +113,19 @@ class QemuDriver(QemuHotplug):
         record = self._load(name)
         self._require_running(name, record)
         self._save_layout(name)  # brings the boot id along
+        record["migrating_to"] = endpoint.host
+        self._save(name, record)
+        try:
+            return await self._migrate(name, record, endpoint, timeout)
+        except BaseException:
+            with contextlib.suppress(GuestNotFound):
+                record = self._load(name)
+                record.pop("migrating_to", None)
+                self._save(name, record)
+            raise
+
+    async def _migrate(self, name: str, record: dict[str, Any], endpoint: MigrationEndpoint,
+                       timeout: float) -> MigrationResult:
         sock = self._run_dir(name) / "qmp.sock"
         started = time.monotonic()
         async with rt.qmp_session(sock) as qmp:

@@ -79,6 +79,7 @@ def driver_errors(kind: type[DriverError] = DriverError) -> Callable[[F], F]:
 
 READY_LINE = re.compile(rb"nonstop-guest: ready ([0-9a-f-]{36})")
 DEFAULT_DISK_DIR = Path("/var/lib/nonstop/disks")
+SOCKETS = ("qmp.sock", "status.sock", "host.sock")
 
 
 
@@ -235,12 +236,13 @@ class QemuCore(Driver):
             guest=name, host=self.host, kernel=str(image.kernel), initrd=str(image.initrd),
             qmp_socket=str(run_dir / "qmp.sock"), console_log=str(run_dir / "console.log"),
             pid_file=str(run_dir / "qemu.pid"), accel=accel, host_channel=str(run_dir / "host.sock"),
+            status_socket=str(run_dir / "status.sock"),
             disks=tuple(DiskAttachment(d["name"], d["path"], d["format"], d.get("slot", i))
                         for i, d in enumerate(record["disks"])),
             nics=nics, incoming=incoming,
         )
         argv = render_argv(launch, layout)
-        for stale in ("qmp.sock", "host.sock", "qemu.pid", "console.log"):
+        for stale in (*SOCKETS, "qemu.pid", "console.log"):
             (run_dir / stale).unlink(missing_ok=True)
         log = run_dir / "qemu.log"
         log.write_bytes(b"")
@@ -251,7 +253,8 @@ class QemuCore(Driver):
                 await asyncio.to_thread(rt.bridge_tap, self.netns, nic.tap, vnic.bridge)
         except BaseException as exc:
             rt.kill_process(proc.pid, proc)
-            (run_dir / "qmp.sock").unlink(missing_ok=True)
+            for sock in SOCKETS:
+                (run_dir / sock).unlink(missing_ok=True)
             detail = rt._last_line(log.read_text(errors="replace"))
             if isinstance(exc, rt.RuntimeFailure):
                 raise rt.RuntimeFailure(f"{exc}: {detail}") from exc
@@ -291,7 +294,8 @@ class QemuCore(Driver):
                 record["forced"] = False
         record.update(state="stopped", pid=None, stopping=False)
         self._children.pop(name, None)
-        (self._run_dir(name) / "qmp.sock").unlink(missing_ok=True)
+        for sock in SOCKETS:
+            (self._run_dir(name) / sock).unlink(missing_ok=True)
         self._save(name, record)
         return await self.status(name)
 
@@ -350,17 +354,27 @@ class QemuCore(Driver):
         if not record.get("pid"):
             return base
         if not self._alive(name, record):
+            if record.get("migrating_to"):  # switched over, the source copy is being removed
+                return replace(base, state=GuestState.MIGRATING)
             return self._exited(name, record, base)
         pid = record["pid"]
         rss, cpu = rt.process_usage(pid)
         base = replace(base, pid=pid, memory_usage=rss, cpu_seconds=cpu)
+        sock = self._run_dir(name) / "status.sock"
+        if not sock.exists():  # a QEMU started by an older driver has only the main socket
+            sock = self._run_dir(name) / "qmp.sock"
         try:
-            async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
+            async with rt.qmp_session(sock) as qmp:
                 run = await qmp.execute("query-status")
                 cpus = await qmp.execute("query-cpus-fast")
                 mem = await qmp.execute("query-memory-size-summary")
                 migration = await qmp.execute("query-migrate")
         except rt.RuntimeFailure as exc:
+            record = self._load(name)  # GuestNotFound if it was migrated away meanwhile
+            if not self._alive(name, record):
+                if record.get("migrating_to"):
+                    return replace(base, state=GuestState.MIGRATING)
+                return self._exited(name, record, base)
             return replace(base, state=GuestState.RUNNING, extra={**base.extra, "qmp_error": str(exc)})
         assert isinstance(run, dict) and isinstance(cpus, list) and isinstance(mem, dict)
         assert isinstance(migration, dict)
@@ -376,6 +390,8 @@ class QemuCore(Driver):
             state = GuestState.MIGRATING
         if record.get("stopping"):
             state = GuestState.STOPPING
+        elif record.get("migrating_to") and state is GuestState.RUNNING:
+            state = GuestState.MIGRATING
         memory = int(mem.get("base-memory", 0)) + int(mem.get("plugged-memory", 0))
         return replace(base, state=state, vcpus=len(cpus), memory=memory,
                        extra={**base.extra, "qemu_status": qemu_state, "migration": migration.get("status")})

@@ -41,6 +41,7 @@ LAUNCH = QemuLaunch(
     console_log="/run/nonstop/c/h1/guests/web-0/console.log",
     pid_file="/run/nonstop/c/h1/guests/web-0/qemu.pid",
     host_channel="/run/nonstop/c/h1/guests/web-0/host.sock",
+    status_socket="/run/nonstop/c/h1/guests/web-0/status.sock",
     disks=(
         DiskAttachment("root", "/var/lib/nonstop/disks/c/web-0/root.qcow2", "qcow2"),
         DiskAttachment("data", "/var/lib/nonstop/disks/c/web-0/data.raw", "raw"),

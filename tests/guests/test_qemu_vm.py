@@ -10,11 +10,13 @@ driver believes. Bad-input cases use their own short-lived guests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,6 +174,17 @@ def test_hot_add_disk_and_vnic_and_grow_a_disk(world: World) -> None:
     world.definition = definition
 
 
+async def _migrate_watching(world: World, endpoint: MigrationEndpoint) -> tuple[Any, list[tuple[GuestState, Any]]]:
+    seen: list[tuple[GuestState, Any]] = []
+    migration = asyncio.create_task(world.a.migrate("web-0", endpoint))
+    while not migration.done():
+        with contextlib.suppress(GuestNotFound):
+            status = await world.a.status("web-0")
+            seen.append((status.state, status.extra.get("qmp_error")))
+        await asyncio.sleep(0.05)
+    return await migration, seen
+
+
 def test_failed_migration_leaves_guest_running_on_source(world: World) -> None:
     nowhere = MigrationEndpoint(guest="web-0", host="hb", uri=f"tcp:{world.lab.host_b_ip}:9")  # nothing listens
     with pytest.raises(MigrationError, match="failed"):
@@ -187,7 +200,7 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
         _wait_for(lambda: poller.ok >= 3, "the client fetching before the move")
         endpoint = asyncio.run(world.b.prepare_incoming(world.definition))
         assert asyncio.run(world.b.status("web-0")).state is GuestState.INCOMING
-        result = asyncio.run(world.a.migrate("web-0", endpoint))
+        result, seen = asyncio.run(_migrate_watching(world, endpoint))
         status = asyncio.run(world.b.finish_incoming("web-0"))
         world.where = world.b
         after = poller.ok
@@ -197,6 +210,10 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     print(f"\nmigration: total {result.total_seconds:.3f} s, downtime {result.downtime_seconds} s, "
           f"{poller.ok} fetches, slowest {poller.slowest * 1000:.0f} ms")
     assert poller.failures == []
+    # Observing the source during the move never blocked behind the migration's QMP session.
+    assert seen and all(state in (GuestState.RUNNING, GuestState.MIGRATING) for state, _ in seen)
+    # (the last sample may race with the source QEMU quitting after the switch-over)
+    assert sum(error is not None for _, error in seen[:-1]) == 0, seen
     assert poller.boot_ids == [world.boot_id]
     assert status.state is GuestState.RUNNING and status.vcpus == 2 and status.memory == 512 * MIB
     assert result.downtime_seconds is not None and result.downtime_seconds < 2.0

@@ -230,6 +230,9 @@ class QemuLaunch:
     nics: tuple[NicAttachment, ...] = ()
     incoming: str | None = None
     """``defer`` (then QMP migrate-incoming) or a URI like ``tcp:198.18.10.2:49152``."""
+    status_socket: str | None = None
+    """A second QMP monitor for read-only status queries, so observing a guest never waits
+    behind a long operation (a migration holds the main QMP socket while it polls)."""
     host_channel: str | None = None
     """Unix socket of the ``org.nonstop.host`` virtio-serial port: the driver writes
     ``host=NAME`` into it (after a migration) so the guest's page names its current host."""
@@ -290,6 +293,7 @@ def render_argv(launch: QemuLaunch, layout: MachineLayout, binary: str = "qemu-s
         "-chardev", f"file,id=console,path={launch.console_log}",
         "-serial", "chardev:console",
         "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
+        *(["-qmp", f"unix:{launch.status_socket},server=on,wait=off"] if launch.status_socket else []),
         "-pidfile", launch.pid_file,
         "-no-reboot",
     ]

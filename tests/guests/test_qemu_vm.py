@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -319,3 +321,37 @@ def test_missing_tap_bridge_cleans_up_partial_start(tmp_path: Path) -> None:
         assert not (tmp_path / "disks" / CLUSTER / "bad-3").exists()
     finally:
         lab.close()
+
+
+AGENT_SCRIPT = """
+import asyncio, sys
+from nonstop.core.guests.model import GuestDefinition
+from nonstop.drivers.qemu import QemuDriver
+driver = QemuDriver(cluster="t", host="hx", state_dir=sys.argv[1], disk_dir=sys.argv[2])
+asyncio.run(driver.spawn(GuestDefinition(name="orphan-0", cluster="t", host="hx", kind="vm")))
+print("started", flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_guest_survives_agent_kill_9_and_is_adopted(tmp_path: Path) -> None:
+    agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "run"), str(tmp_path / "disks")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    driver = _driver(tmp_path)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline().strip() == "started"
+        before = asyncio.run(driver.status("orphan-0"))
+        agent.kill()  # SIGKILL: no clean-up runs in the agent
+        agent.wait(timeout=10)
+        found = asyncio.run(driver.adopt())
+        assert set(found) == {"orphan-0"}
+        assert found["orphan-0"].state is GuestState.RUNNING and found["orphan-0"].pid == before.pid
+        assert found["orphan-0"].vcpus == 1, "adopted over its QMP socket"
+        boot_id = asyncio.run(driver.wait_serving("orphan-0", timeout=30))
+        stopped = asyncio.run(driver.stop("orphan-0", timeout=20))
+        assert stopped.state is GuestState.STOPPED and driver._load("orphan-0")["forced"] is False
+        assert stopped.boot_id == boot_id
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        asyncio.run(driver.destroy("orphan-0"))

@@ -45,6 +45,7 @@ def build_drivers(cluster: str, host: str, state_dir: Path, names: list[str], op
 async def run_agent(
     *, store_url: str, cluster: str, host: str, state_dir: Path, drivers: list[str], interval: float = 1.0,
     lease_ttl: int = 10, options: dict[str, Any] | None = None, stop: asyncio.Event | None = None,
+    ha_key: Path | None = None,
 ) -> None:
     from nonstop.store import open_store
 
@@ -52,6 +53,12 @@ async def run_agent(
     built = build_drivers(cluster, host, state_dir, drivers, options or {})
     if not built:
         raise SystemExit("no usable driver")
+    gate = None
+    if ha_key is not None:  # heartbeats + self-fencing (nonstop/agent/selffence.py, issue 6)
+        from nonstop.agent.selffence import FenceGate, run_agent_ha
+
+        gate = FenceGate()
+        built = gate.wrap(built)
     agent = Agent(store, cluster=cluster, host=host, drivers=built, interval=interval, lease_ttl=lease_ttl,
                   policy=RetryPolicy())
     stop = stop or asyncio.Event()
@@ -71,9 +78,14 @@ async def run_agent(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
     log.info("agent for host %s of cluster %s: drivers %s, store %s", host, cluster, sorted(built), store_url)
+    ha_task = None
+    if gate is not None and ha_key is not None:
+        ha_task = asyncio.create_task(run_agent_ha(agent, store, gate, key_path=ha_key, drivers=built))
     try:
         await agent.run(stop)
     finally:
+        if ha_task is not None:
+            ha_task.cancel()
         await store.close()
 
 
@@ -88,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host-netns", default=None, help="namespace of the host's virtual switch, if not our own")
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--lease-ttl", type=int, default=10)
+    p.add_argument("--ha-key", type=Path, default=None, help="cluster HMAC key file: send heartbeats, self-fence")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -108,5 +121,5 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(run_agent(
         store_url=args.store, cluster=args.cluster, host=args.host, state_dir=state_dir,
         drivers=[d.strip() for d in args.drivers.split(",") if d.strip()], interval=args.interval,
-        lease_ttl=args.lease_ttl, options=options,
+        lease_ttl=args.lease_ttl, options=options, ha_key=args.ha_key,
     ))

@@ -1,0 +1,131 @@
+"""The agent's heartbeats: one UDP stream to the controller over every link of the host.
+
+Role: find the controller's heartbeat endpoints (the controller publishes them in its
+``leader`` record: one ``{link, address, port, prefix}`` per management network), match them
+to this host's own IPv4 addresses (the agent lives in the host's namespace, so it reads its
+interfaces with pyroute2), and run a ``nonstop.ha.heartbeat.HeartbeatSender`` with one
+``HeartbeatLink`` per match — bound to the host's address on that network and pinned to its
+device, so a cut cable silences exactly that link. The endpoints are re-read every second; the
+sender is rebuilt when they (or the host's addresses) change. Interval from the spec
+(``policies.ha.heartbeat_interval``).
+
+It also reports, for self-fencing, when the controller last acknowledged anything.
+
+Must not: stop guests (selffence.py does) or decide liveness (the controller does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from nonstop.core.ha.heartbeat import guests_digest
+from nonstop.ha.heartbeat import HeartbeatLink, HeartbeatSender
+from nonstop.store import keys
+from nonstop.store.base import Store, StoreError
+from nonstop.store.state import get_spec
+
+log = logging.getLogger("nonstop.agent.heartbeats")
+
+
+def local_addresses() -> list[tuple[str, str]]:
+    """(device, address) of every IPv4 address in this thread's network namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        out = []
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            addr = msg.get_attr("IFA_ADDRESS")
+            device = names.get(msg["index"]) or msg.get_attr("IFA_LABEL")
+            if addr and device and device != "lo":
+                out.append((str(device), str(addr)))
+        return out
+
+
+def match_links(endpoints: list[dict[str, object]], addresses: list[tuple[str, str]]) -> list[HeartbeatLink]:
+    """One link per controller endpoint that shares a subnet with one of our addresses."""
+    links = []
+    for ep in endpoints:
+        net = ipaddress.ip_network(f"{ep['address']}/{ep.get('prefix', 24)}", strict=False)
+        for device, addr in addresses:
+            if ipaddress.ip_address(addr) in net:
+                links.append(HeartbeatLink(str(ep["link"]), (str(ep["address"]), int(str(ep["port"]))), addr, device))
+                break
+    return links
+
+
+class AgentHeartbeats:
+    """``start()`` / ``await stop()``; ``last_ack()`` for self-fencing."""
+
+    def __init__(self, store: Store, *, cluster: str, host: str, key: bytes,
+                 status: Callable[[], dict[str, str]], state: Callable[[], str] = lambda: "ready") -> None:
+        self.store, self.cluster, self.host, self.key = store, cluster, host, key
+        self.status, self.state = status, state
+        self.sender: HeartbeatSender | None = None
+        self.interval = 0.1
+        self.self_fence_timeout = 5.0
+        self._links: list[HeartbeatLink] = []
+        self._task: asyncio.Task[None] | None = None
+        self._acked_before: float | None = None
+        self.incarnation = time.time_ns()
+
+    def _status(self) -> tuple[str, bytes]:
+        return self.state(), guests_digest(self.status())
+
+    def last_ack(self) -> float | None:
+        """Monotonic time of the controller's last acknowledgement on any link (kept across rebuilds)."""
+        acks = list(self.sender.last_ack.values()) if self.sender else []
+        if self._acked_before is not None:
+            acks.append(self._acked_before)
+        return max(acks) if acks else None
+
+    async def _refresh(self) -> None:
+        spec = await get_spec(self.store, self.cluster)
+        if spec is not None:
+            self.interval = spec.spec.policies.ha.heartbeat_interval
+            self.self_fence_timeout = spec.spec.policies.ha.self_fence_timeout
+        kv = await self.store.get(keys.leader(self.cluster))
+        endpoints = []
+        if kv is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                endpoints = list(json.loads(kv.value).get("heartbeat", []))
+        links = match_links(endpoints, await asyncio.to_thread(local_addresses)) if endpoints else []
+        if links == self._links and (self.sender is None or self.sender.interval == self.interval):
+            return
+        if self.sender is not None:
+            self._acked_before = self.last_ack()
+            await self.sender.stop()
+            self.sender = None
+        self._links = links
+        if links:
+            self.sender = HeartbeatSender(self.cluster, self.host, self.key, links, interval=self.interval,
+                                          status=self._status, incarnation=self.incarnation)
+            self.sender.start()
+            log.info("heartbeats to the controller every %.0f ms on %s", self.interval * 1000,
+                     ", ".join(f"{lk.name} ({lk.source} via {lk.device} -> {lk.target[0]})" for lk in links))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._refresh()
+            except (StoreError, OSError, ValueError) as exc:
+                log.warning("heartbeat set-up: %s", exc)
+            await asyncio.sleep(1.0)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-heartbeats")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.sender is not None:
+            await self.sender.stop()

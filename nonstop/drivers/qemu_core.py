@@ -80,6 +80,7 @@ def driver_errors(kind: type[DriverError] = DriverError) -> Callable[[F], F]:
 READY_LINE = re.compile(rb"nonstop-guest: ready ([0-9a-f-]{36})")
 DEFAULT_DISK_DIR = Path("/var/lib/nonstop/disks")
 SOCKETS = ("qmp.sock", "status.sock", "host.sock")
+POWER_BUTTON_REPEAT = 3.0
 
 
 
@@ -283,10 +284,16 @@ class QemuCore(Driver):
             record["stopping"] = True
             self._save(name, record)
             pid, child = record["pid"], self._children.get(name)
-            with contextlib.suppress(rt.RuntimeFailure):
-                async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
-                    await qmp.execute("system_powerdown")
-            if not await rt.wait_gone(pid, child, timeout):
+            deadline = time.monotonic() + timeout
+            gone = False
+            while not gone and time.monotonic() < deadline:
+                # Press the power button again every few seconds: a press while the guest is
+                # still booting (acpid not listening yet) or busy is simply lost.
+                with contextlib.suppress(rt.RuntimeFailure, QMPError):
+                    async with rt.qmp_session(self._run_dir(name) / "qmp.sock", timeout=2.0) as qmp:
+                        await qmp.execute("system_powerdown")
+                gone = await rt.wait_gone(pid, child, min(POWER_BUTTON_REPEAT, max(0.0, deadline - time.monotonic())))
+            if not gone:
                 rt.kill_process(pid, child)
                 await rt.wait_gone(pid, child, 5.0)
                 record["forced"] = True
@@ -369,7 +376,7 @@ class QemuCore(Driver):
                 cpus = await qmp.execute("query-cpus-fast")
                 mem = await qmp.execute("query-memory-size-summary")
                 migration = await qmp.execute("query-migrate")
-        except rt.RuntimeFailure as exc:
+        except (rt.RuntimeFailure, QMPError) as exc:
             record = self._load(name)  # GuestNotFound if it was migrated away meanwhile
             if not self._alive(name, record):
                 if record.get("migrating_to"):

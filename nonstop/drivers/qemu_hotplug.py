@@ -27,6 +27,7 @@ from nonstop.core.guests.qemu_argv import (
     NicAttachment,
     disk_device_props,
     free_slot,
+    initial_layout,
     nic_device_props,
     plan_memory,
     plan_vcpus,
@@ -44,18 +45,23 @@ class QemuHotplug(QemuCore):
     @driver_errors()
     async def set_vcpus(self, name: str, vcpus: int) -> GuestStatus:
         record = self._load(name)
-        self._require_running(name, record)
+        if not self._alive(name, record):
+            return await self._reshape_stopped(name, vcpus=vcpus)
         layout = self._layout(name)
         async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
             slots = await qmp.execute("query-hotpluggable-cpus")
             assert isinstance(slots, list)
+            empty = [s for s in slots if "qom-path" not in s]
             free = [(int(s["props"].get("socket-id", 0)), int(s["props"].get("core-id", 0)),
-                     int(s["props"].get("thread-id", 0))) for s in slots if "qom-path" not in s]
+                     int(s["props"].get("thread-id", 0))) for s in empty]
             try:
                 devices = plan_vcpus(layout, vcpus, free)
             except LayoutError as exc:
                 raise InvalidDefinition(str(exc), guest=name) from exc
+            # The CPU model decides the device type (qemu64-x86_64-cpu under TCG, max-... under KVM).
+            cpu_type = str(empty[0]["type"]) if empty else None
             for device in devices:
+                device = replace(device, driver=cpu_type or device.driver)
                 await qmp.execute("device_add", {"driver": device.driver, "id": device.id,
                                                  "socket-id": device.socket_id, "core-id": device.core_id,
                                                  "thread-id": device.thread_id})
@@ -67,7 +73,8 @@ class QemuHotplug(QemuCore):
     @driver_errors()
     async def set_memory(self, name: str, memory: int) -> GuestStatus:
         record = self._load(name)
-        self._require_running(name, record)
+        if not self._alive(name, record):
+            return await self._reshape_stopped(name, memory=memory)
         layout = self._layout(name)
         try:
             dimm = plan_memory(layout, memory)
@@ -80,6 +87,21 @@ class QemuHotplug(QemuCore):
                 await qmp.execute("device_add", {"driver": "pc-dimm", "id": dimm.id, "memdev": f"mem-{dimm.id}"})
             self._save_layout(name, replace(layout, dimms=(*layout.dimms, dimm)))
         self._update_definition(name, memory=memory)
+        return await self.status(name)
+
+    async def _reshape_stopped(self, name: str, **changes: int) -> GuestStatus:
+        """A guest that is not running takes new vCPUs/memory as its boot shape (any direction,
+        within its maxima): the next start boots that way, with no hot-plugged devices."""
+        current = GuestDefinition.from_dict(self._load(name)["definition"])
+        if changes.get("vcpus", 0) > current.max_vcpus or changes.get("memory", 0) > current.max_memory:
+            raise InvalidDefinition(f"{changes} is above the guest's maxima", guest=name)
+        definition = current.with_changes(**changes)
+        try:
+            layout = initial_layout(definition.vcpus, definition.max_vcpus, definition.memory, definition.max_memory)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        self._update_definition(name, **changes)
+        self._save_layout(name, layout)
         return await self.status(name)
 
     # ------------------------------------------------------------------------ vNICs

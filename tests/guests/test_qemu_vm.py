@@ -294,6 +294,21 @@ def test_disk_vanished_before_start_ends_failed_without_process(tmp_path: Path) 
     asyncio.run(driver.destroy("bad-4"))
 
 
+def test_stopped_guest_takes_new_shape_for_its_next_boot(tmp_path: Path) -> None:
+    driver = _driver(tmp_path)
+    definition = GuestDefinition(name="cold-0", cluster=CLUSTER, host="hx", kind="vm", vcpus=2, max_vcpus=4,
+                                 memory=512 * MIB, max_memory=1024 * MIB)
+    asyncio.run(driver.create(definition))
+    asyncio.run(driver.set_vcpus("cold-0", 1))
+    asyncio.run(driver.set_memory("cold-0", 256 * MIB))
+    assert asyncio.run(driver.definition("cold-0")).vcpus == 1
+    layout = driver._layout("cold-0")
+    assert (layout.boot_vcpus, layout.boot_memory, layout.cpus, layout.dimms) == (1, 256 * MIB, (), ())
+    with pytest.raises(InvalidDefinition, match="maxima"):
+        asyncio.run(driver.set_vcpus("cold-0", 5))
+    asyncio.run(driver.destroy("cold-0"))
+
+
 def test_not_enough_memory_fails_with_reason(tmp_path: Path) -> None:
     driver = _driver(tmp_path)
     huge = (rt.host_memory_available() // (128 * MIB) + 8) * 128 * MIB

@@ -74,7 +74,9 @@ def throughput(tmp: Path, rounds: int, seconds: float, table: str) -> dict[str, 
                     t0 = time.monotonic()
                     result = wrk(url, seconds, core=CLIENT_CORE)
                     elapsed = time.monotonic() - t0
-                    result["proxy_cpu"] = (cpu_seconds(pids) - before) / elapsed if proc else None
+                    used = cpu_seconds(pids) - before
+                    result["proxy_cpu"] = used / elapsed if proc else None
+                    result["cpu_us_per_req"] = used / result["requests"] * 1e6 if proc and result["requests"] else None
                     result.pop("raw")
                     runs[name].append(result)
                     print(f"round {r + 1} {name:13s} {result['rps']:9.0f} req/s  p99 {result['p99']}  "
@@ -154,18 +156,21 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Run {doc['when']} on {doc['machine']}; {doc['rounds']} alternating rounds of {doc['seconds']:g} s, medians. "
         f"wrk -t1 -c50 pinned to core {CLIENT_CORE}; proxy and nginx backends pinned to core {PROXY_CORE} "
         f"(taskset). Load average before/after: {doc['load_before']} / {doc['load_after']} — the machine was "
-        "shared with other engineers' jobs, so absolute figures are noisy; ratios come from alternating runs.",
+        "shared with other engineers' jobs, so absolute figures are noisy; ratios come from alternating runs. "
+        "The proxy's CPU per request (utime+stime / requests) is the steadier efficiency figure; for nftables "
+        "it is only the control process (forwarding is kernel work charged to client and backends).",
         "",
-        "| target | req/s | p50 ms | p99 ms | proxy CPU | vs HAProxy (same layer) | p99 vs HAProxy | vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | proxy CPU | proxy CPU µs/req | vs HAProxy (same layer) | p99 vs HAProxy | vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     peer = {"nonstop-l7": "haproxy-http", "nonstop-l4": "haproxy-tcp", "nonstop-nft": "haproxy-tcp"}
     for name in TARGETS:
         m = s[name]
         ref = s.get(peer.get(name, ""), {})
         cpu = "-" if m["proxy_cpu"] is None else f"{m['proxy_cpu'] * 100:.0f} %"
+        per = "-" if m.get("cpu_us_per_req") is None else f"{m['cpu_us_per_req']:.1f}"
         lines.append(
-            f"| {name} | {m['rps']:.0f} | {fmt_ms(m['p50'])} | {fmt_ms(m['p99'])} | {cpu} | "
+            f"| {name} | {m['rps']:.0f} | {fmt_ms(m['p50'])} | {fmt_ms(m['p99'])} | {cpu} | {per} | "
             f"{ratio(m['rps'], ref.get('rps'))} | {ratio(m['p99'], ref.get('p99'))} | {ratio(m['rps'], s['direct']['rps'])} |"
         )
     lines += [
@@ -215,7 +220,7 @@ def main() -> None:
         runs = throughput(tmp, args.rounds, args.seconds, table)
         doc["runs"] = runs
         doc["summary"] = {
-            name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu")} for name, rs in runs.items()
+            name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu", "cpu_us_per_req")} for name, rs in runs.items()
         }
         doc["availability"] = {}
         if not args.skip_availability:

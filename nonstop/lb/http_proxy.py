@@ -104,7 +104,8 @@ class HttpUpstream(asyncio.Protocol):
 
     __slots__ = (
         "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
-        "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining",
+        "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining", "paused_client",
+        "reading_paused",
     )  # fmt: skip
 
     def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
@@ -123,6 +124,10 @@ class HttpUpstream(asyncio.Protocol):
         self.status = 0
         self.idle_since = 0.0
         self.remaining = 0
+        self.paused_client: HttpClient | None = None
+        """The client whose reads this connection's full write buffer paused (resumed even
+        if the exchange ended meanwhile)."""
+        self.reading_paused = False
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -236,6 +241,7 @@ class HttpUpstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.resume_writing()
         self.svc.http_upstream_lost(self, exc)
 
     def eof_received(self) -> bool:
@@ -243,11 +249,22 @@ class HttpUpstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause(_PAUSE_UPSTREAM_FULL)
+            self.paused_client = self.exchange.client
+            self.paused_client.pause(_PAUSE_UPSTREAM_FULL)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.resume(_PAUSE_UPSTREAM_FULL)
+        client, self.paused_client = self.paused_client, None
+        if client is not None:
+            client.resume(_PAUSE_UPSTREAM_FULL)
+
+    def set_reading(self, on: bool) -> None:
+        """Back-pressure from the client side: stop/start reading the response."""
+        if self.transport is not None and self.reading_paused == on:
+            self.reading_paused = not on
+            if on:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
 
 class HttpClient(asyncio.Protocol):
@@ -327,16 +344,12 @@ class HttpClient(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.queue and self.queue[0].upstream is not None:
-            up = self.queue[0].upstream
-            if up.transport is not None:
-                up.transport.pause_reading()
+            self.queue[0].upstream.set_reading(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.queue and self.queue[0].upstream is not None:
-            up = self.queue[0].upstream
-            if up.transport is not None:
-                up.transport.resume_reading()
+            self.queue[0].upstream.set_reading(True)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:

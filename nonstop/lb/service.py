@@ -303,11 +303,11 @@ class ServiceRuntime:
         client = ex.client
         if client.paused:
             client.resume(4)
-        if client.write_paused:
-            up.transport.pause_reading()
+        up.set_reading(not client.write_paused)
 
     def _park(self, up: HttpUpstream, now: float) -> None:
         backend = up.backend
+        up.set_reading(True)  # an idle connection must notice the backend closing it
         if (
             up.reusable
             and up.transport is not None

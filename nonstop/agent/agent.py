@@ -62,6 +62,7 @@ class Agent:
         self.store = store
         self.keys = AgentKeys(cluster, host)
         self.host = host
+        self.log = logging.getLogger(f"nonstop.agent.{host}")
         self.drivers = dict(drivers)
         self.policy = policy
         self.interval = interval
@@ -75,11 +76,15 @@ class Agent:
         self.migration_failures: dict[str, rc.RetryState] = {}
         self.passes = 0
         self._written: dict[str, tuple[dict[str, Any], float, int]] = {}
+        self._last_status: dict[str, GuestStatus] = {}
+        self._unknown: set[str] = set()
+        self._completions = 0
+        self._finished: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._usage = UsageSampler()
         self._usage_written = float("-inf")
-        self.migrator = Migrator(store, self.keys, self.drivers, lambda: self.lease, log.info)
+        self.migrator = Migrator(store, self.keys, self.drivers, lambda: self.lease, self.log.info)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -91,12 +96,12 @@ class Agent:
             try:
                 found = await driver.adopt()
             except DriverError as exc:
-                log.error("adoption by the %s driver failed: %s", kind, exc.reason)
+                self.log.error("adoption by the %s driver failed: %s", kind, exc.reason)
                 continue
             for name, status in found.items():
                 if status.state is GuestState.RUNNING:
                     await self._hold_or_yield(name, driver)
-                log.info("adopted %s (%s, boot %s)", name, status.state.value, status.boot_id)
+                self.log.info("adopted %s (%s, boot %s)", name, status.state.value, status.boot_id)
         self._tasks = [
             asyncio.create_task(self._keepalive_loop(), name="agent-keepalive"),
             asyncio.create_task(self._watch_loop(self.keys.guests_prefix, "/desired"), name="agent-watch-desired"),
@@ -111,7 +116,9 @@ class Agent:
                 try:
                     await self.reconcile_once()
                 except StoreError as exc:
-                    log.warning("store unavailable this pass: %s", exc)
+                    self.log.warning("store unavailable this pass: %s", exc)
+                except Exception:  # a bug in one pass must not end the agent: log it, try again next pass
+                    self.log.exception("reconcile pass failed")
                 with contextlib.suppress(asyncio.TimeoutError):
                     stop_wait = asyncio.ensure_future(stop.wait())
                     wake_wait = asyncio.ensure_future(self._wake.wait())
@@ -148,7 +155,7 @@ class Agent:
             try:
                 if self.lease is not None and await self.store.keepalive(self.lease):
                     continue
-                log.warning("lease lost; taking a new one and re-checking guest locks")
+                self.log.warning("lease lost; taking a new one and re-checking guest locks")
                 self.lease = await self.store.grant_lease(self.lease_ttl)
                 await self._announce()
                 for driver in self.drivers.values():
@@ -157,14 +164,14 @@ class Agent:
                             if (await driver.status(name)).state is GuestState.RUNNING:
                                 await self._hold_or_yield(name, driver)
             except StoreError as exc:
-                log.warning("keepalive failed: %s", exc)
+                self.log.warning("keepalive failed: %s", exc)
 
     async def _hold_or_yield(self, name: str, driver: Driver) -> None:
         """Keep the lock of a guest running here; if another host holds it, that copy wins: stop ours."""
         assert self.lease is not None
         holder = await records.acquire_runner(self.store, self.keys, name, self.lease)
         if holder is not None and holder != "contention":
-            log.error("guest %s runs here but host %s holds its lock: stopping our copy", name, holder)
+            self.log.error("guest %s runs here but host %s holds its lock: stopping our copy", name, holder)
             self.notes[name] = {"note": f"stopped: host {holder} holds the guest's lock"}
             await driver.stop(name, timeout=self.policy.stop_timeout)
 
@@ -179,22 +186,32 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store went away or history was compacted: re-watch
-                log.debug("watch on %s ended: %s", prefix, exc)
+                self.log.debug("watch on %s ended: %s", prefix, exc)
             await asyncio.sleep(self.interval)
 
     # ------------------------------------------------------------------ one pass
 
     async def observe(self) -> tuple[dict[str, tuple[str, GuestStatus]], dict[str, GuestDefinition]]:
+        self._unknown = set()
         observed: dict[str, tuple[str, GuestStatus]] = {}
         applied: dict[str, GuestDefinition] = {}
         for kind, driver in self.drivers.items():
             for name in await driver.list_guests():
+                if name in self.inflight and name in self._last_status:
+                    # An operation is running on this guest: don't open a second control channel
+                    # (QMP takes one client at a time); report what we saw before it started.
+                    observed[name] = (kind, self._last_status[name])
+                    continue
                 try:
                     observed[name] = (kind, await driver.status(name))
+                    self._last_status[name] = observed[name][1]
                 except GuestNotFound:
+                    self.log.debug("%s listed by the %s driver but gone when asked", name, kind)
                     continue
                 except DriverError as exc:
+                    # Unknown is not absent: never (re)create a guest we merely failed to look at.
                     self.notes.setdefault(name, {})["note"] = f"status failed: {exc.reason}"
+                    self._unknown.add(name)
                     continue
                 with contextlib.suppress(NotSupported, GuestNotFound):
                     applied[name] = await driver.definition(name)
@@ -202,6 +219,7 @@ class Agent:
 
     async def reconcile_once(self) -> list[rc.Action]:
         now = self.clock()
+        pass_start = self._completions
         guests = await records.read_guests(self.store, self.keys)
         desired, unreadable = guests.for_host(self.host), guests.unreadable
         locks = guests.runners
@@ -209,7 +227,7 @@ class Agent:
         observed, applied = await self.observe()
         views: dict[str, rc.GuestView] = {}
         for name in sorted(set(desired) | set(observed)):
-            if name in self.inflight:
+            if name in self.inflight or name in self._unknown:
                 continue
             status = observed[name][1] if name in observed else None
             if status is not None and status.state is GuestState.RUNNING and name in self.retry:
@@ -230,6 +248,8 @@ class Agent:
         for action in actions:
             by_guest.setdefault(_guest_of(action), []).append(action)
         for name, guest_actions in by_guest.items():
+            if self._finished.get(name, -1) >= pass_start:
+                continue  # a task on this guest ended while we were reading: our view of it is stale
             self._dispatch(name, guest_actions, observed.get(name, (None, None))[0], now)
         for name, reason in unreadable.items():
             self.notes[name] = {"failure_reason": reason, "state": "failed"}
@@ -263,6 +283,8 @@ class Agent:
         task.add_done_callback(functools.partial(self._done, name))
 
     def _done(self, name: str, _task: asyncio.Task[None]) -> None:
+        self._finished[name] = self._completions
+        self._completions += 1
         self.inflight.pop(name, None)
         self._wake.set()
 
@@ -276,12 +298,12 @@ class Agent:
             try:
                 await self._apply_one(name, action, observed_kind)
             except DriverError as exc:
-                log.warning("%s: %s failed: %s", name, type(action).__name__, exc.reason)
+                self.log.warning("%s: %s failed: %s", name, type(action).__name__, exc.reason)
                 self.notes.setdefault(name, {})["note"] = f"{type(action).__name__} failed: {exc.reason}"
             except StoreError as exc:
-                log.warning("%s: store error during %s: %s", name, type(action).__name__, exc)
+                self.log.warning("%s: store error during %s: %s", name, type(action).__name__, exc)
             except Exception:  # a bug must not take the agent down with it
-                log.exception("%s: %s crashed", name, type(action).__name__)
+                self.log.exception("%s: %s crashed", name, type(action).__name__)
 
     async def _apply_one(self, name: str, action: rc.Action, observed_kind: str | None) -> None:
         if isinstance(action, rc.Spawn | rc.Start | rc.Respawn):
@@ -298,13 +320,13 @@ class Agent:
             await self._delete_observed(name)
             self.retry.pop(name, None)
             self.notes.pop(name, None)
-            log.info("destroyed %s: %s", name, action.reason)
+            self.log.info("destroyed %s: %s", name, action.reason)
         elif isinstance(action, rc.SetVcpus):
             await self._driver(observed_kind).set_vcpus(name, action.vcpus)
-            log.info("%s: vCPUs now %d (live)", name, action.vcpus)
+            self.log.info("%s: vCPUs now %d (live)", name, action.vcpus)
         elif isinstance(action, rc.SetMemory):
             await self._driver(observed_kind).set_memory(name, action.memory)
-            log.info("%s: memory now %d bytes (live)", name, action.memory)
+            self.log.info("%s: memory now %d bytes (live)", name, action.memory)
         elif isinstance(action, rc.AttachVnic):
             await self._driver(observed_kind).attach_vnic(name, action.vnic)
         elif isinstance(action, rc.DetachVnic):
@@ -335,11 +357,11 @@ class Agent:
             )
             self.notes[d.name] = {"state": "failed", "failure_reason": exc.reason}
             await records.release_runner(self.store, self.keys, d.name)
-            log.warning("%s did not start (%s attempt %d): %s", d.name, "permanent," if permanent else "",
+            self.log.warning("%s did not start (%s attempt %d): %s", d.name, "permanent," if permanent else "",
                         self.retry[d.name].attempts, exc.reason)
             return
         self.notes.pop(d.name, None)
-        log.info("%s started (%s)", d.name, action.reason)
+        self.log.info("%s started (%s)", d.name, action.reason)
 
     async def _migrate(self, action: rc.Migrate, driver: Driver) -> None:
         d = action.definition

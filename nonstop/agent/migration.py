@@ -8,9 +8,9 @@ host A. Then, through ``migrations/<guest>``:
    ``{phase: ready, endpoint}``.
 3. A calls ``migrate(endpoint)`` on its driver; on success, in ONE transaction, it writes
    ``{phase: done, result}``, rewrites the desired record with ``host: B`` (``migrate_to`` cleared,
-   same fencing epoch) and releases the guest's runner lock. On failure it
+   same fencing epoch) and hands the guest's runner lock to B (on B's lease, published at ``ready``). On failure it
    writes ``{phase: failed, reason}`` and the guest keeps running on A (the agent backs off).
-4. B sees ``done``: ``finish_incoming``, takes the guest's runner lock, writes ``{phase: finished}``.
+4. B sees ``done``: ``finish_incoming``, re-binds the runner lock to its current lease, writes ``{phase: finished}``.
    B destroys its INCOMING copy if it sees ``failed``.
 The record stays after ``finished`` (the controller reads downtime from it); a new request replaces it.
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from nonstop.agent.records import AgentKeys, acquire_runner
 from nonstop.core.guests.model import GuestDefinition, GuestState
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, MigrationEndpoint, MigrationError
-from nonstop.store.base import Compare, Op, Store, encode_json
+from nonstop.store.base import Compare, LeaseNotFound, Op, Store, encode_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,13 +78,23 @@ class Migrator:
             await self._fail(key, rec, exc.reason)
             raise MigrationError(exc.reason, guest=name) from exc
         done = {**rec, "phase": "done", "result": asdict(result), "done_at": time.time()}
-        ops = [
-            Op.put(key, encode_json(done)),
-            Op.put(self.keys.desired(name), encode_json(target.to_dict())),
-            Op.delete(self.keys.runner(name)),
-        ]
-        outcome = await self.store.txn([Compare.mod_revision(key, kv.mod_revision if kv else 0)], ops)
-        if not outcome.succeeded:
+        # The runner lock goes straight to the destination (on its lease when it gave one), so no
+        # pass that read the store before this transaction can start the guest here again.
+        runner = encode_json({"host": destination})
+        dest_lease = rec.get("lease")
+        outcome = None
+        for lease in ([dest_lease, None] if dest_lease else [None]):
+            ops = [
+                Op.put(key, encode_json(done)),
+                Op.put(self.keys.desired(name), encode_json(target.to_dict())),
+                Op.put(self.keys.runner(name), runner, lease),
+            ]
+            try:
+                outcome = await self.store.txn([Compare.mod_revision(key, kv.mod_revision if kv else 0)], ops)
+                break
+            except LeaseNotFound:
+                continue  # the destination's lease just expired: hand over without one; it re-binds
+        if outcome is None or not outcome.succeeded:
             raise MigrationError("migration record changed under us; leaving the store as it is", guest=name)
         self._log(f"migrated {name} to {destination} in {result.total_seconds:.2f}s "
                   f"(downtime {result.downtime_seconds})")
@@ -131,7 +141,7 @@ class Migrator:
             state = None
         if phase == "requested" and state is None:
             endpoint = await driver.prepare_incoming(definition)
-            await self._cas(key, rev, {**rec, "phase": "ready", "endpoint": asdict(endpoint)})
+            await self._cas(key, rev, {**rec, "phase": "ready", "endpoint": asdict(endpoint), "lease": self._lease()})
         elif phase == "done" and state in (GuestState.INCOMING, GuestState.RUNNING):
             await driver.finish_incoming(name)
             lease = self._lease()

@@ -53,7 +53,7 @@ from nonstop.net.team_frames import (
     ArpProbe,
     LinkPoller,
     LinkWatcher,
-    open_member_socket,
+    MemberSocket,
     parse_probe_reply,
 )
 from nonstop.net.team_nft import InProcessNft, NftError, setns_to
@@ -125,7 +125,7 @@ class TeamDaemon:
                 team.carrier[member] = bool(info and info["carrier"])
                 team.last_reply[member] = now  # grace: one probe window before a silent link counts
                 if team.targets and info is not None:
-                    team.sockets[member] = open_member_socket(member, info["index"])
+                    team.sockets[member] = MemberSocket(member)
             team.link_ok = {m: team.carrier[m] for m in team.config.members}
             if team.kind == "team":
                 team.announcer = Announcer(team.config.name, team.config.members)

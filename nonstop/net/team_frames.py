@@ -119,11 +119,6 @@ class MemberSocket:
         self.sock.close()
 
 
-def open_member_socket(member: str, index: int) -> MemberSocket:
-    del index  # binding by name is enough; the index is kept for a future SO_BINDTOIFINDEX
-    return MemberSocket(member)
-
-
 def _bridge_macs(ipr: Any, team_index: int, bridge_index: int) -> list[str]:
     """MACs the team's bridge learned on its other ports (guests behind the team)."""
     macs = []

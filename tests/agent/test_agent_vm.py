@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from nonstop.agent.agent import Agent
-from nonstop.core.guests.model import GuestDefinition, VnicDefinition, default_mac
+from nonstop.core.guests.model import DiskDefinition, GuestDefinition, VnicDefinition, default_mac
 from nonstop.core.guests.reconcile import RetryPolicy
 from nonstop.store import open_store
 from nonstop.store.base import Store, encode_json
@@ -72,6 +72,7 @@ async def test_vm_started_resized_and_migrated_by_agents(lab: Any, store: Store,
     tasks = [asyncio.create_task(agent.run(stop)) for agent in agents]
     d = GuestDefinition(name="vm-0", cluster=cluster, host="ha", kind="vm", vcpus=1, max_vcpus=2,
                         memory=256 * MiB, max_memory=512 * MiB,
+                        disks=(DiskDefinition(name="data", size=32 * MiB, provisioning="thin"),),
                         vnics=(VnicDefinition(network="lan", mac=default_mac(cluster, "vm-0", 0),
                                               address=f"{GUEST_IP}/24", bridge=lab.bridge),))
     key_obs = a.keys.observed("vm-0")

@@ -162,7 +162,9 @@ class HttpUpstream(asyncio.Protocol):
                 self.remaining -= n
         if data:
             ex.answered = True
-            ex.client.write(data)
+            t = ex.client.transport
+            if t is not None:
+                t.write(data)
         if self.done:
             self.svc.http_exchange_done(self, ex)
 
@@ -355,28 +357,32 @@ class HttpClient(asyncio.Protocol):
         if self.closing:
             return
         try:
-            self._feed(data)
+            try:
+                self.parser.feed_data(data)
+            except HttpParserUpgrade as exc:
+                self._after_upgrade(data, exc)
+            if self.in_head:
+                self.head_bytes += len(data)
+                if self.head_bytes > self.svc.spec.max_header_bytes:
+                    raise ClientError(431, "request head too large")
         except ClientError as exc:
             self.reject(exc)
         except HttpParserError as exc:
             self.reject(self.error or ClientError(400, f"malformed HTTP request ({exc})"))
 
-    def _feed(self, data: bytes) -> None:
+    def _after_upgrade(self, data: bytes, exc: HttpParserUpgrade) -> None:
+        # Upgrade/CONNECT heads are proxied as plain requests (Upgrade is hop-by-hop);
+        # httptools resumed the parser, so the bytes after the head are fed again.
         while True:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            data = data[offset:]
+            if not data:
+                return
             try:
                 self.parser.feed_data(data)
-            except HttpParserUpgrade as exc:
-                # Upgrade/CONNECT heads are proxied as plain requests (Upgrade is hop-by-hop);
-                # httptools resumed the parser, so the bytes after the head are fed again.
-                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-                data = data[offset:]
-                if data:
-                    continue
-            break
-        if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > self.svc.spec.max_header_bytes:
-                raise ClientError(431, "request head too large")
+                return
+            except HttpParserUpgrade as again:
+                exc = again
 
     def reject(self, exc: ClientError) -> None:
         """Answer a client error and close; in-flight work of this connection is dropped."""

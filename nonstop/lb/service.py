@@ -17,20 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 from nonstop.core.lb.algorithms import make_balancer
-from nonstop.core.lb.health import AdminState, Health
+from nonstop.core.lb.health import SERVING, AdminState, Health
 from nonstop.core.lb.outlier import OutlierPolicy
 from nonstop.core.lb.pool import ALL_FULL, Backend, Pool, PoolEvent
 from nonstop.core.lb.retry import Failure, RetryBudget, decide_retry
 from nonstop.core.spec import ServiceSpec, StaticServer
 from nonstop.lb.config import parse_address
 from nonstop.lb.http_proxy import Exchange, HttpClient, HttpUpstream, access_log
-from nonstop.lb.stats import BackendStats, ServiceStats
+from nonstop.lb.stats import LATENCY_BUCKETS, BackendStats, ServiceStats
 from nonstop.lb.tcp_proxy import TcpClient, TcpUpstream
 
 log = logging.getLogger("nonstop.lb")
@@ -312,7 +313,8 @@ class ServiceRuntime:
             up.reusable
             and up.transport is not None
             and not up.transport.is_closing()
-            and backend.takes_new_work
+            and backend.admin is AdminState.READY
+            and backend.health.state in SERVING
             and self.pool.backends.get(backend.name) is backend
         ):
             idle = self.idle.setdefault(backend.name, [])
@@ -330,12 +332,16 @@ class ServiceRuntime:
         backend = up.backend
         backend.active -= 1
         ex.backend = None
-        now = self.loop.time()
+        now = self.clock
         status = up.status
-        self.stats.count_response(status)
+        responses = self.stats.responses  # ServiceStats.count_response, inlined (hot path)
+        code = status // 100
+        responses[code] = responses.get(code, 0) + 1
         bst = self.backend_stats.get(backend.name)
         if bst is not None:
-            bst.observe(perf_counter() - ex.started)
+            latency = perf_counter() - ex.started
+            bst.buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
+            bst.latency_sum += latency
         if status >= 500:
             if bst is not None:
                 bst.errors += 1

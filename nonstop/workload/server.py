@@ -158,6 +158,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split()
             keep_alive = not any(h.lower().startswith("connection:") and "close" in h.lower() for h in lines[1:])
+            body: object
             if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
                 status, body = 405, {"error": "only GET"}
                 keep_alive = False

@@ -26,6 +26,9 @@ With ``--lag`` (in a lab switch's namespace) it does the same for static switch 
 made by ``setup_switch_lag``: ports without carrier leave the hash.
 
 SIGTERM/SIGINT stop it; the data path stays as it was (like a bond without its daemon).
+Every second it also re-applies the rules the machine wants (level-driven: an identical
+transaction loses no frame, and a rewrite by anyone else is undone).
+
 Must NOT: decide membership itself (the machine does), or create/delete member NICs.
 """
 
@@ -285,6 +288,10 @@ class TeamDaemon:
                 elif (d := team.state.next_deadline()) is not None and d <= now:
                     self.apply(team, tick(team.config, team.state, now), now)
             if now >= self.next_status:
+                for team in self.teams:
+                    # Level-driven: re-assert the rules the machine wants (an identical
+                    # transaction loses no frame), undoing anyone else's rewrite.
+                    self.apply(team, TeamDecision(state=team.state, events=(), rewrite=True), now)
                 self.write_status()
 
     def stop(self, *_: object) -> None:

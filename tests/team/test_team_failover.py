@@ -204,3 +204,22 @@ def test_after_failover_the_switch_relearns_silent_guests_behind_the_team() -> N
         sender.close()
         guest.close()
         assert received >= 45, received
+
+
+def test_the_daemon_reasserts_its_rules_when_someone_rewrites_them() -> None:
+    from nonstop.net.team import setup_team, team_status
+
+    spec = TeamSpec(name="team0", members=["eth0", "eth1"], primary="eth0", primary_reselect="failure")
+    with TeamTestbed(spec) as tb:
+        tb.start_daemon()
+        tb.cut("eth0")
+        tb.wait_for(active_is("eth1"))
+        tb.restore("eth0")
+        tb.wait_for(lambda s: s["members"]["eth0"]["state"] == "up")
+        setup_team(tb.h1, spec)  # installs the primary, eth0, behind the daemon's back
+        assert team_status(tb.h1, spec)["active"] == "eth0"
+        deadline = time.monotonic() + 3
+        while team_status(tb.h1, spec)["active"] != "eth1":
+            assert time.monotonic() < deadline, "the daemon never restored its own choice"
+            time.sleep(0.05)
+        assert tb.status()["active"] == "eth1"

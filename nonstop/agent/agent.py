@@ -79,6 +79,7 @@ class Agent:
         self._last_status: dict[str, GuestStatus] = {}
         self._unknown: set[str] = set()
         self._completions = 0
+        self._seen_desired: set[str] = set()
         self._finished: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -244,6 +245,15 @@ class Agent:
             )
         caps = {kind: type(driver).capabilities for kind, driver in self.drivers.items()}
         actions = rc.reconcile(self.host, views, caps, now=now, policy=self.policy)
+        self._seen_desired.update(desired)
+        if not guests.desired:
+            # An empty store (wrong --store or --cluster?) must not wipe guests we adopted but never
+            # saw desired: only guests once desired in this agent's life are removed then.
+            kept = [a for a in actions if not (isinstance(a, rc.Destroy) and a.name not in self._seen_desired)]
+            if len(kept) != len(actions):
+                self.log.warning("the store has no desired guests for cluster %s: not removing %d adopted guest(s)",
+                                 self.keys.cluster, len(actions) - len(kept))
+            actions = kept
         by_guest: dict[str, list[rc.Action]] = {}
         for action in actions:
             by_guest.setdefault(_guest_of(action), []).append(action)

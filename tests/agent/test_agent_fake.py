@@ -214,3 +214,22 @@ async def test_live_migration_between_two_agents(store: Store, tmp_path: Path) -
     finally:
         await a.shutdown()
         await b.shutdown()
+
+
+async def test_an_empty_store_does_not_wipe_adopted_guests(store: Store, tmp_path: Path) -> None:
+    cluster = f"gf{secrets.token_hex(3)}"
+    first = make_agent(store, tmp_path, cluster, "h1")
+    await first.start()
+    await put_desired(store, first, gdef(first))
+    await settle(first, passes=3)
+    await first.shutdown()
+    empty = open_store(f"sqlite:///{tmp_path}/other.db")  # the wrong store: nothing desired at all
+    try:
+        second = make_agent(empty, tmp_path, cluster, "h1")
+        await second.start()
+        await settle(second, passes=3)
+        assert await fake(second).list_guests() == ["g0"]
+        assert ("destroy", "g0") not in fake(second).calls
+        await second.shutdown()
+    finally:
+        await empty.close()

@@ -197,3 +197,37 @@ async def test_large_bodies_stream_both_ways(backends):
         r = await client.request("GET", "/after")  # the same keep-alive connection still works
         assert r.body == b"a GET /after\n"
         client.close()
+
+
+async def test_active_http_check_marks_a_sick_backend_down_and_back(backends):
+    a, b = backends("a", "b")
+    health = {"path": "/health", "expect_status": 200, "interval": "100ms", "timeout": "200ms", "rise": 2, "fall": 2}
+    async with running(service("web", [a, b], health=health)) as lb:
+        pool = lb.services["web"].pool
+        sick = Client(b.port)
+        assert (await sick.request("GET", "/admin/sick")).status == 200  # b's /health now answers 503
+        sick.close()
+        for _ in range(30):
+            if not pool.get("b").health.serving:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.get("b").health.state.value == "down" and pool.get("a").health.serving
+        client = Client(port_of(lb, "web"))
+        assert {(await client.request()).body[:1] for _ in range(6)} == {b"a"}
+        client.close()
+
+
+async def test_drain_deadline_moves_an_unanswered_get_elsewhere(backends):
+    a, b = backends("a", "b")
+    spec = service("web", [a, b], algorithm="least-recently-used", drain_timeout="300ms")
+    async with running(spec) as lb:
+        port = port_of(lb, "web")
+        slow = asyncio.create_task(Client(port).request("GET", "/slow?ms=1500"))  # to a
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        drained_at = loop.time()
+        lb.set_state("web", "a", AdminState.DRAIN)
+        r = await slow
+        # a did not answer within the drain deadline: the GET was retried on b
+        assert r.status == 200 and r.body.startswith(b"b GET /slow")
+        assert 0.3 + 1.5 <= loop.time() - drained_at + 0.1 < 3.5  # deadline, then b took its 1.5 s

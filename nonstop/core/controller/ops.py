@@ -6,11 +6,11 @@ worse, skipping the fence. The steps:
 
     detected --fence-started--> fencing --fenced--> fenced --moved--> moved --serving--> done
     fencing --fence-failed--> fence-failed --fence-started--> fencing      (retry, with back-off)
-    any step but done --host-returned--> aborted   (the host came back before it was fenced)
+    detected|fence-failed --host-returned--> aborted   (the host came back before it was fenced)
 
 ``fenced`` is the gate: guests are reassigned (epoch bumped) only from ``fenced``; a host that
-comes back after ``fenced`` is NOT aborted (it was off; its guests already belong elsewhere), so
-``host-returned`` is absent from the later rows. Anything not in ``TRANSITIONS`` raises
+comes back while being fenced or after it is NOT aborted (it was, or is being, switched off; its
+guests belong elsewhere), so ``host-returned`` is absent from those rows. Anything not in ``TRANSITIONS`` raises
 ``IllegalStep``.
 
 Must not: fence, write the store or read a clock; the executor in nonstop/controller does.
@@ -51,7 +51,8 @@ class IllegalStep(Exception):
 S, E = Step, OpEvent
 TRANSITIONS: dict[Step, dict[OpEvent, Step]] = {
     S.DETECTED: {E.FENCE_STARTED: S.FENCING, E.HOST_RETURNED: S.ABORTED},
-    S.FENCING: {E.FENCED: S.FENCED, E.FENCE_FAILED: S.FENCE_FAILED, E.HOST_RETURNED: S.ABORTED},
+    # A fence in flight is seen through: the BMC may already be cutting the power.
+    S.FENCING: {E.FENCED: S.FENCED, E.FENCE_FAILED: S.FENCE_FAILED},
     S.FENCE_FAILED: {E.FENCE_STARTED: S.FENCING, E.HOST_RETURNED: S.ABORTED},
     S.FENCED: {E.MOVED: S.MOVED},
     S.MOVED: {E.SERVING: S.DONE},

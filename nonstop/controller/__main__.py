@@ -1,0 +1,3 @@
+from nonstop.controller.main import main
+
+main()

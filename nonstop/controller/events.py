@@ -1,0 +1,58 @@
+"""The controller's event log in the store: every decision with its reason and timing.
+
+Role: append ``events/<seq>`` records (``seq`` = wall-clock nanoseconds, strictly increasing
+within the process, so keys sort in time order across controller restarts) with
+``{seq, at, kind, subject, reason, ...data}``. Kinds used by the controller are listed in
+docs/controller.md (``host-state``, ``host-dead``, ``fence``, ``failover-moved``, ``guest-placed``,
+``guest-moved``, ``guest-serving``, ``unplaceable``, ``backends``, ``failback``, ``maintenance`` ...).
+Also keeps the last events in memory for tests and status.
+
+Must not: decide anything; a failed write is logged and dropped (the log never blocks a failover).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from nonstop.store import keys
+from nonstop.store.base import Store, StoreError, encode_json
+
+log = logging.getLogger("nonstop.controller.events")
+
+
+class EventLog:
+    def __init__(self, store: Store, cluster: str, keep: int = 1000) -> None:
+        self.store, self.cluster = store, cluster
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._last_seq = 0
+
+    def _seq(self) -> int:
+        seq = max(time.time_ns(), self._last_seq + 1)
+        self._last_seq = seq
+        return seq
+
+    async def emit(self, kind: str, subject: str, reason: str, **data: Any) -> dict[str, Any]:
+        seq = self._seq()
+        record = {"seq": seq, "at": seq / 1e9, "kind": kind, "subject": subject, "reason": reason, **data}
+        self.recent.append(record)
+        log.info("%s %s: %s", kind, subject, reason)
+        try:
+            await self.store.put(keys.event(self.cluster, seq), encode_json(record))
+        except StoreError as exc:
+            log.warning("event not stored (%s): %s", exc, record)
+        return record
+
+
+async def read_events(store: Store, cluster: str, since_seq: int = 0) -> list[dict[str, Any]]:
+    """Every stored event with ``seq > since_seq``, in order (for tests, the API, the dashboard)."""
+    import json
+
+    out = []
+    for kv in await store.list(keys.events_prefix(cluster)):
+        rec = json.loads(kv.value)
+        if int(rec.get("seq", 0)) > since_seq:
+            out.append(rec)
+    return sorted(out, key=lambda r: int(r["seq"]))

@@ -1,0 +1,201 @@
+"""Processes of a lab cluster: how agents are launched, and the lab hosts' BMCs as one process.
+
+Role: two things the ``LabCluster`` (cluster.py) and the BMCs share.
+
+- ``launch_agent(cfg, host)``: start ``python -m nonstop.agent`` inside the host's namespace,
+  moved at once into a cgroup of its own (``nonstop.<cluster>.host-<host>`` in every v1
+  controller the driver uses), so the guests it starts nest under it: two lab hosts on one
+  machine never share a guest cgroup, and a power-off can find everything the host runs.
+- ``python -m nonstop.lab.cluster_procs --config CFG``: every host's Redfish BMC
+  (``nonstop.bmc.server.start_bmc``) in one event loop, run inside the ctl namespace so the
+  controller reaches them on 127.0.0.1. Power-off kills the host's namespace (the BMC's own
+  behaviour) and, through the ``on_power_off`` hook, every process in the host's cgroup tree
+  (its process guests live in namespaces of their own), then removes those guest namespaces
+  and the agent's per-guest runtime state — the machine's RAM is gone. Power-on starts the
+  agent again. Ports go to the ready file as ``{host: port}``.
+
+Must not: decide anything about guests; it emulates hardware and boots agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nonstop.lab.cluster")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+
+
+def host_cgroup(cluster: str, host: str) -> str:
+    return f"nonstop.{cluster}.host-{host}"
+
+
+def _own(controller: str) -> str:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(","):
+            return path.lstrip("/")
+    return ""
+
+
+def host_cgroup_dirs(cluster: str, host: str) -> list[Path]:
+    out = []
+    for ctrl in CGROUP_CONTROLLERS:
+        base = CGROUP_ROOT / ctrl
+        if base.is_dir():
+            out.append(base / _own(ctrl) / host_cgroup(cluster, host))
+    return out
+
+
+def join_host_cgroup(cluster: str, host: str, pid: int) -> None:
+    for d in host_cgroup_dirs(cluster, host):
+        with contextlib.suppress(OSError):
+            d.mkdir(exist_ok=True)
+            (d / "cgroup.procs").write_text(str(pid))
+
+
+def cgroup_pids(cluster: str, host: str) -> set[int]:
+    pids: set[int] = set()
+    for d in host_cgroup_dirs(cluster, host):
+        if not d.is_dir():
+            continue
+        for procs in d.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def remove_host_cgroups(cluster: str, host: str) -> None:
+    for d in host_cgroup_dirs(cluster, host):
+        if d.is_dir():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def agent_state_dir(cfg: dict[str, Any], host: str) -> Path:
+    return Path(cfg["run_dir"]) / "agents" / host
+
+
+def launch_agent(cfg: dict[str, Any], host: str) -> int:
+    """Start the host's agent (detached, in its namespace and cgroup); its pid."""
+    from nonstop.lab import names
+    from nonstop.net import netns
+
+    ns = names.host_ns(cfg["cluster"], host)
+    argv = [sys.executable, "-m", "nonstop.agent", "--host", host, "--store", cfg["store_url"],
+            "--cluster", cfg["cluster"], "--netns", ns, "--state-dir", str(agent_state_dir(cfg, host)),
+            "--drivers", cfg.get("drivers", "process"), "--interval", str(cfg.get("agent_interval", 0.5)),
+            "--lease-ttl", str(cfg.get("lease_ttl", 3)), "--ha-key", cfg["key_file"]]
+    proc = netns.spawn(ns, argv, log_path=str(Path(cfg["run_dir"]) / f"agent-{host}.log"))
+    join_host_cgroup(cfg["cluster"], host, proc.pid)
+    return proc.pid
+
+
+def kill_host_guests(cfg: dict[str, Any], host: str) -> list[int]:
+    """Power-off, second half: every process of the host's cgroup tree, its guest namespaces
+    and the agent's per-guest runtime state."""
+    from nonstop.bmc import power
+    from nonstop.drivers import process_net
+
+    killed: list[int] = []
+    for _ in range(50):
+        pids = cgroup_pids(cfg["cluster"], host) - {os.getpid()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.01)
+    process_dir = agent_state_dir(cfg, host) / "process"
+    if process_dir.is_dir():
+        for guest_dir in process_dir.iterdir():
+            if guest_dir.is_dir():
+                ns = process_net.netns_name(cfg["cluster"], guest_dir.name)
+                power.kill_namespace(ns, timeout=2.0)
+                process_net.remove_netns(ns)
+                shutil.rmtree(guest_dir, ignore_errors=True)
+    return killed
+
+
+async def serve_bmcs(cfg: dict[str, Any]) -> None:
+    from nonstop.bmc import power
+    from nonstop.bmc.model import HostHardware
+    from nonstop.bmc.server import BmcConfig, BmcHooks, start_bmc
+    from nonstop.core.spec import ClusterSpec
+    from nonstop.lab import names
+
+    spec = ClusterSpec.model_validate_json(Path(cfg["spec_file"]).read_text())
+    password = Path(cfg["bmc_password_file"]).read_text().strip()
+    running = {}
+    for host in spec.hosts:
+        name = host.name
+
+        async def on_power_off(report: power.KillReport, name: str = name) -> None:
+            killed = await asyncio.to_thread(kill_host_guests, cfg, name)
+            log.info("BMC %s: power off: %d process(es) in the namespace, %d in guests", name, len(report.killed), len(killed))
+
+        async def on_power_on(name: str = name) -> None:
+            pid = await asyncio.to_thread(launch_agent, cfg, name)
+            log.info("BMC %s: power on: agent started (pid %d)", name, pid)
+
+        config = BmcConfig(HostHardware.from_spec(host), names.host_ns(spec.cluster, name), username=host.bmc.username,
+                           password=password, port=0)
+        running[name] = await start_bmc(config, BmcHooks(on_power_on=on_power_on, on_power_off=on_power_off))
+    ready = Path(cfg["bmc_ready_file"])
+    tmp = ready.with_suffix(".tmp")
+    tmp.write_text(json.dumps({name: r.port for name, r in running.items()}))
+    tmp.replace(ready)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for r in running.values():
+        r.server.should_exit = True
+    await asyncio.gather(*(r.task for r in running.values()), return_exceptions=True)
+
+
+def spawn_bmcs(cfg: dict[str, Any], config_file: Path, timeout: float = 15.0) -> tuple[int, dict[str, int]]:
+    """Start the BMC process inside ctl; (pid, {host: port})."""
+    from nonstop.lab import names
+    from nonstop.net import netns
+
+    ready = Path(cfg["bmc_ready_file"])
+    ready.unlink(missing_ok=True)
+    proc = netns.spawn(names.ctl_ns(cfg["cluster"]), [sys.executable, "-m", "nonstop.lab.cluster_procs", "--config",
+                       str(config_file)], log_path=str(Path(cfg["run_dir"]) / "bmc.log"))
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            netns.stop_pids([proc.pid])
+            raise RuntimeError(f"the lab BMCs did not start (see {cfg['run_dir']}/bmc.log)")
+        time.sleep(0.02)
+    return proc.pid, {k: int(v) for k, v in json.loads(ready.read_text()).items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nonstop.lab.cluster_procs")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve_bmcs(json.loads(Path(args.config).read_text())))
+
+
+if __name__ == "__main__":
+    main()

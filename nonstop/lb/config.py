@@ -10,6 +10,7 @@ Must not: start anything; a config is only data.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,18 @@ def _cross_checks(config: LbConfig) -> list[tuple[Location, str]]:
     return problems
 
 
+def _no_line(loc: Location) -> int:
+    return 0
+
+
 def load_config_text(text: str, filename: str = "<lb config>") -> LbConfig:
     """Validated config; raises ``SpecError`` listing every problem with file:line."""
     import yaml
 
+    line_of: Callable[[Location], int] = _no_line
+    problems: list[SpecProblem] = []
     if _YamlDocument is None:  # pragma: no cover
         data: Any = yaml.safe_load(text)
-        line_of = lambda loc: 0  # noqa: E731
-        problems: list[SpecProblem] = []
     else:
         try:
             document = _YamlDocument(text, filename)
@@ -102,7 +107,9 @@ def load_config_text(text: str, filename: str = "<lb config>") -> LbConfig:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 0
             raise SpecError([SpecProblem(filename, line, "", f"not valid YAML: {exc}")]) from None
-        data, line_of, problems = document.data, document.line_of, list(document.problems)
+        data = document.data
+        line_of = document.line_of
+        problems = list(document.problems)
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(filename, 1, "", "expected a mapping with services: [...] and admin:")])
     try:

@@ -179,7 +179,7 @@ class HttpUpstream(asyncio.Protocol):
     def _head(self, ex: Exchange, data: bytes) -> bytes:
         """Forward interim (1xx) heads and rewrite the final one; returns bytes to write."""
         buf = self.head_buf + data if self.head_buf else data
-        out = []
+        out: list[bytes] = []
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:

@@ -1,0 +1,131 @@
+"""Mutating routes under ``/api/v1`` (admin token only; a viewer gets 403): apply, maintenance,
+migrate and chaos. Every one is logged in the cluster's event log with who asked (``by``).
+
+Role: parse the request body (pydantic: a bad field → 422 naming it), then hand over to
+``nonstop.api.actions`` (desired state + audit event in one store transaction) or to the lab for
+chaos (``nonstop.api.chaos``), then log it.
+
+Must not: change anything a controller owns directly; decide placement or liveness.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from nonstop.api import actions, chaos
+from nonstop.api.auth import require_admin
+from nonstop.api.routes_read import NAME, Error, Name
+from nonstop.api.runtime import ApiRuntime
+
+router = APIRouter(prefix="/api/v1", responses={
+    401: {"model": Error, "description": "no or unknown token"},
+    403: {"model": Error, "description": "the viewer token cannot change the cluster"},
+    404: {"model": Error, "description": "no such host, guest or part"},
+    409: {"model": Error, "description": "the cluster's state does not allow it (or a concurrent change; retry)"},
+    422: {"model": Error, "description": "bad request; names the field"},
+})
+
+Admin = Annotated[str, Depends(require_admin)]
+
+
+class ApplyRequest(BaseModel):
+    spec: str = Field(min_length=1, max_length=1_000_000, description="The cluster spec as YAML (or JSON) text")
+    filename: str = Field(default="<request>", max_length=200, description="Shown in error messages")
+
+
+class MaintenanceRequest(BaseModel):
+    action: Literal["enter", "exit"]
+    reason: str = Field(default="", max_length=500)
+
+
+class MigrateRequest(BaseModel):
+    to: str = Field(pattern=NAME, max_length=63, description="The target host")
+
+
+class FailRequest(BaseModel):
+    target: Literal["host", "link", "guest", "switch", "psu", "drive", "nic"]
+    name: str = Field(min_length=1, max_length=127, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$",
+                      description="host, guest or switch name; HOST/PART for link, nic, psu and drive")
+
+
+class PartitionRequest(BaseModel):
+    host: str = Field(pattern=NAME, max_length=63)
+
+
+def _rt(request: Request) -> ApiRuntime:
+    runtime: ApiRuntime = request.app.state.runtime
+    assert runtime.store is not None
+    return runtime
+
+
+@router.post("/apply", summary="Validate a spec and make it the desired state (compare-and-set)")
+async def apply(request: Request, body: ApplyRequest, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    assert rt.store is not None
+    return await actions.apply_spec(rt.store, rt.cluster, body.spec, by=who, filename=body.filename)
+
+
+@router.post("/hosts/{host}/maintenance", summary="Ask the controller to evacuate a host (enter) or use it again (exit)")
+async def maintenance(request: Request, host: Name, body: MaintenanceRequest, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    assert rt.store is not None
+    return await actions.request_maintenance(rt.store, rt.cluster, host, body.action == "enter", by=who,
+                                             reason=body.reason)
+
+
+@router.post("/guests/{guest}/migrate", summary="Ask for a live migration of a guest to another host")
+async def migrate(request: Request, guest: Name, body: MigrateRequest, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    assert rt.store is not None
+    c = await rt.snapshot()
+    state = next((h["state"] for h in c["hosts"] if h["name"] == body.to), None)
+    return await actions.request_migration(rt.store, rt.cluster, guest, body.to, by=who, host_state=state)
+
+
+async def _spec_and_guests(rt: ApiRuntime) -> tuple[Any, list[str]]:
+    from nonstop.store.state import get_spec
+
+    assert rt.store is not None
+    stored = await get_spec(rt.store, rt.cluster)
+    if stored is None:
+        raise actions.Conflict(f"cluster {rt.cluster} has no spec in the store yet")
+    c = await rt.snapshot()
+    return stored.spec, [g["name"] for g in c["guests"]]
+
+
+async def _chaos(rt: ApiRuntime, method: str, args: tuple[str, ...], subject: str, who: str) -> dict[str, Any]:
+    assert rt.store is not None
+    result = await chaos.call_lab(rt.lab, method, args)
+    event = await actions.audit_event(rt.store, rt.cluster, "chaos", subject, f"{method}({', '.join(args)})", who,
+                                      action=method)
+    return {"action": method, "args": list(args), "result": result, "event": event}
+
+
+@router.post("/chaos/fail", summary="Break something in the lab (host, link, guest, switch, psu, drive, nic)")
+async def fail(request: Request, body: FailRequest, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    if rt.lab is None:
+        raise actions.Conflict("chaos needs the lab: this API is not running inside `nonstop up`")
+    spec, guests = await _spec_and_guests(rt)
+    method, args = chaos.plan(spec, guests, body.target, body.name)
+    return await _chaos(rt, method, args, body.name, who)
+
+
+@router.post("/chaos/partition", summary="Cut a host off from every other host (both NICs)")
+async def partition(request: Request, body: PartitionRequest, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    if rt.lab is None:
+        raise actions.Conflict("chaos needs the lab: this API is not running inside `nonstop up`")
+    spec, _ = await _spec_and_guests(rt)
+    if body.host not in {h.name for h in spec.hosts}:
+        raise actions.NotFound(f'no host "{body.host}"', field="host")
+    return await _chaos(rt, "partition", (body.host,), body.host, who)
+
+
+@router.post("/chaos/heal", summary="Undo every fault the lab injected")
+async def heal(request: Request, who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    return await _chaos(rt, "heal", (), rt.cluster, who)

@@ -1,0 +1,1 @@
+"""Prometheus metrics of a nonstop cluster (see nonstop.metrics.collector)."""

@@ -1,0 +1,193 @@
+"""The REST API against a seeded SQLite store and the real app (starlette TestClient runs the lifespan)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from nonstop.api.app import create_app
+from nonstop.api.auth import ensure_tokens
+
+from .seeding import CLUSTER, LAB_YAML, StoreLab, tokens
+
+
+@pytest.fixture
+def client(store_url: str, token_file: Path):
+    with TestClient(create_app(store_url, CLUSTER, token_file)) as c:
+        yield c
+
+
+def h(token_file: Path, role: str = "admin") -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens(token_file)[role]}"}
+
+
+def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "tokens.json"
+    first = ensure_tokens(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first.admin != first.viewer and len(first.admin) >= 32
+    assert ensure_tokens(path) == first
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionError):
+        ensure_tokens(path)
+
+
+def test_no_token_is_401_and_viewer_cannot_mutate(client: TestClient, token_file: Path) -> None:
+    assert client.get("/api/v1/hosts").status_code == 401
+    assert client.get("/api/v1/hosts", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/api/v1/hosts", params={"token": tokens(token_file)["admin"]}).status_code == 401
+    assert client.get("/api/v1/hosts", headers=h(token_file, "viewer")).status_code == 200
+    for path, body in [("/api/v1/hosts/host1/maintenance", {"action": "enter"}),
+                       ("/api/v1/guests/web-0/migrate", {"to": "host2"}),
+                       ("/api/v1/apply", {"spec": LAB_YAML.read_text()}),
+                       ("/api/v1/chaos/fail", {"target": "host", "name": "host1"}),
+                       ("/api/v1/chaos/heal", None)]:
+        assert client.post(path, json=body).status_code == 401, path
+        r = client.post(path, json=body, headers=h(token_file, "viewer"))
+        assert r.status_code == 403, (path, r.text)
+    assert client.get("/api/v1/whoami", headers=h(token_file, "viewer")).json()["role"] == "viewer"
+
+
+def test_reads_agree_with_seeded_state(client: TestClient, token_file: Path) -> None:
+    hosts = client.get("/api/v1/hosts", headers=h(token_file)).json()
+    assert [x["name"] for x in hosts] == ["host1", "host2", "host3"]
+    assert all(x["state"] == "up" for x in hosts)
+    guests = client.get("/api/v1/guests", headers=h(token_file)).json()
+    assert len(guests) == 6 and all(g["state"] == "running" for g in guests)
+    on_hosts = sorted(g for x in hosts for g in x["guests"])
+    assert on_hosts == sorted(g["name"] for g in guests)
+    host1 = hosts[0]
+    assert host1["capacity"]["cpus"] == 2 and host1["capacity"]["effective_cpus"] == 8.0
+    assert host1["allocated"]["vcpus"] == sum(g["vcpus"] for g in guests if g["host"] == "host1")
+    teams = client.get("/api/v1/teams", headers=h(token_file)).json()
+    assert {(t["host"], t["name"], t["active"]) for t in teams} == {(f"host{i}", "team0", "eth0") for i in (1, 2, 3)}
+    services = client.get("/api/v1/services", headers=h(token_file)).json()
+    assert {s["name"]: len(s["backends"]) for s in services} == {"web": 3, "api": 3}
+    networks = client.get("/api/v1/networks", headers=h(token_file)).json()
+    assert [n["name"] for n in networks] == ["prod", "nat0", "iso"]
+    status = client.get("/api/v1/status", headers=h(token_file)).json()
+    assert status["healthy"] is True and status["running"] == 6
+    events = client.get("/api/v1/events", headers=h(token_file)).json()
+    assert [e["kind"] for e in events] == ["guest-placed", "host-state"]
+
+
+def test_describe_guest_explains_placement(client: TestClient, token_file: Path) -> None:
+    r = client.get("/api/v1/describe/guest/web-1", headers=h(token_file))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    placement = body["placement"]
+    assert placement["available"] and placement["explanation"]["filters"]
+    assert placement["would_place_on"] in ("host1", "host2", "host3")
+    assert [f["filter"] for f in placement["explanation"]["filters"]][0] == "HostStateFilter"
+    assert client.get("/api/v1/describe/guest/nope-9", headers=h(token_file)).status_code == 404
+    assert client.get("/api/v1/describe/planet/x", headers=h(token_file)).status_code == 422
+    team = client.get("/api/v1/describe/team/host2/team0", headers=h(token_file)).json()
+    assert team["record"]["mode"] == "active-backup"
+
+
+def test_maintenance_and_migrate_write_requests_and_audit(client: TestClient, token_file: Path) -> None:
+    r = client.post("/api/v1/hosts/host2/maintenance", json={"action": "enter", "reason": "patch"},
+                    headers=h(token_file))
+    assert r.status_code == 200 and r.json()["changed"] is True
+    hosts = {x["name"]: x for x in client.get("/api/v1/hosts", headers=h(token_file)).json()}
+    assert hosts["host2"]["state"] == "maintenance"
+    assert hosts["host2"]["desired"]["requested_by"] == "admin"
+    # migrating onto a host in maintenance is refused, nothing written
+    guest = next(g for g in client.get("/api/v1/guests", headers=h(token_file)).json() if g["host"] != "host2")
+    r = client.post(f"/api/v1/guests/{guest['name']}/migrate", json={"to": "host2"}, headers=h(token_file))
+    assert r.status_code == 409 and r.json()["field"] == "to"
+    target = next(x for x in ("host1", "host3") if x != guest["host"])
+    r = client.post(f"/api/v1/guests/{guest['name']}/migrate", json={"to": target}, headers=h(token_file))
+    assert r.status_code == 200, r.text
+    after = next(g for g in client.get("/api/v1/guests", headers=h(token_file)).json() if g["name"] == guest["name"])
+    assert after["migrate_to"] == target and after["host"] == guest["host"]
+    r = client.post("/api/v1/hosts/host2/maintenance", json={"action": "exit"}, headers=h(token_file))
+    assert r.status_code == 200
+    kinds = [(e["kind"], e.get("by")) for e in client.get("/api/v1/events", headers=h(token_file)).json()]
+    assert kinds[-3:] == [("maintenance-requested", "admin"), ("migrate-requested", "admin"),
+                          ("maintenance-requested", "admin")]
+    assert client.post("/api/v1/hosts/host9/maintenance", json={"action": "enter"},
+                       headers=h(token_file)).status_code == 404
+    r = client.post("/api/v1/hosts/host1/maintenance", json={"action": "sideways"}, headers=h(token_file))
+    assert r.status_code == 422 and "action" in json.dumps(r.json())
+
+
+def test_apply_validates_fully_and_is_compare_and_set(client: TestClient, token_file: Path) -> None:
+    before = client.get("/api/v1/spec", headers=h(token_file)).json()
+    broken = LAB_YAML.read_text().replace("replicas: 3\n    vcpus: 1\n    max_vcpus: 2", "replicas: 3\n    vcpus: lots\n    max_vcpus: 2")
+    r = client.post("/api/v1/apply", json={"spec": broken, "filename": "lab.yaml"}, headers=h(token_file))
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "guests[0].vcpus" and "lab.yaml:" in r.json()["detail"]
+    assert client.get("/api/v1/spec", headers=h(token_file)).json() == before
+    other = LAB_YAML.read_text().replace("cluster: lab", "cluster: other")
+    r = client.post("/api/v1/apply", json={"spec": other}, headers=h(token_file))
+    assert r.status_code == 422 and r.json()["field"] == "cluster"
+    same = client.post("/api/v1/apply", json={"spec": LAB_YAML.read_text()}, headers=h(token_file)).json()
+    assert same["applied"] is False
+    grown = LAB_YAML.read_text().replace("    replicas: 3\n    vcpus: 1\n    memory: 128MiB", "    replicas: 4\n    vcpus: 1\n    memory: 128MiB")
+    r = client.post("/api/v1/apply", json={"spec": grown}, headers=h(token_file))
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text
+    assert r.json()["changes"] == ["guests: ~api (replicas)"]
+    assert client.get("/api/v1/spec", headers=h(token_file)).json()["spec"]["guests"][1]["replicas"] == 4
+    last = client.get("/api/v1/events", headers=h(token_file)).json()[-1]
+    assert last["kind"] == "spec-applied" and last["by"] == "admin"
+
+
+def test_chaos_without_lab_is_409(client: TestClient, token_file: Path) -> None:
+    r = client.post("/api/v1/chaos/fail", json={"target": "host", "name": "host1"}, headers=h(token_file))
+    assert r.status_code == 409 and "chaos needs the lab" in r.json()["detail"]
+    assert client.post("/api/v1/chaos/heal", headers=h(token_file)).status_code == 409
+
+
+def test_chaos_with_lab_and_stream(store_url: str, token_file: Path) -> None:
+    lab = StoreLab(store_url)
+    lab.delay = 0.0
+    with TestClient(create_app(store_url, CLUSTER, token_file, lab=lab)) as client:
+        r = client.post("/api/v1/chaos/fail", json={"target": "link", "name": "host1/eth7"}, headers=h(token_file))
+        assert r.status_code == 404 and "eth0" in r.json()["detail"]
+        r = client.post("/api/v1/chaos/fail", json={"target": "switch", "name": "sw0"}, headers=h(token_file))
+        assert r.status_code == 409 and "fail_switch" in r.json()["detail"]
+        on_host1 = [g["name"] for g in client.get("/api/v1/guests", headers=h(token_file)).json() if g["host"] == "host1"]
+        assert on_host1
+        with client.stream("GET", "/api/v1/events/stream", params={"token": tokens(token_file)["viewer"], "limit": 200}) as stream:
+            r = client.post("/api/v1/chaos/fail", json={"target": "host", "name": "host1"}, headers=h(token_file))
+            assert r.status_code == 200, r.text
+            assert lab.calls == [("fail_host", ("host1",))]
+            seen = []
+            deadline = time.monotonic() + 10
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    seen.append(msg)
+                    if msg.get("type") == "event" and msg["event"]["kind"] == "guest-moved":
+                        break
+                assert time.monotonic() < deadline
+        kinds = [m["event"]["kind"] for m in seen if m.get("type") == "event"]
+        assert kinds[0] == "chaos" and "host-dead" in kinds
+        deadline = time.monotonic() + 10
+        while True:
+            hosts = {x["name"]: x for x in client.get("/api/v1/hosts", headers=h(token_file)).json()}
+            if hosts["host1"]["state"] == "failed" and not hosts["host1"]["guests"]:
+                break
+            assert time.monotonic() < deadline, hosts["host1"]
+            time.sleep(0.05)
+        moved = {g["name"]: g for g in client.get("/api/v1/guests", headers=h(token_file)).json()}
+        assert all(moved[g]["host"] in ("host2", "host3") and moved[g]["state"] == "running" for g in on_host1)
+        metrics = client.get("/metrics").text
+        assert 'nonstop_host_up{host="host1"} 0.0' in metrics
+        assert "nonstop_failover_duration_seconds_count 1.0" in metrics
+
+
+def test_metrics_text(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    for name in ("nonstop_host_up", "nonstop_host_effective_capacity", "nonstop_guest_running",
+                 "nonstop_team_member_up", "nonstop_service_backends", "nonstop_heartbeat_gap_seconds_bucket",
+                 "nonstop_failover_duration_seconds_bucket"):
+        assert name in text, name
+    assert 'nonstop_host_allocated{host="host1",resource="cpu"}' in text

@@ -6,9 +6,10 @@ every host is within ``spread_target`` of the mean. It is greedy, not optimal (f
 the true minimum number of moves is a bin-packing problem): each step takes the host
 furthest from the mean, picks the guest whose move closes that host's gap most nearly,
 and sends it where the normal engine would place it — every filter applies — among the
-hosts that stay within mean + target. A step must lower the total squared deviation, and
-no guest moves twice, so the plan always terminates; if no step helps, the plan says
-that the target was not reached and why.
+hosts that do not end up above the source. A step must lower the total squared deviation
+without widening the largest gap, and no guest moves twice, so the plan always
+terminates. If the furthest host cannot be helped the next ones are tried (up to
+CANDIDATE_HOSTS); if no step helps, the plan says that the target was not reached and why.
 
 Must not: execute moves (the controller live-migrates or restarts guests) or mutate input.
 """
@@ -104,6 +105,7 @@ def _best_step(
 ) -> Move | None:
     """Apply and return one improving move for the host furthest from the mean, or None."""
     objective = float(np.square(deviation).sum())
+    worst_gap = float(np.abs(deviation).max())
     util = deviation + mean
     pull_to: int | None = None
     if deviation[worst] > 0:
@@ -139,7 +141,8 @@ def _best_step(
             if host < 0:
                 continue
             new_deviation, _ = _deviation(view, usable)
-            if float(np.square(new_deviation).sum()) < objective - 1e-12:
+            improves = float(np.square(new_deviation).sum()) < objective - 1e-12
+            if improves and float(np.abs(new_deviation).max()) <= worst_gap + 1e-12:
                 moved.add(guest)
                 gap = "above" if deviation[source] > 0 else "toward"
                 return Move(state.guest_names[guest], state.host_names[source], state.host_names[host],

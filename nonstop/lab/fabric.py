@@ -209,6 +209,11 @@ def up(spec: ClusterSpec, start_processes: bool = True) -> state.LabState:
     problems = names.check_plan(spec)
     if problems:
         raise LabPlanError("; ".join(problems))
+    with state.locked(spec.cluster):  # two `lab up` at once would build over each other
+        return _up(spec, start_processes)
+
+
+def _up(spec: ClusterSpec, start_processes: bool) -> state.LabState:
     previous = state.load(spec.cluster)
     if _needs_cleanup(spec, previous):
         log.info("lab %s: removing leftovers of an earlier run", spec.cluster)

@@ -209,26 +209,28 @@ def start_forward(cluster: str, where: str, target: tuple[str, int], listen_port
         port = int(f.read())
     os.unlink(ready)
     record: dict[str, Any] = {"listen": f"127.0.0.1:{port}", "port": port, "netns": ns, "target": f"{target[0]}:{target[1]}", "pid": proc.pid}
-    lab = state.load(cluster)
-    if lab is None:
-        netns.stop_pids([proc.pid])
-        raise LookupError(f"no lab is up for cluster {cluster}")
-    lab.forwards.append(record)
-    state.save(lab)
+    with state.locked(cluster):
+        lab = state.load(cluster)
+        if lab is None:
+            netns.stop_pids([proc.pid])
+            raise LookupError(f"no lab is up for cluster {cluster}")
+        lab.forwards.append(record)
+        state.save(lab)
     return record
 
 
 def stop_forward(cluster: str, port: int) -> bool:
-    lab = state.load(cluster)
-    if lab is None:
-        return False
-    keep: list[dict[str, object]] = []
-    stop: list[dict[str, object]] = []
-    for record in lab.forwards:
-        (stop if record["port"] == port else keep).append(record)
-    netns.stop_pids([int(str(r["pid"])) for r in stop])
-    lab.forwards = keep
-    state.save(lab)
+    with state.locked(cluster):
+        lab = state.load(cluster)
+        if lab is None:
+            return False
+        keep: list[dict[str, object]] = []
+        stop: list[dict[str, object]] = []
+        for record in lab.forwards:
+            (stop if record["port"] == port else keep).append(record)
+        netns.stop_pids([int(str(r["pid"])) for r in stop])
+        lab.forwards = keep
+        state.save(lab)
     return bool(stop)
 
 

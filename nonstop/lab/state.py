@@ -13,15 +13,18 @@ be rebuilt from the spec.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from nonstop.lab.names import STATE_ROOT, state_dir
 
 STATE_FILE = "lab.json"
 SPEC_FILE = "spec.json"
-LAB_FILES = (STATE_FILE, SPEC_FILE, "upstream.log", "forward.log")
+LOCK_FILE = "lab.lock"
+LAB_FILES = (STATE_FILE, SPEC_FILE, LOCK_FILE, "upstream.log", "forward.log")
 
 
 @dataclass
@@ -79,6 +82,18 @@ def remove_files(cluster: str) -> None:
                 os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):
         os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def locked(cluster: str) -> Iterator[None]:
+    """Serialise read-modify-write of the state file between nonstop processes."""
+    os.makedirs(state_dir(cluster), exist_ok=True)
+    with open(os.path.join(state_dir(cluster), LOCK_FILE), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def clusters() -> list[str]:

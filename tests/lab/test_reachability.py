@@ -109,6 +109,7 @@ def test_nat_matrix(lab: Lab) -> None:
         ("p1", "198.19.20.2", 80, None),
         ("n3", "198.19.20.2", 80, None),                   # another host's NAT network is another world
         ("n-0", "198.19.20.4", 80, None),
+        ("ctl", "198.19.20.2", 80, None),                  # the controller is outside too
     ])
     _check(lab, [("n-0", OUT, 80, f"out {H1}"), ("n3", OUT, 80, f"out {H2}")], http=True)
 
@@ -121,6 +122,7 @@ def test_isolated_matrix(lab: Lab) -> None:
         ("i3", "198.19.30.2", 80, None),
         ("out", "198.19.30.2", 80, None),                  # outside in, even with a route
         ("host1", "198.19.30.2", 80, None),                # not even its own host
+        ("ctl", "198.19.30.3", 80, None),
         ("i1", "198.18.10.11", 80, None),                  # no way out
         ("i1", "198.19.20.2", 80, None),
     ])

@@ -200,6 +200,7 @@ class Controller:
                     await self.events.emit("failover-resumed", op.host, f"resuming at step {op.step.value}")
                     self._start_op(op)
             self._tasks.append(asyncio.create_task(self._watch(), name="controller-watch"))
+            self._tasks.append(asyncio.create_task(self._publish(lease.id), name="controller-status"))
             try:
                 while not stop.is_set() and not lease.lost.is_set():
                     self._wake.clear()
@@ -215,6 +216,26 @@ class Controller:
                 for task in [*self._tasks, *self.op_tasks.values()]:
                     task.cancel()
                 await self.monitor.stop()
+
+    def status(self) -> dict[str, Any]:
+        """What the controller knows right now (published in the ``leader`` record every second)."""
+        monitor = self.monitor
+        return {
+            "id": self.id, "pid": os.getpid(), "heartbeat": [ep.to_dict() for ep in self.endpoints],
+            "updated_at": time.time(), "passes": self.passes,
+            "hosts": {h.name: self.host_state(h.name) for h in self.spec.hosts},
+            "maintenance": sorted(self.maintenance),
+            "heartbeats": {v.value: n for v, n in monitor.counters.items()} if monitor else {},
+            "unknown_senders": monitor.unknown_senders if monitor else 0,
+            "ops": {op_id: op.step.value for op_id, op in self.ops.items() if not op.final},
+            "balancer_errors": dict(self.lb.errors),
+        }
+
+    async def _publish(self, lease: int) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(StoreError):
+                await self.store.put(keys.leader(self.cluster), encode_json(self.status()), lease=lease)
 
     async def _wait_any(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]

@@ -1,0 +1,148 @@
+"""Host failures in a lab cluster under client load (root): BMC power-off and kill -9, a cut
+link, maintenance mode, forged and replayed heartbeats. One cluster for the module (3 hosts,
+3 process guests behind the balancer, failback manual); tests run in file order and each
+leaves the cluster whole again."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nonstop.core.ha.heartbeat import Heartbeat, encode
+from nonstop.ha.keys import load_key
+from nonstop.lab import names
+from nonstop.lab.cluster import HEARTBEAT_PORT, LabCluster
+from nonstop.net import netns
+from nonstop.store import keys
+
+from .conftest import running_cluster
+from .harness import ClusterProbe, InstanceChecker, Load
+from .lab_spec import lab_spec
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+GUESTS = ["api-0", "api-1", "api-2"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[LabCluster, ClusterProbe]]:
+    with running_cluster(lab_spec(failback="manual", stability=2.0)) as running:
+        yield running
+
+
+def _busiest(probe: ClusterProbe) -> str:
+    running = probe.running()
+    counts = {h: list(running.values()).count(h) for h in set(running.values())}
+    return max(sorted(counts), key=lambda h: counts[h])
+
+
+def _bring_back(lab: LabCluster, probe: ClusterProbe, host: str) -> None:
+    lab.power_on(host)
+    probe.wait_for(f"{host} up again", lambda: probe.status().get("hosts", {}).get(host) == "up", timeout=20)
+
+
+@pytest.mark.parametrize("how", ["bmc", "kill"])
+def test_host_killed_under_load(cluster: tuple[LabCluster, ClusterProbe], how: str) -> None:
+    lab, probe = cluster
+    victim = _busiest(probe)
+    moved = sorted(g for g, h in probe.running().items() if h == victim)
+    with InstanceChecker(lab, GUESTS) as checker, Load(lab.services["api"]["port"]) as load:
+        time.sleep(1.0)
+        killed_at = lab.fail_host(victim, how)
+        dead = probe.wait_for("host-dead event", lambda: probe.first("host-dead", victim, killed_at), timeout=10)
+        done = probe.wait_for("failover-done", lambda: probe.first("failover-done", victim, killed_at), timeout=20)
+        probe.wait_for("every replica running", lambda: len(probe.running()) == 3, timeout=20)
+        serving_since = time.time()
+        # the moved guests answer through the balancer again
+        probe.wait_for("moved guests serving", lambda: load.ok > 0 and all(
+            g in probe.running() and probe.running()[g] != victim for g in moved), timeout=10)
+        time.sleep(1.0)
+    fence = probe.first("fence", victim, killed_at)
+    detection = dead["at"] - killed_at
+    assert detection < 1.5, f"detected after {detection:.2f}s"
+    assert fence is not None and "verified-off" in fence["reason"], fence
+    assert done["at"] - killed_at < 8.0, f"guests running again {done['at'] - killed_at:.2f}s after the kill"
+    assert load.failures == [], f"{len(load.failures)} failed requests of {load.ok + len(load.failures)}: {load.failures[:3]}"
+    assert load.ok > 50
+    assert checker.max_instances == 1, checker.worst
+    assert victim not in probe.running().values()
+    assert lab.power_state(victim) == "Off"
+    print(f"{how}: detection {detection:.3f}s, fence at {fence['at'] - killed_at:.3f}s, "
+          f"failover done {done['at'] - killed_at:.3f}s, {load.ok} requests, 0 failed; serving since {serving_since - killed_at:.2f}s")
+    _bring_back(lab, probe, victim)
+    # failback is manual: the controller reports the host ready and moves nothing
+    check = probe.wait_for("failback check", lambda: [e for e in probe.events(killed_at)
+                                                      if e["kind"] == "failback-check" and e["subject"] == victim
+                                                      and e.get("ready")], timeout=15)
+    assert "manual" in check[0]["reason"]
+    assert victim not in probe.running().values()
+
+
+def test_cut_link_is_link_degraded_not_failover(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    lab, probe = cluster
+    host = "h2"
+    start = time.time()
+    lab.cut_link(host, "eth1")
+    try:
+        event = probe.wait_for("link-degraded", lambda: probe.first("link-degraded", host, start), timeout=5)
+        assert "sw1" in event["down_links"]
+        time.sleep(2.0)
+        assert probe.first("host-dead", host, start) is None
+        assert probe.first("host-state", host, start)["after"] == "link-degraded"
+        assert probe.status()["hosts"][host] == "link-degraded"
+    finally:
+        lab.restore_link(host, "eth1")
+    probe.wait_for("host up again", lambda: probe.status().get("hosts", {}).get(host) == "up", timeout=10)
+    assert len(probe.running()) == 3
+
+
+def test_forged_and_replayed_heartbeats_are_dropped(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    lab, probe = cluster
+    before = probe.status()["heartbeats"]
+    key = load_key(lab.key_file)
+    target = (names.switch_address(0, names.CTL_OCTET), HEARTBEAT_PORT)
+    now_ns = time.monotonic_ns()
+    forged = [encode(Heartbeat(lab.cluster, "h3", "sw0", 1, i, now_ns, "ready", b"\0" * 16), os.urandom(32))
+              for i in range(20)]
+    # A replay: an authentic heartbeat of an old incarnation of h3, sent twice (both too old).
+    replay = encode(Heartbeat(lab.cluster, "h3", "sw0", 1, 1, now_ns, "ready", b"\0" * 16), key)
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in forged:
+                sock.sendto(datagram, target)
+            for _ in range(10):
+                sock.sendto(replay, target)
+
+    with netns.inside(names.host_ns(lab.cluster, "h3")) as t:
+        t.call(send)
+    after = probe.wait_for("counters", lambda: (s := probe.status()["heartbeats"]).get("forged", 0)
+                           >= before.get("forged", 0) + 20 and s, timeout=5)
+    assert after.get("forged", 0) - before.get("forged", 0) >= 20
+    assert after.get("replayed", 0) - before.get("replayed", 0) >= 10
+    assert probe.status()["hosts"]["h3"] == "up"
+
+
+def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    lab, probe = cluster
+    host = next(h for h in ("h1", "h2", "h3") if h in probe.running().values())
+    start = time.time()
+    probe.put_json(keys.host_desired(lab.cluster, host), {"state": "maintenance", "evacuate": True, "reason": "test"})
+    with Load(lab.services["api"]["port"]) as load:
+        probe.wait_for("evacuated", lambda: probe.first("evacuated", host, start), timeout=20)
+        probe.wait_for("all running elsewhere", lambda: len(r := probe.running()) == 3 and host not in r.values(),
+                       timeout=20)
+    assert load.failures == [], load.failures[:3]
+    assert probe.status()["hosts"][host] == "maintenance"
+    # a host in maintenance that goes silent is never treated as failed
+    lab.fail_host(host, "kill")
+    time.sleep(2.0)
+    assert probe.first("host-dead", host, start) is None
+    probe.put_json(keys.host_desired(lab.cluster, host), {"state": "up", "reason": "test"})
+    # it is silent now (its agent was killed): leaving maintenance, it becomes dead and is fenced
+    probe.wait_for("fenced after maintenance", lambda: probe.first("fence", host, start), timeout=15)
+    _bring_back(lab, probe, host)

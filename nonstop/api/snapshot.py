@@ -136,7 +136,8 @@ def host_states(raw: RawCluster) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any],
+                    alive: bool) -> tuple[list[Any], list[Any]]:
     host = next((h for h in spec.hosts if h.name == name), None) if spec else None
     obs_nics = _dict(observed.get("nics"))
     obs_teams = _dict(observed.get("teams"))
@@ -145,7 +146,7 @@ def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any
         for i, nic in enumerate(host.nics):
             seen = _dict(obs_nics.get(nic.name))
             nics.append({"name": nic.name, "switch": spec.nic_switch(host, i),
-                         "state": seen.get("state", "unknown" if obs_nics else "up")})
+                         "state": seen.get("state", "up" if alive and not obs_nics else "unknown")})
         for team in host.teams:
             seen = _dict(obs_teams.get(team.name))
             members = _dict(seen.get("members"))
@@ -154,7 +155,7 @@ def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any
                 "members": [{"name": m, "state": _dict(members.get(m)).get("state", members.get(m, "unknown"))
                              if members else "unknown"} for m in team.members],
                 "active": seen.get("active") or seen.get("active_member") or team.primary,
-                "state": seen.get("state", "unknown" if obs_teams else "configured"),
+                "state": seen.get("state", "configured" if alive and not obs_teams else "unknown"),
             })
     return nics, teams
 
@@ -205,7 +206,7 @@ def host_records(raw: RawCluster, guests: list[dict[str, Any]]) -> list[dict[str
         records = raw.hosts.get(name, {})
         observed = _dict(records.get("observed"))
         on_host = [g for g in guests if g["host"] == name]
-        nics, teams = _nics_and_teams(raw.spec, name, observed)
+        nics, teams = _nics_and_teams(raw.spec, name, observed, "alive" in records)
         usage = _dict(observed.get("usage"))
         out.append({
             "name": name, "state": state, "state_reason": why, "alive": "alive" in records,

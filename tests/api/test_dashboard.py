@@ -1,0 +1,90 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) against the real API
+server (uvicorn on 127.0.0.1) over a seeded store: hosts and guests show, "Fail host" (served by
+the in-process StoreLab, which changes the store as the controller's failover would) turns the host
+failed and its guests reappear on the other hosts — through the SSE stream, with no reload.
+A screenshot goes to test-artifacts/dashboard-failover.png."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from nonstop.api.app import create_app
+
+from .seeding import CLUSTER, ROOT, RunningServer, StoreLab, tokens
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                reason="Debian chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+            viewport={"width": 1500, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def test_dashboard_shows_failover_live(store_url: str, token_file: Path, browser) -> None:
+    lab = StoreLab(store_url)
+    with RunningServer(create_app(store_url, CLUSTER, token_file, lab=lab)) as server:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{server.url}/#token={tokens(token_file)['admin']}")
+        page.wait_for_selector('.host[data-host="host3"]', timeout=10_000)
+        page.wait_for_selector("#live.on", timeout=10_000)
+        assert page.locator(".host").count() == 3
+        before = {h: page.locator(f'.host[data-host="{h}"] .guest').evaluate_all("els => els.map(e => e.dataset.guest)")
+                  for h in ("host1", "host2", "host3")}
+        assert sorted(g for gs in before.values() for g in gs) == sorted(
+            ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"])
+        victim = max(before, key=lambda h: len(before[h]))
+        assert before[victim]
+        assert page.locator(f'.host[data-host="{victim}"]').get_attribute("data-state") == "up"
+
+        started = time.monotonic()
+        page.click(f'.host[data-host="{victim}"] [data-action="fail-host"]')
+        page.wait_for_selector(f'.host[data-host="{victim}"][data-state="failed"]', timeout=10_000)
+        for guest in before[victim]:
+            page.wait_for_selector(f'.host:not([data-host="{victim}"]) .guest[data-guest="{guest}"][data-state="running"]',
+                                   timeout=10_000)
+        took = time.monotonic() - started
+        assert page.locator(f'.host[data-host="{victim}"] .guest').count() == 0
+        assert lab.calls == [("fail_host", (victim,))]
+        page.wait_for_selector('#events li[data-kind="guest-moved"]', timeout=5_000)
+        # within a second of the store change (the lab waits 0.3 s before "detecting")
+        assert took < 0.3 + 1.0 + 1.5, took
+        page.wait_for_timeout(400)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failover.png"), full_page=True)
+        page.click('.guest[data-guest="web-0"]')
+        page.wait_for_selector("#detail:not(.hidden) table.expl", timeout=5_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-describe.png"))
+        assert not errors, errors
+
+
+def test_viewer_sees_no_admin_buttons(store_url: str, token_file: Path, browser) -> None:
+    with RunningServer(create_app(store_url, CLUSTER, token_file)) as server:
+        page = browser.new_page()
+        page.goto(f"{server.url}/#token={tokens(token_file)['viewer']}")
+        page.wait_for_selector('.host[data-host="host1"]', timeout=10_000)
+        assert page.locator("body.viewer").count() == 1
+        assert not page.locator('[data-action="fail-host"]').first.is_visible()
+        page.goto(f"{server.url}/?again=1#token=wrong")
+        page.wait_for_selector("#login:not(.hidden)", timeout=5_000)

@@ -143,8 +143,8 @@ class RunView:
         self.occupancy.move(guest, host)
 
     def assign_new(self, guests: list[int], hosts: list[int]) -> None:
-        """Place unplaced ``guests`` on distinct ``hosts`` at once (a batch decision)."""
-        if self._journal is not None:
+        """Place ``guests`` on distinct ``hosts`` at once (a batch decision)."""
+        if self._journal is not None or (self.occupancy.assignment[guests] >= 0).any():
             for guest, host in zip(guests, hosts, strict=True):
                 self.assign(guest, host)
             return

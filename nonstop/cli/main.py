@@ -31,6 +31,7 @@ VERB_MODULES = (
     "nonstop.cli.lab_verbs",
     "nonstop.cli.guest_verbs",
     "nonstop.cli.cluster_verbs",
+    "nonstop.cli.api_verbs",
 )
 
 

@@ -1,0 +1,108 @@
+"""The CLI's API verbs against a real API server: in-process uvicorn for most verbs (typer's runner
+calls the real client over HTTP), and `nonstop api serve` as a real process for discovery through
+the endpoint file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nonstop.api.app import create_app
+from nonstop.cli.main import app
+
+from .seeding import CLUSTER, LAB_YAML, ROOT, RunningServer, StoreLab
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def server(store_url: str, token_file: Path):
+    lab = StoreLab(store_url)
+    lab.delay = 0.0
+    with RunningServer(create_app(store_url, CLUSTER, token_file, lab=lab)) as s:
+        s.lab = lab
+        yield s
+
+
+def run(server: RunningServer, token_file: Path, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args, "--api", server.url, "--token-file", str(token_file)])
+    return result.exit_code, result.output
+
+
+def test_read_verbs(server: RunningServer, token_file: Path) -> None:
+    code, text = run(server, token_file, "status")
+    assert code == 0 and "healthy" in text and "6/6 guests running" in text
+    code, text = run(server, token_file, "get", "hosts", "--json")
+    assert code == 0 and [h["name"] for h in json.loads(text)] == ["host1", "host2", "host3"]
+    for kind in ("hosts", "guests", "services", "networks", "teams", "events", "switches"):
+        code, text = run(server, token_file, "get", kind)
+        assert code == 0, (kind, text)
+    assert run(server, token_file, "get", "planets")[0] == 2
+    code, text = run(server, token_file, "describe", "guest", "web-0")
+    assert code == 0 and "HostStateFilter" in text and "would place on" in text
+    assert run(server, token_file, "describe", "guest", "nope")[0] == 2
+    code, text = run(server, token_file, "logs", "--json")
+    assert code == 0 and json.loads(text.splitlines()[0])["kind"] == "guest-placed"
+    assert run(server, token_file, "console", "web-0")[0] == 3  # no console log reachable here
+
+
+def test_mutating_verbs_and_exit_codes(server: RunningServer, token_file: Path, tmp_path: Path) -> None:
+    code, text = run(server, token_file, "maintenance", "enter", "host3", "--json")
+    assert code == 0 and json.loads(text)["state"] == "maintenance"
+    assert run(server, token_file, "maintenance", "enter", "host9")[0] == 2
+    guest = next(g for g in json.loads(run(server, token_file, "get", "guests", "--json")[1]) if g["host"] == "host1")
+    code, text = run(server, token_file, "migrate", guest["name"], "--to", "host3")
+    assert code == 3 and "maintenance" in text  # the target is in maintenance
+    code, text = run(server, token_file, "migrate", guest["name"], "--to", "host2")
+    assert code == 0, text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(LAB_YAML.read_text().replace("memory: 128MiB", "memory: lots"))
+    code, text = run(server, token_file, "apply", str(broken))
+    assert code == 2 and "broken.yaml:" in text and "guests[1].memory" in text
+    code, text = run(server, token_file, "apply", str(LAB_YAML))
+    assert code == 0 and "no change" in text
+    assert run(server, token_file, "fail", "planet", "x")[0] == 2
+    code, text = run(server, token_file, "fail", "host", "host1", "--json")
+    assert code == 0 and json.loads(text)["action"] == "fail_host"
+    assert run(server, token_file, "partition", "host2")[0] == 3  # StoreLab cannot partition → 409
+    assert run(server, token_file, "heal")[0] == 0
+    assert [c[0] for c in server.lab.calls] == ["fail_host", "heal"]
+    # the viewer token cannot change anything: exit 1 with the 403 message
+    viewer_only = tmp_path / "viewer.json"
+    viewer_only.write_text(json.dumps({"viewer": json.loads(token_file.read_text())["viewer"]}))
+    os.chmod(viewer_only, 0o600)
+    result = runner.invoke(app, ["heal", "--api", server.url, "--token-file", str(viewer_only)])
+    assert result.exit_code == 1 and "403" in result.output
+    result = runner.invoke(app, ["status", "--api", "http://127.0.0.1:9", "--token-file", str(token_file)])
+    assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "NONSTOP_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nonstop.cli.main", "api", "serve", "--store", store_url,
+                             "--cluster", CLUSTER, "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoint = tmp_path / "run" / CLUSTER / "api.json"
+        deadline = time.monotonic() + 20
+        while not endpoint.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tokens = tmp_path / "run" / CLUSTER / "tokens.json"
+        assert oct(tokens.stat().st_mode & 0o777) == "0o600"
+        result = subprocess.run([sys.executable, "-m", "nonstop.cli.main", "get", "guests", "--json"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert len(json.loads(result.stdout)) == 6
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    assert not endpoint.exists()

@@ -114,6 +114,8 @@ class Controller:
         self._reported: dict[str, str] = {}
         self._wake = asyncio.Event()
         self.started_at = time.monotonic()
+        self._moved = False
+        self.drain_delay = 0.5
         self._tasks: list[asyncio.Task[Any]] = []
         self.passes = 0
 
@@ -376,6 +378,10 @@ class Controller:
         await self._guest_failures(view, conditions, busy)
         await self._evacuate(view, conditions, busy)
         await self._failback(view, conditions, busy)
+        if self._moved:
+            # a guest changed host this pass: take it out of the balancer before its old copy stops
+            self._moved = False
+            view = await cv.read_view(self.store, self.cluster)
         await self._sync_services(view)
         self.passes += 1
 
@@ -430,10 +436,22 @@ class Controller:
             return
         if definition.migrate_to is not None:
             return  # a live migration is under way; the agents finish it
+        self._moved = True
+        await self._drain(guest, definition.group)
         epoch = await cv.assign(self.store, self.cluster, definition, target,
                                 max(view.epochs.get(guest, 0), definition.fencing_epoch))
         await self.events.emit("guest-moved", guest, f"{definition.host} -> {target}: {why}",
                                source=definition.host, target=target, epoch=epoch)
+
+    async def _drain(self, guest: str, group: str | None) -> None:
+        """Before a cold move from a live host: out of the balancer first, then a short pause so
+        requests in flight finish on the old copy (the balancer sends nothing new there)."""
+        drained = False
+        for service in self.spec.services:
+            if service.backends is not None and service.backends.group == group:
+                drained |= await self.lb.remove(service.name, guest)
+        if drained:
+            await asyncio.sleep(self.drain_delay)
 
     async def _guest_failures(self, view: cv.ClusterView, conditions: dict[str, str], busy: set[str]) -> None:
         max_restarts = self.spec.policies.ha.max_restarts

@@ -85,6 +85,18 @@ class LbSync:
         self._stored[service] = doc
         return True
 
+    async def remove(self, service: str, name: str) -> bool:
+        """Take one backend out of the service's balancer now (before its guest is moved)."""
+        admin = self.balancers.get(service)
+        if admin is None:
+            return False
+        try:
+            status, _ = await http_json(admin, "DELETE", f"/services/{service}/backends/{name}")
+        except AdminError as exc:
+            log.warning("balancer of %s: %s", service, exc)
+            return False
+        return status == 200
+
     async def apply(self, service: str, want: tuple[Backend, ...]) -> list[str]:
         """Make the service's balancer hold exactly ``want``; returns what was done."""
         admin = self.balancers.get(service)

@@ -3,8 +3,8 @@
 Role: a host that failed and came back is eligible for failback only after it has been
 continuously healthy for the stability window. Flapping lengthens the window: every failure
 of the host within the last ``flap_memory`` doubles it (a host that failed 3 times in the
-last 10 windows must stay up 8× as long), and after ``flap_limit`` failures it is held for the
-operator — guests are never dragged back and forth.
+last 10 windows must stay up 4× as long), and with ``flap_limit`` failures in that memory it
+gets nothing back until they age out — guests are never dragged back and forth.
 
 Policies (``policies.ha.failback``):
 - ``manual``: never move anything; the event log says the host is ready for failback.
@@ -58,7 +58,8 @@ def failback_decision(
         return FailbackDecision(False, (), f"host {host} is not up")
     recent = [t for t in failures if now - t <= stability * flap_memory_windows]
     if len(recent) >= flap_limit:
-        return FailbackDecision(False, (), f"host {host} failed {len(recent)} times recently: held for the operator (flapping)")
+        return FailbackDecision(False, (), f"host {host} failed {len(recent)} times recently: flapping, held until "
+                                         f"those failures are {stability * flap_memory_windows:.0f}s old")
     window = required_window(stability, failures, now, flap_memory_windows)
     healthy_for = now - up_since
     if healthy_for < window:

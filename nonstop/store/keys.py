@@ -54,6 +54,13 @@ def host_observed(cluster: str, host: str) -> str:
     return f"{hosts_prefix(cluster)}{_part(host)}/observed"
 
 
+def host_components(cluster: str, host: str) -> str:
+    """The host's hardware as the component watcher last read it from the BMC: health,
+    per-group redundancy, policy state and whether placement may use the host
+    (docs/components.md)."""
+    return f"{hosts_prefix(cluster)}{_part(host)}/components"
+
+
 def host_alive(cluster: str, host: str) -> str:
     """Present while the host's agent keeps its lease alive; vanishes when the agent stops."""
     return f"{hosts_prefix(cluster)}{_part(host)}/alive"

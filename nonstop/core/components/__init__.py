@@ -1,0 +1,1 @@
+"""Component redundancy (pure): redundancy state per component group, host health, policy."""

@@ -1,0 +1,5 @@
+"""``python -m nonstop.components``: run the hardware watcher as a process."""
+
+from nonstop.components.runner import main
+
+main()

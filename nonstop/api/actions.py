@@ -159,7 +159,7 @@ async def request_migration(store: Store, cluster: str, guest: str, target: str,
     spec = await _spec(store, cluster)
     hosts = [h.name for h in spec.hosts]
     if target not in hosts:
-        raise Invalid(f'no host "{target}"; expected one of: {", ".join(hosts)}', field="to")
+        raise NotFound(f'no host "{target}"; expected one of: {", ".join(hosts)}', field="to")
     key = keys.guest_desired(cluster, guest)
     kv = await store.get(key)
     if kv is None:

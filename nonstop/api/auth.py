@@ -20,9 +20,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 ROLES = ("admin", "viewer")
+bearer = HTTPBearer(auto_error=False, description="A token from the token file (admin or viewer)")
+"""Declares the bearer scheme in OpenAPI; the checks below read the header themselves."""
 
 
 @dataclass(frozen=True)
@@ -105,17 +108,20 @@ def _role(request: Request, allow_query: bool = False) -> str:
     return role
 
 
-def require_viewer(request: Request) -> str:
+Credentials = HTTPAuthorizationCredentials | None
+
+
+def require_viewer(request: Request, _: Credentials = Depends(bearer)) -> str:
     """Any valid token; returns the role."""
     return _role(request)
 
 
-def require_viewer_or_query(request: Request) -> str:
+def require_viewer_or_query(request: Request, _: Credentials = Depends(bearer)) -> str:
     """Like ``require_viewer`` but also accepts ``?token=`` (EventSource cannot send headers)."""
     return _role(request, allow_query=True)
 
 
-def require_admin(request: Request) -> str:
+def require_admin(request: Request, _: Credentials = Depends(bearer)) -> str:
     """Only the admin token; a viewer gets 403."""
     role = _role(request)
     if role != "admin":

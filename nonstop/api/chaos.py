@@ -46,7 +46,7 @@ def plan(spec: ClusterSpec, guests: list[str], target: str, name: str) -> tuple[
         raise Invalid(f'unknown target "{target}"; expected one of: {", ".join(TARGETS)}', field="target")
     host_name, sep, part = name.partition("/")
     if not sep or not part:
-        raise Invalid(f'expected HOST/{target.upper()} (like host1/eth0), got "{name}"', field="name")
+        raise NotFound(f'no {target} "{name}": expected HOST/{target.upper()} (like host1/eth0)', field="name")
     host = hosts.get(host_name)
     if host is None:
         raise NotFound(f'no host "{host_name}"; expected one of: {", ".join(hosts)}', field="name")

@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -35,8 +35,14 @@ class Error(BaseModel):
     field: str | None = None
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Error, "description": "no or unknown token"},
-                                           422: {"model": Error, "description": "bad request; names the field"}}
+def json_errors(**codes: str) -> dict[int | str, dict[str, Any]]:
+    """Error responses documented as JSON ``Error`` bodies, also on routes whose success is plain text."""
+    return {int(code[1:]): {"description": why,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for code, why in codes.items()}
+
+
+ERRORS = json_errors(_401="no or unknown token", _422="bad request; names the field")
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_viewer)], responses=ERRORS)
 stream_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_viewer_or_query)], responses=ERRORS)
 """The SSE stream also takes ``?token=``: a browser's EventSource cannot send headers."""
@@ -141,10 +147,9 @@ async def spec(request: Request) -> dict[str, Any]:
 
 
 @router.get("/describe/{kind}/{name:path}", summary="One object in full; guests with the placement explanation",
-            responses={404: {"model": Error}})
-async def describe(request: Request, kind: str, name: str) -> dict[str, Any]:
-    if kind not in describe_mod.KINDS:
-        raise HTTPException(422, f'unknown kind "{kind}"; expected one of: {", ".join(describe_mod.KINDS)}')
+            responses=json_errors(_404="no such object"))
+async def describe(request: Request, kind: Literal["host", "guest", "service", "network", "team", "switch"],
+                   name: Annotated[str, PathParam(max_length=127)]) -> dict[str, Any]:
     runtime = _rt(request)
     c = await runtime.snapshot()
     found = describe_mod.find(c, kind, name)
@@ -164,7 +169,7 @@ async def describe(request: Request, kind: str, name: str) -> dict[str, Any]:
 
 
 @router.get("/guests/{guest}/console", summary="The tail of a guest's console log", response_class=PlainTextResponse,
-            responses={404: {"model": Error}, 409: {"model": Error}})
+            responses=json_errors(_404="no such guest", _409="no console log reachable"))
 async def console(request: Request, guest: Name, lines: Annotated[int, Query(ge=1, le=10_000)] = 200) -> str:
     runtime = _rt(request)
     c = await runtime.snapshot()

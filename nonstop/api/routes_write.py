@@ -17,16 +17,12 @@ from pydantic import BaseModel, Field
 
 from nonstop.api import actions, chaos
 from nonstop.api.auth import require_admin
-from nonstop.api.routes_read import NAME, Error, Name
+from nonstop.api.routes_read import NAME, Name, json_errors
 from nonstop.api.runtime import ApiRuntime
 
-router = APIRouter(prefix="/api/v1", responses={
-    401: {"model": Error, "description": "no or unknown token"},
-    403: {"model": Error, "description": "the viewer token cannot change the cluster"},
-    404: {"model": Error, "description": "no such host, guest or part"},
-    409: {"model": Error, "description": "the cluster's state does not allow it (or a concurrent change; retry)"},
-    422: {"model": Error, "description": "bad request; names the field"},
-})
+router = APIRouter(prefix="/api/v1", responses=json_errors(
+    _401="no or unknown token", _403="the viewer token cannot change the cluster", _404="no such host, guest or part",
+    _409="the cluster's state does not allow it (or a concurrent change; retry)", _422="bad request; names the field"))
 
 Admin = Annotated[str, Depends(require_admin)]
 

@@ -150,12 +150,12 @@ def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, Cl
 
 def test_no_false_failover_under_cpu_saturation(cluster: tuple[LabCluster, ClusterProbe]) -> None:
     """Both cores saturated by bounded burners (2 per core, nice 0, like the load a tenant makes)
-    for NONSTOP_CPU_SATURATION_SECONDS (default 60; the issue asks 120, set it for the long run)."""
+    for NONSTOP_CPU_SATURATION_SECONDS (default 120, as the issue asks; the whole module stays within the area's 4-minute budget)."""
     import subprocess
     import sys
 
     lab, probe = cluster
-    seconds = float(os.environ.get("NONSTOP_CPU_SATURATION_SECONDS", "60"))
+    seconds = float(os.environ.get("NONSTOP_CPU_SATURATION_SECONDS", "120"))
     start = time.time()
     burn = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
     burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2 * (os.cpu_count() or 2))]

@@ -1,0 +1,151 @@
+"""nonstop's side of bench/failover: host kills in a lab cluster under client load.
+
+A ``LabCluster`` of 3 hosts (two NICs each, heartbeats every 100 ms on both), 6 process guests
+behind nonstop's balancer, failback manual. Each round: kill the busiest host through its BMC
+(Redfish ForceOff: every process of the host dies), then read the controller's events and the
+client's answers:
+
+- detection: the controller's ``host-dead`` event − the kill;
+- fence: the ``fence`` event (Redfish ForceOff verified Off) − the kill;
+- guests running: ``failover-done`` (every moved guest observed running on its new host) − the kill;
+- serving again: the first answer *through the balancer* from the last of the moved guests
+  on its new host − the kill;
+- failed requests: client errors from the kill to the end of the round.
+
+Then the host is powered on again (it rejoins empty) before the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from bench.failover.client import Client
+from nonstop.controller.events import read_events
+from nonstop.core.spec import ClusterSpec
+from nonstop.lab.cluster import LabCluster
+from nonstop.store import keys, open_store
+
+
+def bench_spec(cluster: str, replicas: int = 6, vm_replicas: int = 0) -> ClusterSpec:
+    groups: list[dict[str, Any]] = [
+        {"name": "api", "kind": "process", "replicas": replicas, "vcpus": 1, "memory": "64MiB",
+         "nics": [{"network": "prod"}], "port": 8080, "spread": "soft"}]
+    if vm_replicas:
+        groups.append({"name": "web", "kind": "vm", "replicas": vm_replicas, "vcpus": 1, "memory": "256MiB",
+                       "nics": [{"network": "prod"}], "port": 80, "spread": "soft", "priority": 200})
+    return ClusterSpec.model_validate({
+        "cluster": cluster, "switches": ["sw0", "sw1"],
+        "hosts": [{"name": f"h{i}", "cpus": 2, "memory": "4GiB", "disk": "20GiB",
+                   "nics": [{"name": "eth0", "switch": "sw0"}, {"name": "eth1", "switch": "sw1"}]} for i in (1, 2, 3)],
+        "networks": [{"name": "prod", "mode": "bridged", "subnet": "198.18.10.0/24", "gateway": "198.18.10.1",
+                      "uplink": "eth0"}],
+        "guests": groups,
+        "services": [{"name": "api", "listen": "127.0.0.1:0", "backends": {"group": "api", "port": 8080},
+                      "health": {"interval": "500ms", "timeout": "300ms", "rise": 1, "fall": 2},
+                      "connect_timeout": "300ms", "retries": 3}],
+        "policies": {"ha": {"heartbeat_interval": "100ms", "self_fence_timeout": 3.0, "failback": "manual"}},
+    })
+
+
+class Store:
+    def __init__(self, url: str, cluster: str) -> None:
+        self.url, self.cluster = url, cluster
+
+    def _run(self, fn: Any) -> Any:
+        async def go() -> Any:
+            store = open_store(self.url)
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    def events(self) -> list[dict[str, Any]]:
+        return self._run(lambda s: read_events(s, self.cluster))
+
+    def status(self) -> dict[str, Any]:
+        return self._run(lambda s: s.get_json(keys.leader(self.cluster))) or {}
+
+    def running(self) -> dict[str, str]:
+        async def read(store: Any) -> dict[str, str]:
+            desired: dict[str, str] = {}
+            observed: dict[str, dict[str, Any]] = {}
+            for kv in await store.list(keys.guests_prefix(self.cluster)):
+                p = keys.parse(kv.key)
+                if p.leaf == "desired":
+                    desired[p.name] = json.loads(kv.value)["host"]
+                elif p.leaf == "observed":
+                    observed[p.name] = json.loads(kv.value)
+            return {g: h for g, h in desired.items()
+                    if observed.get(g, {}).get("state") == "running" and observed[g].get("host") == h}
+
+        return self._run(read)
+
+
+def wait(what: str, predicate: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def run(kills: int = 10, replicas: int = 6, progress: Any = print) -> dict[str, Any]:
+    cluster = "bf" + os.urandom(2).hex()
+    spec = bench_spec(cluster, replicas)
+    with tempfile.TemporaryDirectory(prefix="nonstop-bench-") as tmp:
+        lab = LabCluster(spec, f"sqlite:///{tmp}/state.db")
+        store = Store(lab.store_url, cluster)
+        rounds = []
+        try:
+            lab.start(lambda text: progress(f"  nonstop: {text}"))
+            wait("all guests running", lambda: len(store.running()) == replicas, 60)
+            client = Client(lab.services["api"]["port"]).start()
+            try:
+                time.sleep(2.0)
+                for i in range(kills):
+                    running = store.running()
+                    counts = {h: list(running.values()).count(h) for h in set(running.values())}
+                    victim = max(sorted(counts), key=lambda h: counts[h])
+                    moved = sorted(g for g, h in running.items() if h == victim)
+                    killed = lab.fail_host(victim, "bmc")
+                    done = wait("failover-done", lambda v=victim, k=killed: next(
+                        (e for e in store.events() if e["kind"] == "failover-done" and e["subject"] == v and e["at"] >= k),
+                        None), 30)
+                    serving = {g: wait(f"{g} serving", lambda g=g, v=victim, k=killed: client.first_answer(k, g, v), 30)
+                               for g in moved}
+                    time.sleep(1.0)
+                    events = [e for e in store.events() if e["at"] >= killed and e["subject"] == victim]
+                    dead = next(e for e in events if e["kind"] == "host-dead")
+                    fence = next(e for e in events if e["kind"] == "fence")
+                    end = time.time()
+                    row = {
+                        "round": i + 1, "host": victim, "guests": len(moved),
+                        "detection_s": round(dead["at"] - killed, 3),
+                        "fence_s": round(fence["at"] - killed, 3),
+                        "fence_call_s": fence.get("seconds"),
+                        "guests_running_s": round(done["at"] - killed, 3),
+                        "serving_again_s": round(max(serving.values()) - killed, 3),
+                        "failed_requests": client.failures_between(killed, end),
+                        "requests": sum(1 for t, _, _ in client.answers if killed <= t <= end),
+                    }
+                    rounds.append(row)
+                    progress(f"  nonstop round {i + 1}: {row}")
+                    lab.power_on(victim)
+                    wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 30)
+                    time.sleep(1.0)
+            finally:
+                client.stop()
+            total_failures = len(client.failures)
+            total_answers = len(client.answers)
+        finally:
+            lab.stop()
+    return {"rounds": rounds, "requests": total_answers, "failed_requests_total": total_failures}

@@ -221,6 +221,9 @@ class Agent:
     async def reconcile_once(self) -> list[rc.Action]:
         now = self.clock()
         pass_start = self._completions
+        # Migrations first, desired records second: a migration we see as unfinished here may already
+        # have moved the desired record, never the other way round (so no incoming guest looks orphaned).
+        incoming = await self.migrator.incoming_unfinished()
         guests = await records.read_guests(self.store, self.keys)
         desired, unreadable = guests.for_host(self.host), guests.unreadable
         locks = guests.runners
@@ -242,6 +245,7 @@ class Agent:
                 retry=self.retry.get(name, rc.RetryState()),
                 current_epoch=epochs.get(name),
                 lock_holder=locks[name][0] if name in locks else None,
+                migrating_here=name in incoming,
             )
         caps = {kind: type(driver).capabilities for kind, driver in self.drivers.items()}
         actions = rc.reconcile(self.host, views, caps, now=now, policy=self.policy)
@@ -258,6 +262,9 @@ class Agent:
         for action in actions:
             by_guest.setdefault(_guest_of(action), []).append(action)
         for name, guest_actions in by_guest.items():
+            if isinstance(guest_actions[0], rc.Spawn):
+                self.log.debug("spawn %s: observed=%s inflight=%s unknown=%s",
+                               name, sorted(observed), sorted(self.inflight), sorted(self._unknown))
             if self._finished.get(name, -1) >= pass_start:
                 continue  # a task on this guest ended while we were reading: our view of it is stale
             self._dispatch(name, guest_actions, observed.get(name, (None, None))[0], now)

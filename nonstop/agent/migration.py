@@ -105,6 +105,19 @@ class Migrator:
 
     # ------------------------------------------------------------- destination side
 
+    async def incoming_unfinished(self) -> set[str]:
+        """Guests with a migration into this host that has not finished (or failed) yet."""
+        found = set()
+        for kv in await self.store.list(self.keys.ops_prefix):
+            try:
+                rec = kv.json()
+            except ValueError:
+                continue
+            if (isinstance(rec, dict) and rec.get("type") == "migration" and rec.get("destination") == self.keys.host
+                    and rec.get("phase") in ("requested", "ready", "done")):
+                found.add(str(rec.get("guest")))
+        return found
+
     async def poll_incoming(self) -> None:
         """Steps 2 and 4 for every migration aimed at this host; errors are written to the record."""
         for kv in await self.store.list(self.keys.ops_prefix):

@@ -172,6 +172,8 @@ CASES = [
     ("assigned elsewhere → destroy", GuestView("g", desired=gdef(host="h2"), observed=status(S.STOPPED)),
      [Destroy("g", POLICY.stop_timeout)]),
     ("incoming migration is left alone", GuestView("g", observed=status(S.INCOMING)), []),
+    ("migrated in, record not yet moved → left alone",
+     GuestView("g", desired=gdef(host="h2"), observed=status(S.RUNNING), migrating_here=True), []),
     ("desired stopped → stop", GuestView("g", desired=gdef(running=False), observed=status(S.RUNNING)),
      [Stop("g", POLICY.stop_timeout)]),
     ("desired stopped, absent → nothing", GuestView("g", desired=gdef(running=False)), []),

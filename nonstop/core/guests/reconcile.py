@@ -228,6 +228,9 @@ class GuestView:
     current_epoch: int | None = None
     """The guest's fencing epoch in the store (None: never fenced)."""
     lock_holder: str | None = None
+    migrating_here: bool = False
+    """A live migration into this host is under way (requested, ready or done, not yet finished):
+    the migration hand-off owns the guest, even where the desired record still names the source."""
 
 
 _IN_FLIGHT = frozenset({GuestState.STARTING, GuestState.STOPPING, GuestState.MIGRATING})
@@ -237,7 +240,7 @@ def decide(host: str, view: GuestView, caps: Capabilities | None, *, now: float,
     """The actions for one guest (usually zero or one; hot-plug may give several)."""
     d, o = view.desired, view.observed
     if d is None or d.host != host:
-        if o is None or o.state is GuestState.INCOMING:
+        if o is None or o.state is GuestState.INCOMING or view.migrating_here:
             return []  # nothing here, or a migration into this host owns it
         return [Destroy(view.name, policy.stop_timeout)]
     if caps is None:

@@ -173,8 +173,12 @@ class HttpUpstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserError:
+            # a broken chunked body: end here and close the client connection, whose
+            # response framing can no longer be trusted
             self.reusable = False
-            self.done = True  # the client gets what came; the connection closes after
+            self.done = True
+            if self.exchange is not None:
+                self.exchange.client.closing = True
 
     def _head(self, ex: Exchange, data: bytes) -> bytes:
         """Forward interim (1xx) heads and rewrite the final one; returns bytes to write."""

@@ -407,11 +407,12 @@ class ServiceRuntime:
             ex.backend = None
         now = self.loop.time()
         bst = self.backend_stats.get(backend.name)
-        if bst is not None:
-            bst.errors += 1
-        event = self.pool.report_failure(backend, now)
-        if event is not None:
-            self.on_pool_event(event)
+        if failure is not Failure.BACKEND_DOWN:  # taken away by us (down/maint/drain), not its fault
+            if bst is not None:
+                bst.errors += 1
+            event = self.pool.report_failure(backend, now)
+            if event is not None:
+                self.on_pool_event(event)
         if ex.cancelled:
             return
         decision = decide_retry(

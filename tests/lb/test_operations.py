@@ -148,6 +148,12 @@ async def test_cli_serves_reloads_on_sighup_and_stops_cleanly(backends, tmp_path
             await asyncio.sleep(0.05)
         else:
             pytest.fail("SIGHUP reload did not take effect")
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+        writer.write(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        assert b" 200 " in answer[:20] and b'"generation": 2' in answer
+        assert (await client.request()).body.startswith(b"b ")  # same keep-alive connection
         client.close()
     finally:
         os.kill(proc.pid, signal.SIGTERM)

@@ -370,7 +370,7 @@ class Agent:
             permanent = bool(getattr(exc, "permanent", False))
             self.retry[d.name] = rc.record_failure(
                 self.retry.get(d.name, rc.RetryState()), now=self.clock(), reason=exc.reason,
-                fp=rc.fingerprint(d), policy=self.policy, permanent=permanent,
+                fp=rc.attempt_key(d), policy=self.policy, permanent=permanent,
             )
             self.notes[d.name] = {"state": "failed", "failure_reason": exc.reason}
             await records.release_runner(self.store, self.keys, d.name)

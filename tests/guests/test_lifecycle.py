@@ -33,6 +33,7 @@ from nonstop.core.guests.reconcile import (
     Stop,
     Unsupported,
     Wait,
+    attempt_key,
     backoff_delay,
     decide,
     fingerprint,
@@ -201,11 +202,14 @@ def test_failed_guest_is_respawned_then_given_up() -> None:
     view = GuestView("g", desired=d, observed=status(S.FAILED, failure_reason="oom"))
     (action,) = one(view)
     assert isinstance(action, Respawn) and "oom" in action.reason
-    r = record_failure(RetryState(), now=10, reason="oom", fp=fingerprint(d), policy=POLICY)
+    r = record_failure(RetryState(), now=10, reason="oom", fp=attempt_key(d), policy=POLICY)
     assert one(GuestView("g", desired=d, observed=view.observed, retry=r), now=10.5) == [Wait("g", 11.0, "oom")]
-    r = RetryState(attempts=3, gave_up=True, last_reason="oom", fingerprint=fingerprint(d))
+    r = RetryState(attempts=3, gave_up=True, last_reason="oom", fingerprint=attempt_key(d))
     (give_up,) = one(GuestView("g", desired=d, observed=view.observed, retry=r), now=1e6)
     assert isinstance(give_up, GiveUp) and "oom" in give_up.reason
+    # Placed here again under a new fencing epoch: a fresh budget.
+    again = one(GuestView("g", desired=gdef(fencing_epoch=1), observed=view.observed, retry=r), now=1e6)
+    assert isinstance(again[0], Respawn)
 
 
 def test_hotplug_not_possible_means_restart_or_report() -> None:

@@ -59,6 +59,12 @@ def fingerprint(definition: GuestDefinition) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def attempt_key(definition: GuestDefinition) -> str:
+    """What a retry budget is for: the definition *and* its fencing epoch — a guest placed here again
+    (new epoch) or changed gets a fresh budget, even after the agent gave up on it."""
+    return f"{fingerprint(definition)}@{definition.fencing_epoch}"
+
+
 def backoff_delay(attempts: int, policy: RetryPolicy) -> float:
     """Delay before attempt ``attempts + 1``: base × 2^(attempts-1), capped."""
     if attempts <= 0:
@@ -262,7 +268,7 @@ def _start_gate(host: str, d: GuestDefinition, view: GuestView, *, now: float) -
         return [RefuseStale(d.name, d.fencing_epoch, view.current_epoch)]
     if view.lock_holder is not None and view.lock_holder != host:
         return [Blocked(d.name, view.lock_holder)]
-    fp = fingerprint(d)
+    fp = attempt_key(d)
     if not may_attempt(view.retry, now=now, fp=fp):
         reason = view.retry.last_reason or "unknown failure"
         if view.retry.gave_up:

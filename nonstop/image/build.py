@@ -60,6 +60,7 @@ _SCRIPTS = {
     "hotplug.sh": "etc/hotplug.sh",
     "hostinfo.sh": "etc/hostinfo.sh",
     "index.cgi.sh": "www/cgi-bin/index.cgi",
+    "disk.cgi.sh": "www/cgi-bin/disk.cgi",  # block workload for the mirrored-disk test (docs/components.md)
     "poweroff.sh": "etc/acpi/PWRF/00000080",
 }
 

@@ -54,6 +54,7 @@ from nonstop.drivers.cgroups import Cgroup, CgroupError
 MIN_MEMORY = 16 * 1024**2
 LAUNCHER = Path(__file__).with_name("launch.py")
 POLL_INTERVAL = 0.02
+CONSOLE_MAX_BYTES = 1024 * 1024
 
 
 def default_command(port: int) -> list[str]:
@@ -93,6 +94,19 @@ def _proc_cmdline(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _trim(path: Path, max_bytes: int) -> None:
+    """Keep the console log bounded across restarts: past ``max_bytes``, keep its last quarter."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return
+        with path.open("rb") as f:
+            f.seek(-max_bytes // 4, os.SEEK_END)
+            tail = f.read()
+        path.write_bytes(b"--- nonstop: console log trimmed ---\n" + tail)
+    except FileNotFoundError:
+        pass
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -253,6 +267,7 @@ class ProcessDriver(Driver):
         read_fd, write_fd = os.pipe()
         argv += ["--status-fd", str(write_fd), "--", *command]
         console = self._dir(d.name) / "console.log"
+        _trim(console, CONSOLE_MAX_BYTES)
         try:
             with console.open("ab") as log:
                 log.write(f"--- nonstop: starting boot {boot_id} at {time.time():.3f}\n".encode())

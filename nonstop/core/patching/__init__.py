@@ -1,0 +1,1 @@
+"""Rolling patches, pure: the planner (planner.py) and the per-host step machine (steps.py)."""

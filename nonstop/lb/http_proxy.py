@@ -32,6 +32,7 @@ from nonstop.lb.http_head import (
     BODY_CHUNKED,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
+    REQUEST_HOP_BY_HOP,
     BadResponse,
     error_response,
     request_head,
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nonstop.lb.http")
 access_log = logging.getLogger("nonstop.lb.access")
+
+_NOT_FORWARDED = REQUEST_HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
+_CONNECTION_PLAIN = frozenset({b"", b"close", b"keep-alive"})
 
 REPLAY_LIMIT = 64 * 1024
 """Request bodies up to this size are kept for a retry; larger ones stream and cannot be replayed."""
@@ -278,7 +282,7 @@ class HttpClient(asyncio.Protocol):
 
     __slots__ = (
         "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes", "headers",
-        "url", "cl_count", "field_bytes", "te", "has_host", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
+        "url", "cl_count", "field_bytes", "te", "has_host", "parts", "xff", "custom_hop", "tail", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
         "closed",
     )  # fmt: skip
 
@@ -297,6 +301,12 @@ class HttpClient(asyncio.Protocol):
         self.field_bytes = 0  # bytes of header fields so far in this head
         self.te = False
         self.has_host = False
+        self.parts: list[bytes] = []
+        """The upstream head's header lines, built as headers arrive (hop-by-hop ones left out)."""
+        self.xff = b""
+        self.custom_hop = False
+        """Connection: named extra hop-by-hop headers: rebuild the head with request_head()."""
+        self.tail = b""
         self.error: ClientError | None = None
         self.deadline = 0.0
         self.deadline_kind = DEADLINE_NONE
@@ -312,6 +322,7 @@ class HttpClient(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
+        self.tail = b"X-Forwarded-For: " + self.client_ip + b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 nonstop\r\n\r\n"
         svc.clients.add(self)
         svc.stats.connections += 1
         svc.stats.active_connections += 1
@@ -408,6 +419,9 @@ class HttpClient(asyncio.Protocol):
         self.field_bytes = 0
         self.te = False
         self.has_host = False
+        self.parts = []
+        self.xff = b""
+        self.custom_hop = False
         if self.deadline_kind != DEADLINE_HEADER:
             self.deadline = self.svc.clock + self.svc.spec.header_timeout
             self.deadline_kind = DEADLINE_HEADER
@@ -445,6 +459,15 @@ class HttpClient(asyncio.Protocol):
                 raise self.error
             self.te = True
         headers.append((lname, name, value))
+        if lname in _NOT_FORWARDED:
+            if lname == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                if tokens - _CONNECTION_PLAIN:
+                    self.custom_hop = True
+            elif lname == b"x-forwarded-for":
+                self.xff = self.xff + b", " + value if self.xff else value
+        else:
+            self.parts.extend((name, b": ", value, b"\r\n"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -457,9 +480,20 @@ class HttpClient(asyncio.Protocol):
             self.error = ClientError(400, "HTTP/1.1 request without Host")
             raise self.error
         method = parser.get_method()
-        head = request_head(
-            method, self.url, self.headers, client_ip=self.client_ip, client_version=version, chunked=self.te
-        )
+        if self.custom_hop:
+            head = request_head(
+                method, self.url, self.headers, client_ip=self.client_ip, client_version=version, chunked=self.te
+            )
+        else:
+            parts = self.parts
+            if self.xff or self.te or version == "1.0":
+                xff = self.xff + b", " + self.client_ip if self.xff else self.client_ip
+                via = b"1.0 nonstop" if version == "1.0" else b"1.1 nonstop"
+                te = b"Transfer-Encoding: chunked\r\n" if self.te else b""
+                parts.append(b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\nVia: %b\r\n%b\r\n" % (xff, via, te))
+            else:
+                parts.append(self.tail)
+            head = method + b" " + self.url + b" HTTP/1.1\r\n" + b"".join(parts)
         ex = Exchange(self, method, head, parser.should_keep_alive(), version == "1.0", self.te, self.url)
         self.parsing = ex
         self.queue.append(ex)

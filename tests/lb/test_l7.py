@@ -33,6 +33,12 @@ async def test_proxies_get_post_chunked_and_forwarding_headers(backends):
         assert b"X-Forwarded-For: 10.9.9.9, 127.0.0.1" in r.body
         assert b"X-Forwarded-Proto: http" in r.body and b"Via: 1.1 nonstop" in r.body
         assert b"X-Secret" not in r.body  # named by Connection: hop-by-hop
+        r = await client.request("GET", "/headers", headers="Connection: keep-alive\r\nX-Forwarded-For: 10.1.1.1\r\nVia: 1.0 evil\r\nX-Keep: 1\r\n")
+        lines = r.body.split(b"\n")
+        assert b"X-Forwarded-For: 10.1.1.1, 127.0.0.1" in lines and b"X-Keep: 1" in lines and b"Host: test" in lines
+        assert b"Via: 1.1 nonstop" in lines and not any(b"evil" in x or x.startswith(b"Connection") for x in lines)
+        r = await client.request("GET", "/headers")
+        assert b"X-Forwarded-For: 127.0.0.1" in r.body.split(b"\n")
         # a chunked request body is streamed through re-chunked
         raw = await raw_exchange(
             port_of(lb, "web"),

@@ -144,7 +144,7 @@ async def request_maintenance(store: Store, cluster: str, host: str, enter: bool
     state = "maintenance" if enter else "up"
     if record.get("state", "up") == state:
         return {"host": host, "state": state, "changed": False}
-    record.update(state=state, requested_by=by, requested_at=time.time(),
+    record.update(state=state, evacuate=True, requested_by=by, requested_at=time.time(),
                   reason=reason or ("enter maintenance" if enter else "exit maintenance"))
     event, _ = event_op(cluster, "maintenance-requested", host, record["reason"], by, state=state)
     result = await store.txn([Compare.mod_revision(key, kv.mod_revision if kv else 0)],

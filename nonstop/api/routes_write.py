@@ -92,9 +92,12 @@ async def _spec_and_guests(rt: ApiRuntime) -> tuple[Any, list[str]]:
     return stored.spec, [g["name"] for g in c["guests"]]
 
 
-async def _chaos(rt: ApiRuntime, method: str, args: tuple[str, ...], subject: str, who: str) -> dict[str, Any]:
+async def _chaos(rt: ApiRuntime, method: str, args: tuple[str, ...], subject: str, who: str,
+                 spec: Any = None, guest_pid: int | None = None) -> dict[str, Any]:
     assert rt.store is not None
-    result = await chaos.call_lab(rt.lab, method, args)
+    if spec is None and rt.chaos is not None:
+        spec = (await _spec_and_guests(rt))[0]
+    result = await chaos.call_lab(rt.chaos, method, args, spec, guest_pid)
     event = await actions.audit_event(rt.store, rt.cluster, "chaos", subject, f"{method}({', '.join(args)})", who,
                                       action=method)
     return {"action": method, "args": list(args), "result": result, "event": event}
@@ -107,7 +110,11 @@ async def fail(request: Request, body: FailRequest, who: Admin) -> dict[str, Any
         raise actions.Conflict("chaos needs the lab: this API is not running inside `nonstop up`")
     spec, guests = await _spec_and_guests(rt)
     method, args = chaos.plan(spec, guests, body.target, body.name)
-    return await _chaos(rt, method, args, body.name, who)
+    pid = None
+    if body.target == "guest":
+        c = await rt.snapshot()
+        pid = next((g.get("pid") for g in c["guests"] if g["name"] == body.name), None)
+    return await _chaos(rt, method, args, body.name, who, spec, pid)
 
 
 @router.post("/chaos/partition", summary="Cut a host off from every other host (both NICs)")
@@ -118,7 +125,7 @@ async def partition(request: Request, body: PartitionRequest, who: Admin) -> dic
     spec, _ = await _spec_and_guests(rt)
     if body.host not in {h.name for h in spec.hosts}:
         raise actions.NotFound(f'no host "{body.host}"', field="host")
-    return await _chaos(rt, "partition", (body.host,), body.host, who)
+    return await _chaos(rt, "partition", (body.host,), body.host, who, spec)
 
 
 @router.post("/chaos/heal", summary="Undo every fault the lab injected")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nonstop.api import snapshot
+from nonstop.api.chaos import LabChaos
 from nonstop.controller.lbsync import AdminError, http_json
 from nonstop.store import keys, open_store
 from nonstop.store.base import EventType, Store, StoreError
@@ -36,6 +37,9 @@ class ApiRuntime:
     def __init__(self, store_url: str, cluster: str, lab: Any = None,
                  balancers: Mapping[str, str] | None = None) -> None:
         self.store_url, self.cluster, self.lab = store_url, cluster, lab
+        self.chaos = LabChaos(lab) if lab is not None else None
+        self._netns_thread: Any = None
+        """A thread inside the lab's ctl namespace, where the balancers' admin APIs are reachable."""
         self.balancers = dict(balancers or {})
         """service → admin address of its balancer (``ip:port``)."""
         self.store: Store | None = None
@@ -67,21 +71,29 @@ class ApiRuntime:
                 await task
         if self.store is not None:
             await self.store.close()
+        if self._netns_thread is not None:
+            self._netns_thread.close()
 
     # --------------------------------------------------------------- reading
 
     def lab_balancers(self) -> dict[str, str]:
-        found = dict(getattr(self.lab, "balancers", None) or {}) if self.lab is not None else {}
+        """service → balancer admin address: the lab's (``LabCluster.services[svc]["admin"]``) and given ones."""
+        found: dict[str, str] = {}
+        services = getattr(self.lab, "services", None) if self.lab is not None else None
+        if isinstance(services, Mapping):
+            for name, info in services.items():
+                if isinstance(info, Mapping) and isinstance(info.get("admin"), str):
+                    found[str(name)] = str(info["admin"]).split()[0]
         return {**found, **self.balancers}
 
     def faults(self) -> dict[str, Any]:
-        get = getattr(self.lab, "faults", None) if self.lab is not None else None
+        if self.chaos is None:
+            return {}
         try:
-            value = get() if callable(get) else get
+            return self.chaos.faults()
         except Exception as exc:  # noqa: BLE001 - a lab that cannot say its faults must not break reads
             log.warning("lab faults unreadable: %s", exc)
             return {}
-        return dict(value) if isinstance(value, Mapping) else {}
 
     async def snapshot(self) -> dict[str, Any]:
         """The snapshot, re-read from the store only when something changed since the last read."""
@@ -145,10 +157,30 @@ class ApiRuntime:
                 self.invalidate()
             await asyncio.sleep(LB_POLL_SECONDS)
 
+    def _lab_netns(self) -> Any:
+        """The lab's ctl namespace thread, when the API runs beside a lab with one (else None)."""
+        if self._netns_thread is None and self.lab is not None and hasattr(self.lab, "bmc_ports"):
+            from nonstop.lab import names
+            from nonstop.net import netns
+
+            if netns.exists(names.ctl_ns(self.cluster)):
+                self._netns_thread = netns.NetnsThread(names.ctl_ns(self.cluster))
+        return self._netns_thread
+
+    async def _fetch(self, admin: str, path: str) -> tuple[int, Any]:
+        thread = self._lab_netns()
+        if thread is None:
+            return await http_json(admin, "GET", path, timeout=0.8)
+
+        def get() -> tuple[int, Any]:
+            return asyncio.run(http_json(admin, "GET", path, timeout=0.8))
+
+        return await asyncio.wrap_future(thread.submit(get))
+
     async def _poll_one(self, service: str, admin: str) -> None:
         now = time.monotonic()
         try:
-            status, doc = await http_json(admin, "GET", f"/services/{service}", timeout=0.8)
+            status, doc = await self._fetch(admin, f"/services/{service}")
             if status != 200 or not isinstance(doc, dict):
                 raise AdminError(f"HTTP {status}")
         except AdminError as exc:

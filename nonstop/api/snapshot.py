@@ -6,8 +6,8 @@ used capacity, guests), guests (desired vs observed), services (backends, health
 rates from the balancers' admin APIs when known), networks (with IPAM use), teams, switches,
 operations and the latest events. Host state is derived level-wise from what the store holds:
 a failover operation for a host whose agent is gone → ``failed``; an operator's maintenance
-request → ``maintenance``; the controller's liveness verdict (``host-state`` events, or a
-``state`` the controller put in ``hosts/<h>/observed``) when present; else ``up`` while the
+request → ``maintenance``; the controller's liveness verdict when present (``hosts`` in the
+leader record it republishes every second, else the last ``host-state`` event's ``after``); else ``up`` while the
 agent's ``alive`` key exists and ``down`` when it does not.
 
 Must not: write anything, or decide anything beyond presenting (placement explanations come
@@ -107,9 +107,12 @@ def host_states(raw: RawCluster) -> dict[str, tuple[str, str]]:
     liveness: dict[str, str] = {}
     for event in raw.events:
         if event.get("kind") == "host-state":
-            state = event.get("state") or event.get("to")
+            state = event.get("after") or event.get("state")
             if isinstance(state, str):
                 liveness[str(event.get("subject"))] = state
+    # The active controller publishes its live verdict per host in the leader record every second.
+    published = _dict(_dict(raw.leader).get("hosts"))
+    liveness.update({str(h): s for h, s in published.items() if isinstance(s, str)})
     failed_by: dict[str, dict[str, Any]] = {}
     for op in raw.ops.values():
         if op.get("type") == "failover" and op.get("step") in FAILED_STEPS:
@@ -194,7 +197,7 @@ def guest_records(raw: RawCluster) -> list[dict[str, Any]]:
             "address": address, "epoch": raw.epochs.get(name, desired.get("fencing_epoch", 0)),
             "migrate_to": desired.get("migrate_to"), "running": desired.get("running", True),
             "note": observed.get("note") or observed.get("failure_reason"),
-            "runner": _dict(leaves.get("runner")).get("host"),
+            "runner": _dict(leaves.get("runner")).get("host"), "pid": observed.get("pid"),
         })
     return out
 

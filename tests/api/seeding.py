@@ -66,8 +66,8 @@ async def seed(store: Store) -> dict[str, str]:
             for g in members]})
     seq = time.time_ns()
     for n, (kind, subject, reason) in enumerate([("guest-placed", "web-0", "initial placement"),
-                                                  ("host-state", "host1", "all links up")]):
-        key, value = _event(seq + n, kind, subject, reason, state="up")
+                                                  ("host-state", "host1", "unknown -> up: all links up")]):
+        key, value = _event(seq + n, kind, subject, reason, before="unknown", after="up")
         await store.put(key, value)
     return placed
 

@@ -19,7 +19,10 @@ or touch interfaces it did not name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -108,8 +111,39 @@ def unplug(host_netns: str | None, cluster: str, guest: str, index: int, ifname:
 def create_netns(name: str) -> None:
     """A fresh namespace: leftovers of a crashed run under the same name are dropped first."""
     remove_netns(name)
-    netns.create(name)
+    try:
+        _create_in_thread(name)
+    except OSError:
+        netns.create(name)  # pyroute2's way: a forked helper (slower, but no assumptions)
     in_netns(name, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up"))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+
+
+def _create_in_thread(name: str) -> None:
+    """``ip netns add`` without a helper process: a short-lived thread unshares its own network
+    namespace and bind-mounts it on /run/netns/<name> (both are per-thread operations)."""
+    path = NETNS_DIR / name
+    if not NETNS_DIR.is_dir():
+        raise OSError(f"{NETNS_DIR} is not set up")  # let pyroute2 make it the first time
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+    errors: list[str] = []
+
+    def body() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            errors.append(f"unshare: {os.strerror(ctypes.get_errno())}")
+        elif _libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), None, MS_BIND, None) != 0:
+            errors.append(f"mount: {os.strerror(ctypes.get_errno())}")
+
+    thread = threading.Thread(target=body, name=f"netns-create-{name}")
+    thread.start()
+    thread.join()
+    if errors:
+        path.unlink(missing_ok=True)
+        raise OSError(f"cannot create network namespace {name}: {errors[0]}")
 
 
 def remove_netns(name: str) -> None:

@@ -206,6 +206,8 @@ class Agent:
                 try:
                     observed[name] = (kind, await driver.status(name))
                     self._last_status[name] = observed[name][1]
+                    if str(self.notes.get(name, {}).get("note", "")).startswith("status failed"):
+                        self.notes[name].pop("note")
                 except GuestNotFound:
                     self.log.debug("%s listed by the %s driver but gone when asked", name, kind)
                     continue
@@ -405,7 +407,8 @@ class Agent:
         if status is not None:
             rec = status.to_dict()
         else:
-            rec = {"name": name, "state": note.get("state", GuestState.PENDING.value)}
+            absent = GuestState.PENDING if desired is None or desired.running else GuestState.STOPPED
+            rec = {"name": name, "state": note.get("state", absent.value)}
         if status is None or status.state is not GuestState.RUNNING:
             for field in ("failure_reason", "next_attempt_at"):
                 if field in note:

@@ -118,7 +118,8 @@ def test_nic_failure_cuts_cable_team_fails_over_nothing_moves(cluster: tuple[Lab
     assert team().get("active") == "eth0"
     with watcher(lab, "no-new-guests"), Load(lab.services["api"]["port"]) as load:
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
-        time.sleep(0.5)
+        probe.wait_for("the service answers", lambda: load.ok >= 20, timeout=15)
+        load.failures.clear()
         start, t0 = time.time(), time.monotonic()
         fail_component(lab, "nic", host, "eth0")
         probe.wait_for("team on eth1", lambda: team().get("active") == "eth1", timeout=3, every=0.02)
@@ -146,7 +147,8 @@ def test_one_psu_evacuate_moves_guests_with_zero_failed_requests(cluster: tuple[
     moving = sorted(g for g, h in probe.running().items() if h == host)
     with watcher(lab, "evacuate", window=1.0), Load(lab.services["api"]["port"]) as load:
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
-        time.sleep(0.5)
+        probe.wait_for("the service answers", lambda: load.ok >= 20, timeout=15)
+        load.failures.clear()  # only the evacuation counts (a fresh lab's balancer may still be syncing)
         start, t0 = time.time(), time.monotonic()
         fail_component(lab, "psu", host, "PSU2")
         probe.wait_for("degraded", lambda: components(probe, host).get("health") == "degraded", timeout=2.0, every=0.02)
@@ -168,6 +170,43 @@ def test_one_psu_evacuate_moves_guests_with_zero_failed_requests(cluster: tuple[
     REPORT["psu-evacuate"] = {"host": host, "guests": moving, "degraded_after_s": round(degraded, 3),
                               "evacuated_after_s": round(evacuated, 3), "released_after_repair_s": round(released, 3),
                               "requests_ok": load.ok, "failed": len(load.failures)}
+
+
+def put_spec(probe: ClusterProbe, spec: ClusterSpec) -> None:
+    from nonstop.store.state import put_spec as put
+
+    probe._run(lambda s: put(s, spec))  # noqa: SLF001
+
+
+def scaled(spec: ClusterSpec, replicas: int) -> ClusterSpec:
+    groups = [g.model_copy(update={"replicas": replicas}) for g in spec.guests]
+    return spec.model_copy(update={"guests": groups})
+
+
+def test_no_new_guests_keeps_a_new_guest_off_the_degraded_host(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    """The evacuated host is empty, so spreading would put a new replica there — unless the
+    host is degraded under "no-new-guests" (controller condition ``degraded``, HostStateFilter)."""
+    lab, probe = cluster
+    counts = {h.name: list(probe.running().values()).count(h.name) for h in lab.spec.hosts}
+    empty = min(sorted(counts), key=lambda h: counts[h])
+    assert counts[empty] < min(c for h, c in counts.items() if h != empty), counts
+    policy = with_policy(lab.spec, "no-new-guests", 1.0)
+    put_spec(probe, policy)
+    try:
+        with watcher(lab, "no-new-guests"):
+            fail_component(lab, "psu", empty, "PSU1")
+            probe.wait_for("restricted", lambda: components(probe, empty).get("placement") == "no-new-guests",
+                           timeout=3, every=0.02)
+            put_spec(probe, scaled(policy, 4))
+            probe.wait_for("4 replicas running", lambda: len(probe.running()) == 4, timeout=30)
+            placed_on = probe.running().get("api-3")
+            assert placed_on is not None and placed_on != empty, probe.running()
+            fail_component(lab, "psu", empty, "PSU1", failed=False)
+            probe.wait_for("eligible again", lambda: components(probe, empty).get("placement") == "normal", timeout=5)
+    finally:
+        put_spec(probe, lab.spec)
+    probe.wait_for("back to 3 replicas", lambda: len(probe.running()) == 3, timeout=30)
+    REPORT["no-new-guests"] = {"host": empty, "new_replica_on": placed_on}
 
 
 def test_second_psu_powers_off_fences_and_fails_over(cluster: tuple[LabCluster, ClusterProbe]) -> None:

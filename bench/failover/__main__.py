@@ -22,7 +22,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def summary(rounds: list[dict[str, Any]], field: str) -> dict[str, Any] | None:
-    values = [r[field] for r in rounds if r.get(field) is not None]
+    values = [r[field] for r in rounds if isinstance(r.get(field), int | float)]
     if not values:
         return None
     return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values), "n": len(values)}

@@ -36,7 +36,7 @@ from nonstop.controller import view as cv
 from nonstop.controller.events import EventLog
 from nonstop.controller.failover import load_ops, persist, run_failover
 from nonstop.controller.lbsync import LbSync
-from nonstop.core.controller.backends import desired_backends
+from nonstop.core.controller.backends import Backend, GuestFacts, desired_backends
 from nonstop.core.controller.failback import failback_decision
 from nonstop.core.controller.guestfail import GuestHealth, guest_verdict
 from nonstop.core.controller.ops import FailoverOp, OpEvent, Step, advance
@@ -85,6 +85,16 @@ def host_links(spec: ClusterSpec, endpoints: list[Endpoint]) -> dict[str, list[s
     return out
 
 
+async def _accepts(address: str, timeout: float) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (TimeoutError, OSError, ValueError):
+        return False
+    writer.close()
+    return True
+
+
 class Controller:
     def __init__(self, store: Store, cluster: str, *, key: bytes, endpoints: list[Endpoint],
                  balancers: dict[str, str] | None = None, bmcs: dict[str, str] | None = None,
@@ -116,6 +126,8 @@ class Controller:
         self.started_at = time.monotonic()
         self._moved = False
         self.drain_delay = 0.5
+        self.ready: set[tuple[str, int]] = set()
+        self.readiness_timeout = 0.3
         self._tasks: list[asyncio.Task[Any]] = []
         self.passes = 0
 
@@ -153,6 +165,8 @@ class Controller:
                 out[host.name] = "maintenance"
             elif state in FAILED_STATES or active:
                 out[host.name] = "failed"
+            elif view.host_components.get(host.name, {}).get("placement") == "no-new-guests":
+                out[host.name] = "degraded"  # component policy (docs/components.md); placement filters it
             else:
                 out[host.name] = "up"
         return out
@@ -457,7 +471,7 @@ class Controller:
         max_restarts = self.spec.policies.ha.max_restarts
         for guest, d in view.desired.items():
             obs = view.observed.get(guest)
-            if guest in busy or obs is None or obs.get("host") != d.host or conditions.get(d.host) != "up":
+            if guest in busy or obs is None or obs.get("host") != d.host or conditions.get(d.host) not in ("up", "degraded"):
                 continue
             verdict = guest_verdict(GuestHealth(guest, d.host, obs.get("state"), int(obs.get("attempts") or 0),
                                                 bool(obs.get("gave_up")), obs.get("failure_reason")),
@@ -519,6 +533,25 @@ class Controller:
             self.failback_done[host] = time.time()
             await self.events.emit("failback", host, decision.reason, moves=[list(m) for m in decision.moves])
 
+    async def _ready(self, want: tuple[Backend, ...], facts: dict[str, GuestFacts]) -> tuple[Backend, ...]:
+        """Readiness gate: a replica joins the balancer once its port accepts a connection (the
+        agent reports a process guest running when it is started, before it listens). Checked
+        once per (guest, epoch); static servers pass as they are."""
+        out, probes = [], {}
+        for b in want:
+            f = facts.get(b.name)
+            if f is None or (b.name, f.epoch) in self.ready:
+                out.append(b)
+            else:
+                probes[b] = (b.name, f.epoch)
+        if probes:
+            results = await asyncio.gather(*(_accepts(b.address, self.readiness_timeout) for b in probes))
+            for (b, token), ok in zip(probes.items(), results, strict=True):
+                if ok:
+                    self.ready.add(token)
+                    out.append(b)
+        return tuple(sorted(out, key=lambda b: b.name))
+
     async def _sync_services(self, view: cv.ClusterView) -> None:
         states = {h.name: self.host_state(h.name) for h in self.spec.hosts}
         for op in self.ops.values():
@@ -526,7 +559,7 @@ class Controller:
                 states[op.host] = "dead"
         facts = view.facts()
         for service in self.spec.services:
-            want = desired_backends(self.spec, service, facts, states)
+            want = await self._ready(desired_backends(self.spec, service, facts, states), facts)
             if await self.lb.store_backends(service.name, want):
                 await self.events.emit("backends", service.name, f"{len(want)} backend(s): "
                                        f"{', '.join(b.name for b in want) or 'none'}", backends=[b.to_dict() for b in want])

@@ -38,6 +38,8 @@ class ClusterView:
     host_desired: dict[str, dict[str, Any]] = field(default_factory=dict)
     alive: dict[str, int] = field(default_factory=dict)
     """host → lease id of its agent's presence key."""
+    host_components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """host → its ``hosts/<h>/components`` record (hardware watcher, docs/components.md)."""
 
     def assignments(self) -> dict[str, str]:
         return {g: d.host for g, d in self.desired.items()}
@@ -91,6 +93,11 @@ async def read_view(store: Store, cluster: str) -> ClusterView:
                 continue
         elif parsed.leaf == "alive":
             view.alive[parsed.name] = kv.lease
+        elif parsed.leaf == "components":
+            try:
+                view.host_components[parsed.name] = json.loads(kv.value)
+            except ValueError:
+                continue
     return view
 
 

@@ -87,6 +87,9 @@ def plug(host_netns: str | None, cluster: str, guest: str, guest_netns: str, ind
             ipr.link("set", index=gi, state="down")
             ipr.link("set", index=gi, address=vnic.mac)
             ipr.link("set", index=gi, state="up")
+            if index == 0 and vnic.gateway:
+                # setting the link down dropped the default route move_to_netns added
+                ipr.route("replace", dst="0.0.0.0/0", gateway=vnic.gateway, oif=gi)
 
         in_netns(guest_netns, set_mac)
         if vnic.address:

@@ -148,6 +148,7 @@ def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, Cl
     _bring_back(lab, probe, host)
 
 
+@pytest.mark.slow
 def test_no_false_failover_under_cpu_saturation(cluster: tuple[LabCluster, ClusterProbe]) -> None:
     """Both cores saturated by bounded burners (2 per core, nice 0, like the load a tenant makes)
     for NONSTOP_CPU_SATURATION_SECONDS (default 120, as the issue asks; the whole module stays within the area's 4-minute budget)."""

@@ -81,9 +81,13 @@ async def run_agent(
     ha_task = None
     if gate is not None and ha_key is not None:
         ha_task = asyncio.create_task(run_agent_ha(agent, store, gate, key_path=ha_key, drivers=built))
+    from nonstop.agent.patch import run_patch_service  # issue 8: patch/self-test requests (docs/patching.md)
+
+    patch_task = asyncio.create_task(run_patch_service(store, cluster, host, state_dir, stop, options))
     try:
         await agent.run(stop)
     finally:
+        patch_task.cancel()
         if ha_task is not None:
             ha_task.cancel()
         await store.close()

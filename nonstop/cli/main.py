@@ -32,6 +32,7 @@ VERB_MODULES = (
     "nonstop.cli.guest_verbs",
     "nonstop.cli.cluster_verbs",
     "nonstop.cli.api_verbs",
+    "nonstop.cli.patch_verbs",
 )
 
 

@@ -1,0 +1,443 @@
+"""The rolling-patch executor: runs the core step machine against the real cluster, persisting
+every step in the store so a killed patcher resumes where it was.
+
+Role: ``Patcher(store, cluster, balancers=...)``:
+- ``plan(target, hosts, max_unavailable)``: the pure planner on a fresh snapshot;
+- ``start(...)`` writes a new rollout to ``ops/patch-rollout`` (refused while another rollout is
+  running or failed — resume or abort it first);
+- ``run()`` holds ``ops/patch-rollout-lock`` on a lease (one patcher at a time; a killed one's
+  lock goes with its lease), then loops: ``transition(rollout, observation, now)`` → persist →
+  run the steps it asks for (hosts of one batch concurrently) → feed each result back;
+- ``resume()`` / ``abort()``: the operator's observations.
+
+Per-host step procedures are idempotent (a resumed step runs again from its beginning):
+precheck (controller alive and fresh, cluster healthy, ``check_batch``), enter-maintenance
+(``hosts/<h>/desired`` with ``evacuate: false``, wait until the controller reports it — from then on
+the HA controller never fences or fails the host over), drain (backends of the host's guests set
+``drain`` on every balancer, in-flight requests finish), evacuate (one guest at a time: VMs by live
+migration, process guests by reassignment; wait until it runs on the target and serves), patch
+(request through the agent, wait for the result), await-agent (the agent re-executed, reports the
+target level and its version), postcheck (a self-test guest boots on the host), exit-maintenance
+(wait until the controller hears the host on every link: ``up``, not ``link-degraded``), failback
+(per ``policies.ha.failback``: ``manual`` leaves guests where they are, ``auto`` moves the
+evacuated ones back, ``balanced`` applies the controller's rebalance plan).
+
+Must not: decide order, batches or safety (nonstop/core/patching does), or run anything on a host
+itself (the agent does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from nonstop.controller.events import EventLog
+from nonstop.core.controller.placing import move_off, rebalance_moves
+from nonstop.core.patching.planner import RolloutPlan, check_batch, plan_rollout
+from nonstop.core.patching.steps import (
+    Abort,
+    Finished,
+    Observation,
+    Resume,
+    Rollout,
+    RolloutStatus,
+    RunStep,
+    StaleResult,
+    Step,
+    StepResult,
+    Tick,
+    new_rollout,
+    transition,
+)
+from nonstop.patching import cluster as pc
+from nonstop.store import keys
+from nonstop.store.base import Compare, Op, Store
+from nonstop.store.lease import LeaseKeeper
+
+log = logging.getLogger("nonstop.patching")
+
+Progress = Callable[[Rollout, str], None]
+
+
+class RolloutError(Exception):
+    pass
+
+
+def rollout_key(cluster: str) -> str:
+    return keys.op(cluster, "patch-rollout")
+
+
+def lock_key(cluster: str) -> str:
+    return keys.op(cluster, "patch-rollout-lock")
+
+
+class Patcher:
+    def __init__(self, store: Store, cluster: str, *, balancers: dict[str, str] | None = None,
+                 step_timeout: float = 90.0, drain_timeout: float = 10.0, progress: Progress | None = None,
+                 patcher_id: str = "patcher") -> None:
+        self.store, self.cluster = store, cluster
+        self.balancers = pc.Balancers(balancers or {})
+        self.step_timeout, self.drain_timeout = step_timeout, drain_timeout
+        self.progress = progress or (lambda _r, text: log.info("%s", text))
+        self.events = EventLog(store, cluster)
+        self.id = patcher_id
+        self.rollout: Rollout | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ records
+
+    async def load(self) -> Rollout | None:
+        data = await self.store.get_json(rollout_key(self.cluster))
+        return Rollout.from_dict(data) if isinstance(data, dict) else None
+
+    async def _save(self, rollout: Rollout) -> None:
+        await self.store.put_json(rollout_key(self.cluster), rollout.to_dict())
+
+    async def plan(self, target: str, hosts: list[str] | None = None, max_unavailable: int = 1) -> RolloutPlan:
+        snap = await pc.snapshot(self.store, self.cluster)
+        return plan_rollout(snap.spec, snap.view.assignments(), snap.conditions(), snap.levels(), target,
+                            hosts=hosts, max_unavailable=max_unavailable)
+
+    async def start(self, target: str, *, hosts: list[str] | None = None, max_unavailable: int = 1,
+                    command: str | None = None, restart_agent: bool = True, timeout: float = 120.0) -> Rollout:
+        current = await self.load()
+        if current is not None and current.status in (RolloutStatus.RUNNING, RolloutStatus.FAILED):
+            raise RolloutError(f"rollout {current.rollout_id} to {current.target} is {current.status.value}: "
+                               "resume or abort it first")
+        plan = await self.plan(target, hosts, max_unavailable)
+        if not plan.ok:
+            raise RolloutError("the planner refuses: " + "; ".join(plan.refused))
+        snap = await pc.snapshot(self.store, self.cluster)
+        now = time.time()
+        rollout = new_rollout(f"patch-{int(now * 1000)}", target, plan.batches, now, levels=snap.levels(),
+                              command=command, restart_agent=restart_agent, timeout=timeout,
+                              max_unavailable=max_unavailable)
+        await self._save(rollout)
+        await self.events.emit("patch-rollout", self.cluster, f"rollout {rollout.rollout_id} to {target} planned: "
+                               + " | ".join(",".join(b) for b in plan.batches), batches=[list(b) for b in plan.batches])
+        return rollout
+
+    async def resume(self) -> Rollout:
+        rollout = await self._require()
+        failed = rollout.failed_hosts()
+        hosts = dict(rollout.hosts)
+        for host in failed:  # a retried patch is a new request to the agent
+            if hosts[host].failed_step is Step.PATCH:
+                hosts[host] = replace(hosts[host], attempt=hosts[host].attempt + 1)
+        rollout, _ = transition(replace(rollout, hosts=hosts), Resume(), time.time())
+        await self._save(rollout)
+        await self.events.emit("patch-resumed", self.cluster, f"rollout {rollout.rollout_id} resumed"
+                               + (f" ({', '.join(failed)} retried)" if failed else ""))
+        return rollout
+
+    async def abort(self) -> Rollout:
+        """End the rollout. Hosts that were not patched yet leave maintenance; a host whose patch
+        failed stays in maintenance (its guests are elsewhere, so the cluster keeps serving)."""
+        rollout = await self._require()
+        snap = await pc.snapshot(self.store, self.cluster)
+        for host, p in rollout.hosts.items():
+            before_patch = p.step in (Step.PRECHECK, Step.ENTER_MAINTENANCE, Step.DRAIN, Step.EVACUATE) or (
+                p.step is Step.FAILED and p.failed_step in (Step.PRECHECK, Step.ENTER_MAINTENANCE, Step.DRAIN,
+                                                           Step.EVACUATE))
+            if before_patch and snap.conditions().get(host) == "maintenance":
+                await pc.set_maintenance(self.store, self.cluster, host, False, f"patch {rollout.rollout_id} aborted")
+        rollout, _ = transition(rollout, Abort(), time.time())
+        await self._save(rollout)
+        await self.events.emit("patch-aborted", self.cluster, f"rollout {rollout.rollout_id} aborted")
+        return rollout
+
+    async def _require(self) -> Rollout:
+        rollout = await self.load()
+        if rollout is None:
+            raise RolloutError("no rollout in the store")
+        return rollout
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> Rollout:
+        async with LeaseKeeper(self.store, 5) as lease:
+            while True:
+                got = await self.store.txn([Compare.missing(lock_key(self.cluster))],
+                                           [Op.put_json(lock_key(self.cluster), {"patcher": self.id}, lease=lease.id)])
+                if got.succeeded:
+                    break
+                self.progress(await self._require(), "another patcher holds the rollout; waiting for its lease")
+                await asyncio.sleep(1.0)
+            try:
+                return await self._loop()
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.store.delete(lock_key(self.cluster))
+
+    async def _observe(self, obs: Observation) -> tuple[Rollout, tuple[Any, ...]]:
+        async with self._lock:
+            assert self.rollout is not None
+            self.rollout, actions = transition(self.rollout, obs, time.time())
+            await self._save(self.rollout)
+            return self.rollout, actions
+
+    async def _loop(self) -> Rollout:
+        self.rollout = await self._require()
+        rollout, actions = await self._observe(Tick())
+        tasks: dict[str, asyncio.Task[None]] = {}
+        finished: Finished | None = None
+        while True:
+            for action in actions:
+                if isinstance(action, RunStep):
+                    if action.host in tasks and not tasks[action.host].done():
+                        continue
+                    tasks[action.host] = asyncio.create_task(self._host(action.host), name=f"patch-{action.host}")
+                elif isinstance(action, Finished):
+                    finished = action
+            live = [t for t in tasks.values() if not t.done()]
+            if not live:
+                break
+            await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
+            for host, task in list(tasks.items()):
+                if task.done():
+                    tasks.pop(host)
+                    task.result()
+            rollout, actions = await self._observe(Tick())
+        assert self.rollout is not None
+        if finished is not None or self.rollout.status is not RolloutStatus.RUNNING:
+            text = finished.reason if finished else self.rollout.status.value
+            await self.events.emit(f"patch-{self.rollout.status.value}", self.cluster,
+                                   f"rollout {self.rollout.rollout_id}: {text}")
+            self.progress(self.rollout, f"rollout {self.rollout.status.value}: {text}")
+        return self.rollout
+
+    async def _host(self, host: str) -> None:
+        """Run the host's steps until it is done, failed or aborted."""
+        while True:
+            assert self.rollout is not None
+            progress = self.rollout.hosts[host]
+            step = progress.step
+            if step in (Step.DONE, Step.FAILED, Step.ABORTED, Step.PENDING):
+                return
+            self.progress(self.rollout, f"{host}: {step.value}")
+            try:
+                result = await asyncio.wait_for(self._step(host, step), self._timeout(step))
+            except TimeoutError:
+                result = StepResult(host, step, ok=False, error=f"{step.value} did not finish in "
+                                    f"{self._timeout(step):.0f} s")
+            except Exception as exc:  # a step that raised is a failed step, with the reason
+                log.exception("%s: step %s raised", host, step.value)
+                result = StepResult(host, step, ok=False, error=f"{step.value}: {exc!r}")
+            try:
+                rollout, _ = await self._observe(result)
+            except StaleResult:
+                return
+            p = rollout.hosts[host]
+            if result.ok:
+                await self.events.emit("patch-step", host, f"{step.value} done", step=step.value,
+                                       rollout=rollout.rollout_id)
+            else:
+                await self.events.emit("patch-failed", host, f"{step.value} failed: {result.error}",
+                                       step=step.value, output=result.output, rollout=rollout.rollout_id)
+                self.progress(rollout, f"{host}: {step.value} FAILED: {result.error}")
+            if p.step is not step and p.step is Step.DONE:
+                self.progress(rollout, f"{host}: done ({p.level_before} -> {p.level_after})")
+
+    def _timeout(self, step: Step) -> float:
+        assert self.rollout is not None
+        if step is Step.PATCH:
+            return self.rollout.timeout + 30.0
+        return self.step_timeout
+
+    # ------------------------------------------------------------------ steps
+
+    async def _step(self, host: str, step: Step) -> StepResult:
+        procedure = {
+            Step.PRECHECK: self._precheck, Step.ENTER_MAINTENANCE: self._enter, Step.DRAIN: self._drain,
+            Step.EVACUATE: self._evacuate, Step.PATCH: self._patch, Step.AWAIT_AGENT: self._await_agent,
+            Step.POSTCHECK: self._postcheck, Step.EXIT_MAINTENANCE: self._exit, Step.FAILBACK: self._failback,
+        }[step]
+        return await procedure(host)
+
+    async def _wait(self, what: str, predicate: Callable[[pc.Snapshot], bool], timeout: float) -> pc.Snapshot:
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = await pc.snapshot(self.store, self.cluster)
+            if predicate(snap):
+                return snap
+            if time.monotonic() > deadline:
+                raise RolloutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            await asyncio.sleep(0.2)
+
+    def _batch_of(self, host: str) -> tuple[str, ...]:
+        assert self.rollout is not None
+        return next(b for b in self.rollout.batches if host in b)
+
+    async def _precheck(self, host: str) -> StepResult:
+        batch = self._batch_of(host)
+        reasons: list[str] = []
+        deadline = time.monotonic() + 30.0
+        while True:  # a host that just returned from the previous batch may need a moment
+            snap = await pc.snapshot(self.store, self.cluster)
+            now = time.time()
+            reasons = []
+            if not snap.controller_fresh(now):
+                reasons.append("the controller is not running (no fresh status in the leader record)")
+            if host not in snap.alive:
+                reasons.append(f"the agent of {host} is not alive")
+            conditions = {h: ("up" if c == "up" else c) for h, c in snap.conditions().items()}
+            check = check_batch(snap.spec, snap.view.assignments(), conditions, batch, ignore=batch)
+            reasons.extend(check.reasons)
+            if not reasons or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        return StepResult(host, Step.PRECHECK, ok=not reasons, error="; ".join(reasons) or None,
+                          level_before=snap.levels().get(host))
+
+    async def _enter(self, host: str) -> StepResult:
+        assert self.rollout is not None
+        await pc.set_maintenance(self.store, self.cluster, host, True, f"patch {self.rollout.rollout_id}")
+        await self._wait(f"the controller to put {host} in maintenance",
+                         lambda s: host in s.controller.get("maintenance", []), 20.0)
+        return StepResult(host, Step.ENTER_MAINTENANCE, ok=True)
+
+    async def _drain(self, host: str) -> StepResult:
+        snap = await pc.snapshot(self.store, self.cluster)
+        guests = snap.guests_on(host)
+        drained = await self.balancers.set_state(guests, "drain")
+        left = await self.balancers.wait_idle(guests, self.drain_timeout)
+        note = f"drained {', '.join(drained) or 'nothing'}" + (f"; {left} request(s) still in flight" if left else "")
+        return StepResult(host, Step.DRAIN, ok=True, output=note)
+
+    async def _move_one(self, host: str, guest: str, target: str) -> tuple[str, str, str, str]:
+        """Drain, move, wait until it runs on the target and serves, undrain."""
+        await self.balancers.set_state([guest], "drain")
+        await self.balancers.wait_idle([guest], self.drain_timeout)
+        snap = await pc.snapshot(self.store, self.cluster)
+        how = await pc.move_guest(self.store, self.cluster, snap, guest, target)
+        await self._wait(f"{guest} running on {target}", lambda s: s.running_on(guest, target), self.step_timeout)
+        await self.balancers.set_state([guest], "ready")
+        if self.balancers.admins and self._in_service(snap, guest):
+            deadline = time.monotonic() + 20.0
+            while not await self.balancers.serving(guest) and time.monotonic() < deadline:
+                await self.balancers.set_state([guest], "ready")
+                await asyncio.sleep(0.2)
+        return (guest, host, target, how)
+
+    @staticmethod
+    def _in_service(snap: pc.Snapshot, guest: str) -> bool:
+        group = snap.view.desired[guest].group
+        return any(s.backends is not None and s.backends.group == group for s in snap.spec.services)
+
+    async def _evacuate(self, host: str) -> StepResult:
+        moves: list[tuple[str, str, str, str]] = []
+        while True:
+            snap = await pc.snapshot(self.store, self.cluster)
+            guests = snap.guests_on(host)
+            if not guests:
+                break
+            decision = move_off(snap.spec, snap.view.assignments(), snap.conditions(), guests[:1], avoid=host)
+            if not decision.moves:
+                reason = decision.unplaced[0][1] if decision.unplaced else "no target"
+                return StepResult(host, Step.EVACUATE, ok=False, error=f"cannot move {guests[0]}: {reason}",
+                                  moves=tuple(moves))
+            guest, target = decision.moves[0]
+            self.progress(self._now(), f"{host}: moving {guest} -> {target}")
+            moves.append(await self._move_one(host, guest, target))
+        return StepResult(host, Step.EVACUATE, ok=True, moves=tuple(moves))
+
+    def _now(self) -> Rollout:
+        assert self.rollout is not None
+        return self.rollout
+
+    def _request_id(self, host: str, kind: str) -> str:
+        assert self.rollout is not None
+        return f"{self.rollout.rollout_id}/{host}/{self.rollout.hosts[host].attempt}/{kind}"
+
+    async def _command(self, host: str, kind: str, **kwargs: Any) -> dict[str, Any]:
+        request_id = self._request_id(host, kind)
+        record = await pc.host_command(self.store, self.cluster, host, request_id, kind, **kwargs)
+        final = ("done", "failed", "timeout", "restarting") if kind == "patch" else ("done", "failed")
+        deadline = time.monotonic() + float(kwargs.get("timeout", 30.0)) + 30.0
+        while record.get("state") not in final:
+            if time.monotonic() > deadline:
+                raise RolloutError(f"the agent of {host} did not answer the {kind} request "
+                                   f"(state {record.get('state')})")
+            await asyncio.sleep(0.2)
+            record = await pc.read_command(self.store, self.cluster, host) or {}
+            if record.get("id") != request_id:
+                raise RolloutError(f"the {kind} request on {host} was replaced by {record.get('id')}")
+        return record
+
+    async def _patch(self, host: str) -> StepResult:
+        r = self.rollout
+        assert r is not None
+        record = await self._command(host, "patch", command=r.command, target=r.target, timeout=r.timeout,
+                                     restart_agent=r.restart_agent)
+        ok = record["state"] in ("done", "restarting")
+        error = None if ok else str(record.get("error") or record["state"])
+        return StepResult(host, Step.PATCH, ok=ok, error=error, output=record.get("output"),
+                          attempt=r.hosts[host].attempt)
+
+    async def _await_agent(self, host: str) -> StepResult:
+        r = self.rollout
+        assert r is not None
+        request_id = self._request_id(host, "patch")
+
+        def back(s: pc.Snapshot) -> bool:
+            obs = s.host_observed.get(host, {})
+            return host in s.alive and obs.get("patch_level") == r.target and bool(obs.get("agent_version"))
+
+        async def restarted() -> bool:
+            record = await pc.read_command(self.store, self.cluster, host) or {}
+            return record.get("id") == request_id and record.get("state") == "done"
+
+        deadline = time.monotonic() + 60.0
+        while not await restarted():
+            if time.monotonic() > deadline:
+                return StepResult(host, Step.AWAIT_AGENT, ok=False, error="the agent did not come back after the patch")
+            await asyncio.sleep(0.2)
+        snap = await self._wait(f"{host}'s agent reporting level {r.target}", back, 60.0)
+        obs = snap.host_observed[host]
+        return StepResult(host, Step.AWAIT_AGENT, ok=True, level_after=obs.get("patch_level"),
+                          output=f"agent {obs.get('agent_version')} pid {obs.get('agent_pid')} at {obs.get('patch_level')}")
+
+    async def _postcheck(self, host: str) -> StepResult:
+        record = await self._command(host, "selftest", timeout=30.0)
+        ok = record["state"] == "done"
+        detail = (f"self-test guest booted in {record.get('boot_seconds')} s (boot {record.get('boot_id')})" if ok
+                  else str(record.get("error")))
+        return StepResult(host, Step.POSTCHECK, ok=ok, error=None if ok else detail, output=detail)
+
+    async def _exit(self, host: str) -> StepResult:
+        assert self.rollout is not None
+        await pc.set_maintenance(self.store, self.cluster, host, False, f"patch {self.rollout.rollout_id} done")
+        try:
+            await self._wait(f"the controller to hear {host} on every link", lambda s: (
+                host not in s.controller.get("maintenance", []) and s.controller.get("hosts", {}).get(host) == "up"),
+                30.0)
+        except RolloutError as exc:
+            await pc.set_maintenance(self.store, self.cluster, host, True, "patch post-check: links not all heard")
+            return StepResult(host, Step.EXIT_MAINTENANCE, ok=False, error=str(exc))
+        return StepResult(host, Step.EXIT_MAINTENANCE, ok=True)
+
+    async def _failback(self, host: str) -> StepResult:
+        assert self.rollout is not None
+        snap = await pc.snapshot(self.store, self.cluster)
+        policy = snap.spec.policies.ha.failback.value
+        wanted: list[tuple[str, str]] = []
+        if policy == "auto":
+            wanted = [(g, src) for g, src, dst, _how in self.rollout.hosts[host].moves
+                      if src == host and g in snap.view.desired and snap.view.desired[g].host == dst]
+        elif policy == "balanced":
+            wanted = list(rebalance_moves(snap.spec, snap.view.assignments(), snap.conditions()).moves)
+        moves = []
+        for guest, target in wanted:
+            current = (await pc.snapshot(self.store, self.cluster)).view.desired[guest].host
+            if current != target:
+                moves.append(await self._move_one(current, guest, target))
+        note = f"policy {policy}: " + (", ".join(f"{g} -> {t} ({how})" for g, _s, t, how in moves) or "nothing moved")
+        return StepResult(host, Step.FAILBACK, ok=True, output=note, moves=tuple(moves))
+
+
+__all__ = ["Patcher", "RolloutError", "lock_key", "rollout_key"]

@@ -160,19 +160,34 @@ def markdown(doc: dict[str, Any]) -> str:
         "The proxy's CPU per request (utime+stime / requests) is the steadier efficiency figure; for nftables "
         "it is only the control process (forwarding is kernel work charged to client and backends).",
         "",
-        "| target | req/s | p50 ms | p99 ms | proxy CPU | proxy CPU µs/req | vs HAProxy (same layer) | p99 vs HAProxy | vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | proxy CPU | proxy CPU µs/req | req/s vs HAProxy (same layer) | "
+        "paired req/s ratio | p99 vs HAProxy | paired p99 ratio | vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     peer = {"nonstop-l7": "haproxy-http", "nonstop-l4": "haproxy-tcp", "nonstop-nft": "haproxy-tcp"}
+    runs = doc.get("runs", {})
     for name in TARGETS:
         m = s[name]
         ref = s.get(peer.get(name, ""), {})
         cpu = "-" if m["proxy_cpu"] is None else f"{m['proxy_cpu'] * 100:.0f} %"
         per = "-" if m.get("cpu_us_per_req") is None else f"{m['cpu_us_per_req']:.1f}"
+        paired_rps = paired_p99 = "-"
+        if name in peer and runs.get(name) and runs.get(peer[name]):
+            pairs = list(zip(runs[name], runs[peer[name]], strict=False))
+            rr = median([a["rps"] / b["rps"] for a, b in pairs if b["rps"]])
+            pr = median([a["p99"] / b["p99"] for a, b in pairs if a["p99"] and b["p99"]])
+            paired_rps = "-" if rr is None else f"{rr:.2f}"
+            paired_p99 = "-" if pr is None else f"{pr:.2f}"
         lines.append(
             f"| {name} | {m['rps']:.0f} | {fmt_ms(m['p50'])} | {fmt_ms(m['p99'])} | {cpu} | {per} | "
-            f"{ratio(m['rps'], ref.get('rps'))} | {ratio(m['p99'], ref.get('p99'))} | {ratio(m['rps'], s['direct']['rps'])} |"
+            f"{ratio(m['rps'], ref.get('rps'))} | {paired_rps} | {ratio(m['p99'], ref.get('p99'))} | {paired_p99} | "
+            f"{ratio(m['rps'], s['direct']['rps'])} |"
         )
+    lines += [
+        "",
+        "Paired ratios: each round runs the targets back to back, so the ratio of nonstop to HAProxy within a "
+        "round sees nearly the same background load; the column is the median over rounds.",
+    ]
     lines += [
         "",
         f"## Availability: one of three backends killed and restarted under constant load ({doc['availability_seconds']:g} s)",
@@ -200,7 +215,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--availability-seconds", type=float, default=60.0, help="60 (the issue's); 20 for a quick run")
     parser.add_argument("--skip-availability", action="store_true")
+    parser.add_argument("--render", metavar="JSON", help="only re-render the markdown from a saved lb.json")
     args = parser.parse_args()
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        text = markdown(doc)
+        (RESULTS / "lb.md").write_text(text)
+        print(text)
+        return
     for tool in ("nginx", "haproxy", "wrk", "taskset", "nft"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: run scripts/setup.sh (Debian haproxy, nginx-light, wrk, nftables)")

@@ -237,3 +237,23 @@ async def test_drain_deadline_moves_an_unanswered_get_elsewhere(backends):
         # a did not answer within the drain deadline: the GET was retried on b
         assert r.status == 200 and r.body.startswith(b"b GET /slow")
         assert 0.3 + 1.5 <= loop.time() - drained_at + 0.1 < 3.5  # deadline, then b took its 1.5 s
+
+
+async def test_a_slow_reader_gets_every_byte_and_the_pool_stays_usable(backends):
+    (a,) = backends("a")
+    async with running(service("web", [a])) as lb:
+        port = port_of(lb, "web")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**16)
+        # pipelined: 8 x 256 KiB answers queue up while the client reads nothing
+        writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 8)
+        await asyncio.sleep(0.5)
+        total = 0
+        for _ in range(8):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            total += len(await reader.readexactly(length))
+        assert total == 8 * 256 * 1024
+        writer.close()
+        # meanwhile and afterwards other clients are served from the same upstream pool
+        assert (await Client(port).request("GET", "/x")).status == 200
+        assert lb.services["web"].pool.get("a").active == 0

@@ -53,6 +53,12 @@ class Conflict(ActionError):
     status = 409
 
 
+class LabFailed(ActionError):
+    """The lab could not do a chaos action (its error is in the message)."""
+
+    status = 502
+
+
 _last_seq = 0
 
 

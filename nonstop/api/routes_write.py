@@ -22,7 +22,8 @@ from nonstop.api.runtime import ApiRuntime
 
 router = APIRouter(prefix="/api/v1", responses=json_errors(
     _401="no or unknown token", _403="the viewer token cannot change the cluster", _404="no such host, guest or part",
-    _409="the cluster's state does not allow it (or a concurrent change; retry)", _422="bad request; names the field"))
+    _409="the cluster's state does not allow it (or a concurrent change; retry)", _422="bad request; names the field",
+    _502="the lab failed to do a chaos action"))
 
 Admin = Annotated[str, Depends(require_admin)]
 
@@ -97,9 +98,19 @@ async def _chaos(rt: ApiRuntime, method: str, args: tuple[str, ...], subject: st
     assert rt.store is not None
     if spec is None and rt.chaos is not None:
         spec = (await _spec_and_guests(rt))[0]
-    result = await chaos.call_lab(rt.chaos, method, args, spec, guest_pid)
+    if rt.chaos is None:
+        raise actions.Conflict("chaos needs the lab: this API is not running inside `nonstop up`")
+    # The intent is logged before the lab acts, so the timeline reads cause → effect.
     event = await actions.audit_event(rt.store, rt.cluster, "chaos", subject, f"{method}({', '.join(args)})", who,
                                       action=method)
+    try:
+        result = await chaos.call_lab(rt.chaos, method, args, spec, guest_pid)
+    except actions.ActionError as exc:
+        await actions.audit_event(rt.store, rt.cluster, "chaos-failed", subject, exc.message, who, action=method)
+        raise
+    except Exception as exc:
+        await actions.audit_event(rt.store, rt.cluster, "chaos-failed", subject, str(exc), who, action=method)
+        raise actions.LabFailed(f"the lab failed to {method}: {exc}") from exc
     return {"action": method, "args": list(args), "result": result, "event": event}
 
 

@@ -197,10 +197,16 @@ class ApiRuntime:
                 rate = max(0.0, (requests - before[1]) / (now - before[0]))
             self._last_counts[(service, name)] = (now, requests)
             total_rate += rate
-            backends[name] = {"health": b.get("health"), "admin": b.get("admin"), "active": b.get("active", 0),
+            backends[name] = {"address": b.get("address"), "health": b.get("health"), "admin": b.get("admin"),
+                              "active": b.get("active", 0),
                               "serving": b.get("serving"), "requests": requests, "rate": round(rate, 2),
                               "errors": int((b.get("stats") or {}).get("errors", 0))}
+        listen = None
+        services = getattr(self.lab, "services", None) if self.lab is not None else None
+        if isinstance(services, Mapping) and isinstance(services.get(service), Mapping):
+            listen = services[service].get("listen")
         self.lb_stats[service] = {"admin": admin, "backends": backends, "rate": round(total_rate, 2),
+                                  "listen": listen,
                                   "requests": int((doc.get("stats") or {}).get("requests", 0))}
 
 

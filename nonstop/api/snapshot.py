@@ -231,15 +231,19 @@ def service_records(raw: RawCluster, lb_stats: Mapping[str, Any]) -> list[dict[s
         stored = _dict(raw.services.get(name, {}).get("backends")).get("backends") or []
         stats = _dict(lb_stats.get(name))
         backends = []
+        reported = _dict(stats.get("backends"))
+        stored = [b for b in stored if isinstance(b, dict)]
+        # The balancer's own list counts too: what it serves is what clients get, stored or not yet.
+        stored = [{**b, "in_store": True} for b in stored]
+        stored += [{"name": n, "address": _dict(b).get("address"), "in_store": False} for n, b in reported.items()
+                   if n not in {str(x.get("name")) for x in stored}]
         for b in stored:
-            if not isinstance(b, dict):
-                continue
-            live = _dict(_dict(stats.get("backends")).get(str(b.get("name"))))
+            live = _dict(reported.get(str(b.get("name"))))
             backends.append({**b, "health": live.get("health", "unknown"), "admin": live.get("admin"),
                              "rate": live.get("rate", 0.0), "requests": live.get("requests", 0),
                              "active": live.get("active", 0)})
         out.append({
-            "name": name, "listen": spec.listen if spec else None, "mode": spec.mode if spec else None,
+            "name": name, "listen": stats.get("listen") or (spec.listen if spec else None), "mode": spec.mode if spec else None,
             "algorithm": spec.algorithm.value if spec else None,
             "group": spec.backends.group if spec and spec.backends else None,
             "backends": backends, "rate": stats.get("rate", 0.0), "balancer": stats.get("admin"),

@@ -57,7 +57,7 @@ class WatcherThread:
         store = open_store(store_url)
         try:
             await run_hardware_watcher(store, spec, bmc_urls, stop=self._stop, watcher_ready=self._got,
-                                       **self.kwargs)  # type: ignore[arg-type]
+                                       **self.kwargs)
         finally:
             await store.close()
 

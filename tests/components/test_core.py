@@ -151,13 +151,13 @@ def test_policy_properties(readings: list[tuple[HostHealth, float]], policy: OnD
             continue
         if Action.EVACUATE in s.actions:
             assert policy is OnDegraded.EVACUATE and current.state is not PolicyState.ACTING
-        if Action.RELEASE in s.actions:
-            assert health is HostHealth.HEALTHY
-            assert healthy_since is not None and now - healthy_since >= window
         if health is HostHealth.HEALTHY:
             healthy_since = healthy_since if current.state is PolicyState.SETTLING else now
         else:
             healthy_since = None
+        if Action.RELEASE in s.actions:
+            assert health is HostHealth.HEALTHY
+            assert healthy_since is not None and now - healthy_since >= window
         assert (s.policy.state is PolicyState.ACTING) == (health is HostHealth.DEGRADED)
         current = s.policy
 

@@ -80,6 +80,26 @@ def host_with_guests(probe: ClusterProbe) -> str:
     return max(sorted(set(running.values())), key=lambda h: list(running.values()).count(h))
 
 
+def test_watcher_process_in_ctl_writes_every_host(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    """``python -m nonstop.components`` as the lab would start it (in ctl, like the controller)."""
+    import sys
+
+    from nonstop.net import netns
+
+    lab, probe = cluster
+    argv = [sys.executable, "-m", "nonstop.components", "--store", lab.store_url, "--cluster", lab.cluster,
+            "--bmc-password-file", str(lab.password_file), "--interval", "0.25"]
+    argv += [f"--bmc={h}=127.0.0.1:{p}" for h, p in lab.bmc_ports.items()]
+    proc = netns.spawn(names.ctl_ns(lab.cluster), argv, log_path=str(lab.run_dir / "components.log"))
+    try:
+        for host in lab.bmc_ports:
+            probe.wait_for(f"{host} record", lambda h=host: components(probe, h).get("health") == "healthy", timeout=15)
+        assert components(probe, "h1")["groups"]["power"]["total"] == 2
+    finally:
+        netns.stop_pids([proc.pid])
+        proc.wait(timeout=5)
+
+
 def test_one_psu_alert_only_degrades_and_moves_nothing(cluster: tuple[LabCluster, ClusterProbe]) -> None:
     lab, probe = cluster
     host = host_with_guests(probe)

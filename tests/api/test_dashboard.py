@@ -54,6 +54,19 @@ def test_dashboard_shows_failover_live(store_url: str, token_file: Path, browser
                   for h in ("host1", "host2", "host3")}
         assert sorted(g for gs in before.values() for g in gs) == sorted(
             ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"])
+        # A change made elsewhere (another client's API call → store → watch → SSE → refetch) shows within 1 s.
+        other = next(h for h in ("host1", "host2", "host3") if h != max(before, key=lambda h: len(before[h])))
+        import httpx
+
+        t0 = time.monotonic()
+        r = httpx.post(f"{server.url}/api/v1/hosts/{other}/maintenance", json={"action": "enter"},
+                       headers={"Authorization": f"Bearer {tokens(token_file)['admin']}"})
+        assert r.status_code == 200
+        page.wait_for_selector(f'.host[data-host="{other}"][data-state="maintenance"]', timeout=5_000)
+        assert time.monotonic() - t0 < 1.0
+        httpx.post(f"{server.url}/api/v1/hosts/{other}/maintenance", json={"action": "exit"},
+                   headers={"Authorization": f"Bearer {tokens(token_file)['admin']}"})
+        page.wait_for_selector(f'.host[data-host="{other}"][data-state="up"]', timeout=5_000)
         victim = max(before, key=lambda h: len(before[h]))
         assert before[victim]
         assert page.locator(f'.host[data-host="{victim}"]').get_attribute("data-state") == "up"

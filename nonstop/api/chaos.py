@@ -176,11 +176,13 @@ class LabChaos:
             except Exception as exc:  # noqa: BLE001 - heal as much as possible, report the rest
                 errors.append(f"{label}: {exc}")
 
+        healed_hosts: set[str] = set()
         if spec is not None and self._direct("heal"):
-            for host in spec.hosts:
-                attempt(f"heal {host.name}", self.lab.heal, host.name)
+            for spec_host in spec.hosts:
+                attempt(f"heal {spec_host.name}", self.lab.heal, spec_host.name)  # partition and every cable
+                healed_hosts.add(spec_host.name)
         for host, nic in sorted(self.cut_links):
-            if self._direct("restore_link"):
+            if host not in healed_hosts and self._direct("restore_link"):
                 attempt(f"restore {host}/{nic}", self.lab.restore_link, host, nic)
         if self.components and hasattr(self.lab, "bmc_ports"):
             from nonstop.components.chaos import repair_component

@@ -192,5 +192,5 @@ def metrics_text(cluster: dict[str, Any], runtime: Any = None) -> tuple[bytes, s
         extra = {"nonstop_api_sse_subscribers": float(len(runtime.subscribers)),
                  "nonstop_api_store_changes_seen": float(runtime.changes_seen)}
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(cluster, extra))  # type: ignore[arg-type]
+    registry.register(ClusterCollector(cluster, extra))
     return generate_latest(registry), CONTENT_TYPE_LATEST

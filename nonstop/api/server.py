@@ -6,7 +6,8 @@ how ``nonstop up`` embeds it next to the lab (pass ``lab=``) — or blocking (``
 ``nonstop api serve``. Once listening it writes the endpoint file
 ``/run/nonstop/<cluster>/api.json`` = ``{"url", "token_file", "pid", "cluster"}`` (mode 0600; the
 CLI reads it when ``--api`` is not given) and removes it on stop. The default token file is
-``/run/nonstop/<cluster>/tokens.json``.
+``/run/nonstop/<cluster>/tokens.json``; ``remove_run_files(cluster)`` deletes both (for ``down``).
+``any_port_if_busy=True`` falls back to a free port when the asked one is taken.
 
 Must not: start cluster components; know routes.
 """
@@ -56,16 +57,29 @@ def read_endpoint(cluster: str | None) -> dict[str, Any]:
     return data
 
 
+def remove_run_files(cluster: str) -> None:
+    """Remove the endpoint and token files (``nonstop down`` calls it; the run directory itself is the lab's)."""
+    for path in (endpoint_file(cluster), endpoint_file(cluster).with_suffix(".tmp"), default_token_file(cluster)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 class ApiServer:
     def __init__(self, store_url: str, cluster: str, token_file: str | Path | None = None, lab: Any = None,
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT, balancers: dict[str, str] | None = None,
-                 write_endpoint: bool = True) -> None:
+                 write_endpoint: bool = True, any_port_if_busy: bool = False) -> None:
         self.cluster = cluster
         self.token_file = Path(token_file) if token_file else default_token_file(cluster)
         self.app = create_app(store_url, cluster, self.token_file, lab=lab, balancers=balancers)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            if not any_port_if_busy:
+                self.sock.close()
+                raise
+            self.sock.bind((host, 0))
         self.sock.listen(128)
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.url = f"http://{bound_host}:{bound_port}"

@@ -106,3 +106,16 @@ def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
     assert not endpoint.exists()
+
+
+def test_remove_run_files_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nonstop.api import server as srv
+    from nonstop.api.auth import ensure_tokens
+
+    monkeypatch.setattr(srv, "RUN_ROOT", tmp_path)
+    ensure_tokens(srv.default_token_file("c1"))
+    srv.endpoint_file("c1").write_text("{}")
+    other = tmp_path / "c1" / "lab.json"
+    other.write_text("{}")
+    srv.remove_run_files("c1")
+    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == ["lab.json"]

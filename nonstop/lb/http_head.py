@@ -1,8 +1,8 @@
 """Byte-level helpers of the L7 proxy: request heads sent upstream, response heads sent back,
 and the proxy's own error responses.
 
-Role: build the upstream request head (hop-by-hop headers removed, X-Forwarded-For /
-X-Forwarded-Proto / Via added, chunked framing re-declared), rewrite a backend's response
+Role: name the request's hop-by-hop headers (the client protocol builds the upstream head
+as headers arrive, adding X-Forwarded-For / X-Forwarded-Proto / Via), rewrite a backend's response
 head (hop-by-hop headers removed, our own Connection header for the client), and render
 short 4xx/5xx answers with clear bodies. Kept apart from the protocol classes so the hot
 path stays readable and these can be tested on bytes alone.
@@ -42,47 +42,6 @@ def error_response(status: int, detail: str, *, close: bool) -> bytes:
             body,
         )
     )
-
-
-def request_head(
-    method: bytes,
-    url: bytes,
-    headers: list[tuple[bytes, bytes, bytes]],
-    *,
-    client_ip: bytes,
-    client_version: str,
-    chunked: bool,
-) -> bytes:
-    """``headers`` are (lowercase name, name, value). Returns the head to send upstream."""
-    drop: frozenset[bytes] = REQUEST_HOP_BY_HOP
-    for lname, _, value in headers:
-        if lname == b"connection":
-            # Connection: <token> names more hop-by-hop headers of this message
-            tokens = {t.strip().lower() for t in value.split(b",")} - {b"", b"close", b"keep-alive"}
-            drop = drop | tokens
-    forwarded_for = b""
-    parts = [method, b" ", url, b" HTTP/1.1\r\n"]
-    append = parts.append
-    for lname, name, value in headers:
-        if lname in drop:
-            continue
-        if lname == b"x-forwarded-for":
-            forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
-            continue
-        if lname == b"x-forwarded-proto" or lname == b"via":
-            continue  # replaced below (a client must not choose them)
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"X-Forwarded-For: ")
-    append(forwarded_for + b", " + client_ip if forwarded_for else client_ip)
-    append(b"\r\nX-Forwarded-Proto: http\r\nVia: ")
-    append(b"1.0 nonstop\r\n" if client_version == "1.0" else b"1.1 nonstop\r\n")
-    if chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
-    append(b"\r\n")
-    return b"".join(parts)
 
 
 BODY_NONE, BODY_CHUNKED, BODY_UNTIL_CLOSE = -1, -2, -3

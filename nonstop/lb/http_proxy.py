@@ -35,7 +35,6 @@ from nonstop.lb.http_head import (
     REQUEST_HOP_BY_HOP,
     BadResponse,
     error_response,
-    request_head,
     response_head_cached,
     status_of,
 )
@@ -46,7 +45,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("nonstop.lb.http")
 access_log = logging.getLogger("nonstop.lb.access")
 
-_NOT_FORWARDED = REQUEST_HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via"}
+_H_CONTENT_LENGTH, _H_HOST, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_FORWARDED_FOR, _H_DROP = range(1, 7)
+_HEADER_KIND: dict[bytes, int] = {
+    **{name: _H_DROP for name in REQUEST_HOP_BY_HOP | {b"x-forwarded-proto", b"via"}},
+    b"content-length": _H_CONTENT_LENGTH,
+    b"host": _H_HOST,
+    b"transfer-encoding": _H_TRANSFER_ENCODING,
+    b"connection": _H_CONNECTION,
+    b"x-forwarded-for": _H_FORWARDED_FOR,
+}
+"""Request headers that need a look; every other header is forwarded as it came."""
 _CONNECTION_PLAIN = frozenset({b"", b"close", b"keep-alive"})
 
 REPLAY_LIMIT = 64 * 1024
@@ -281,8 +289,9 @@ class HttpClient(asyncio.Protocol):
     """A client connection: parse requests, hand them to the service, write answers in order."""
 
     __slots__ = (
-        "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes", "headers",
-        "url", "cl_count", "field_bytes", "te", "has_host", "parts", "xff", "custom_hop", "tail", "error", "deadline", "deadline_kind", "closing", "paused", "write_paused",
+        "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes",
+        "url", "cl_count", "field_bytes", "te", "has_host", "parts", "xff", "drop", "tail", "error", "header_count",
+        "max_headers", "max_header_bytes", "deadline", "deadline_kind", "closing", "paused", "write_paused",
         "closed",
     )  # fmt: skip
 
@@ -295,7 +304,6 @@ class HttpClient(asyncio.Protocol):
         self.parsing: Exchange | None = None
         self.in_head = False
         self.head_bytes = 0
-        self.headers: list[tuple[bytes, bytes, bytes]] = []
         self.url = b""
         self.cl_count = 0
         self.field_bytes = 0  # bytes of header fields so far in this head
@@ -304,8 +312,11 @@ class HttpClient(asyncio.Protocol):
         self.parts: list[bytes] = []
         """The upstream head's header lines, built as headers arrive (hop-by-hop ones left out)."""
         self.xff = b""
-        self.custom_hop = False
-        """Connection: named extra hop-by-hop headers: rebuild the head with request_head()."""
+        self.drop: set[bytes] | None = None
+        """Header names a Connection header declared hop-by-hop (removed from the upstream head)."""
+        self.header_count = 0
+        self.max_headers = svc.spec.max_headers
+        self.max_header_bytes = svc.spec.max_header_bytes
         self.tail = b""
         self.error: ClientError | None = None
         self.deadline = 0.0
@@ -378,7 +389,7 @@ class HttpClient(asyncio.Protocol):
                 self._after_upgrade(data, exc)
             if self.in_head:
                 self.head_bytes += len(data)
-                if self.head_bytes > self.svc.spec.max_header_bytes:
+                if self.head_bytes > self.max_header_bytes:
                     raise ClientError(431, "request head too large")
         except ClientError as exc:
             self.reject(exc)
@@ -411,9 +422,12 @@ class HttpClient(asyncio.Protocol):
 
     # -- httptools callbacks (kept minimal: collect, check limits)
     def on_message_begin(self) -> None:
+        spec = self.svc.spec
+        self.max_headers = spec.max_headers
+        self.max_header_bytes = spec.max_header_bytes
         self.in_head = True
         self.head_bytes = 0
-        self.headers = []
+        self.header_count = 0
         self.url = b""
         self.cl_count = 0
         self.field_bytes = 0
@@ -421,29 +435,32 @@ class HttpClient(asyncio.Protocol):
         self.has_host = False
         self.parts = []
         self.xff = b""
-        self.custom_hop = False
+        self.drop = None
         if self.deadline_kind != DEADLINE_HEADER:
-            self.deadline = self.svc.clock + self.svc.spec.header_timeout
+            self.deadline = self.svc.clock + spec.header_timeout
             self.deadline_kind = DEADLINE_HEADER
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.svc.spec.max_header_bytes:
+        if len(self.url) > self.max_header_bytes:
             self.error = ClientError(431, "request target too long")
             raise self.error
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        spec = self.svc.spec
-        if len(headers) >= spec.max_headers:
-            self.error = ClientError(431, f"more than {spec.max_headers} header fields")
-            raise self.error
+        # the common header costs: two limit checks, one lower(), one dict lookup, one extend
+        self.header_count = count = self.header_count + 1
         self.field_bytes = size = self.field_bytes + len(name) + len(value) + 4
-        if size > spec.max_header_bytes:
-            self.error = ClientError(431, f"request head larger than {spec.max_header_bytes} bytes")
+        if count > self.max_headers or size > self.max_header_bytes:
+            self.error = ClientError(431, f"more than {self.max_headers} header fields or {self.max_header_bytes} bytes")
             raise self.error
-        lname = name.lower()
-        if lname == b"content-length":
+        kind = _HEADER_KIND.get(name.lower())
+        if kind is None:
+            self.parts.extend((name, b": ", value, b"\r\n"))
+        else:
+            self._special_header(kind, name, value)
+
+    def _special_header(self, kind: int, name: bytes, value: bytes) -> None:
+        if kind == _H_CONTENT_LENGTH:
             self.cl_count += 1
             if self.cl_count > 1:
                 self.error = ClientError(400, "duplicate Content-Length")
@@ -451,23 +468,22 @@ class HttpClient(asyncio.Protocol):
             if not value.strip().isdigit():
                 self.error = ClientError(400, "invalid Content-Length")
                 raise self.error
-        elif lname == b"host":
+            self.parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == _H_HOST:
             self.has_host = True
-        elif lname == b"transfer-encoding":
+            self.parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == _H_TRANSFER_ENCODING:
             if self.te or value.strip().lower() != b"chunked":
                 self.error = ClientError(400, "unsupported Transfer-Encoding (only a single chunked)")
                 raise self.error
-            self.te = True
-        headers.append((lname, name, value))
-        if lname in _NOT_FORWARDED:
-            if lname == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if tokens - _CONNECTION_PLAIN:
-                    self.custom_hop = True
-            elif lname == b"x-forwarded-for":
-                self.xff = self.xff + b", " + value if self.xff else value
-        else:
-            self.parts.extend((name, b": ", value, b"\r\n"))
+            self.te = True  # re-declared by us: the body is re-chunked
+        elif kind == _H_CONNECTION:
+            tokens = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_PLAIN
+            if tokens:  # Connection: <token> names more hop-by-hop headers of this message
+                self.drop = (self.drop or set()) | tokens
+        elif kind == _H_FORWARDED_FOR:
+            self.xff = self.xff + b", " + value if self.xff else value
+        # other kinds: hop-by-hop or ours to set (Via, X-Forwarded-Proto): not forwarded
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -480,20 +496,21 @@ class HttpClient(asyncio.Protocol):
             self.error = ClientError(400, "HTTP/1.1 request without Host")
             raise self.error
         method = parser.get_method()
-        if self.custom_hop:
-            head = request_head(
-                method, self.url, self.headers, client_ip=self.client_ip, client_version=version, chunked=self.te
-            )
+        parts = self.parts
+        if self.drop:
+            drop, kept = self.drop, []
+            for i in range(0, len(parts), 4):
+                if parts[i].lower() not in drop:
+                    kept.extend(parts[i : i + 4])
+            parts = kept
+        if self.xff or self.te or version == "1.0":
+            xff = self.xff + b", " + self.client_ip if self.xff else self.client_ip
+            via = b"1.0 nonstop" if version == "1.0" else b"1.1 nonstop"
+            te = b"Transfer-Encoding: chunked\r\n" if self.te else b""
+            parts.append(b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\nVia: %b\r\n%b\r\n" % (xff, via, te))
         else:
-            parts = self.parts
-            if self.xff or self.te or version == "1.0":
-                xff = self.xff + b", " + self.client_ip if self.xff else self.client_ip
-                via = b"1.0 nonstop" if version == "1.0" else b"1.1 nonstop"
-                te = b"Transfer-Encoding: chunked\r\n" if self.te else b""
-                parts.append(b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\nVia: %b\r\n%b\r\n" % (xff, via, te))
-            else:
-                parts.append(self.tail)
-            head = method + b" " + self.url + b" HTTP/1.1\r\n" + b"".join(parts)
+            parts.append(self.tail)
+        head = method + b" " + self.url + b" HTTP/1.1\r\n" + b"".join(parts)
         ex = Exchange(self, method, head, parser.should_keep_alive(), version == "1.0", self.te, self.url)
         self.parsing = ex
         self.queue.append(ex)

@@ -97,6 +97,12 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last /services: {last}") from None
     assert services[0]["balancer"], services
+    listen = services[0]["listen"]
+    for _ in range(30):  # a little traffic through the balancer: counters and rates reach the API
+        with urllib.request.urlopen(f"http://{listen}/", timeout=5) as resp:  # noqa: S310 - the lab's forwarder
+            resp.read()
+    wait("request counters from the balancer", lambda: sum(
+        b["requests"] for s in get(server, admin, "/services") for b in s["backends"]) >= 30, 10)
     hosts = get(server, admin, "/hosts")
     victim = max(hosts, key=lambda h: len(h["guests"]))
     moved = list(victim["guests"])

@@ -116,9 +116,3 @@ def response_head_cached(head: bytes, close: bool, http10_keep_alive: bool, no_b
             _HEAD_CACHE.clear()
         _HEAD_CACHE[key] = hit
     return hit
-
-
-def status_of(head: bytes) -> int:
-    """Status code from ``HTTP/1.1 200 OK...``; 0 when unreadable."""
-    code = head[9:12]
-    return int(code) if len(code) == 3 and code.isdigit() else 0

@@ -36,7 +36,6 @@ from nonstop.lb.http_head import (
     BadResponse,
     error_response,
     response_head_cached,
-    status_of,
 )
 
 if TYPE_CHECKING:
@@ -204,9 +203,9 @@ class HttpUpstream(asyncio.Protocol):
                     return b""
                 self.head_buf = buf
                 return b"".join(out)
-            raw_head = buf[: end + 4]
-            head, buf = buf[: end + 2], buf[end + 4 :]
-            status = status_of(head)
+            head, rest = buf[: end + 2], buf[end + 4 :]
+            code = head[9:12]
+            status = int(code) if code.isdigit() else 0
             client = ex.client
             try:
                 rewritten, body, reusable = response_head_cached(
@@ -221,6 +220,7 @@ class HttpUpstream(asyncio.Protocol):
                 return b""
             out.append(rewritten)
             if 100 <= status < 200 and status != 101:
+                buf = rest
                 continue
             self.head_buf = b""
             self.head_done = True
@@ -231,26 +231,26 @@ class HttpUpstream(asyncio.Protocol):
                 client.closing = True  # close-delimited body: the client learns the end by EOF
                 self.reusable = False
                 self.remaining = -1
-                out.append(buf)
+                out.append(rest)
             elif body == BODY_NONE:
                 self.done = True
-                if buf:
+                if rest:
                     self.reusable = False
             elif body == BODY_CHUNKED:
                 self.parser = HttpResponseParser(self)
-                self._feed_chunked(raw_head + buf)
-                out.append(buf)
+                self._feed_chunked(buf)  # the parser reads the head too
+                out.append(rest)
             else:
-                n = len(buf)
+                n = len(rest)
                 if n >= body:
                     if n > body:
-                        buf = buf[:body]
+                        rest = rest[:body]
                         self.reusable = False
                     self.done = True
                     self.remaining = 0
                 else:
                     self.remaining = body - n
-                out.append(buf)
+                out.append(rest)
             return b"".join(out)
 
     # -- httptools callback (chunked responses only)

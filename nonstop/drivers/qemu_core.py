@@ -226,6 +226,8 @@ class QemuCore(Driver):
         else:
             cache = self._image_cache or DEFAULT_IMAGE_CACHE
             image = await asyncio.to_thread(ensure_image, cache)
+            if self.options.get("kernel"):  # another kernel with the built-in userland
+                image = ImagePaths(kernel=Path(self.options["kernel"]), initrd=image.initrd)
         accel = self._accel or await asyncio.to_thread(rt.probe_accel, image.kernel, image.initrd)
         slots = record.get("nic_slots") or {}
         nics = tuple(

@@ -1,0 +1,71 @@
+"""Helpers for the rolling-patch lab tests: run ``nonstop patch`` in the cluster's ctl namespace
+(where the balancers' admin API is reachable), read rollout records and host levels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from cluster.harness import ClusterProbe  # tests/cluster (a rootdir package)
+
+from nonstop.lab import names
+from nonstop.lab.cluster import LabCluster
+from nonstop.store import keys
+
+
+def patch_argv(lab: LabCluster, *args: str) -> list[str]:
+    argv = [sys.executable, "-m", "nonstop.cli.main", "patch", "--store", lab.store_url, "--cluster", lab.cluster,
+            "--netns", names.ctl_ns(lab.cluster), "--json"]
+    for service, info in lab.services.items():
+        argv += ["--balancer", f"{service}={info['admin']}"]
+    return argv + list(args)
+
+
+def run_patch(lab: LabCluster, *args: str, timeout: float = 150.0) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(patch_argv(lab, *args), capture_output=True, timeout=timeout, text=True)
+    out = proc.stdout.strip()
+    start = out.find("{")
+    doc = json.loads(out[start:]) if start >= 0 else {}
+    return proc.returncode, doc, proc.stderr + out
+
+
+def start_patch(lab: LabCluster, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(patch_argv(lab, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rollout(probe: ClusterProbe) -> dict[str, Any]:
+    return probe._run(lambda s: s.get_json(keys.op(probe.lab.cluster, "patch-rollout"))) or {}
+
+
+def levels(probe: ClusterProbe) -> dict[str, str | None]:
+    async def read(store: Any) -> dict[str, str | None]:
+        out = {}
+        for host in probe.lab.spec.hosts:
+            obs = await store.get_json(keys.host_observed(probe.lab.cluster, host.name)) or {}
+            out[host.name] = obs.get("patch_level")
+        return out
+
+    return probe._run(read)
+
+
+def host_desired(probe: ClusterProbe, host: str) -> dict[str, Any]:
+    return probe._run(lambda s: s.get_json(keys.host_desired(probe.lab.cluster, host))) or {}
+
+
+FAILOVER_KINDS = ("host-dead", "fence", "failover-resumed")
+
+
+def wait_service(probe: ClusterProbe, replicas: int = 3, timeout: float = 30.0) -> None:
+    """Until the controller has every replica in the balancer (its stored list), plus a second for
+    the balancer's first health checks."""
+    import time
+
+    def ready() -> bool:
+        value = probe._run(lambda s: s.get_json(keys.service_backends(probe.lab.cluster, "api")))
+        items = value.get("backends", value) if isinstance(value, dict) else value
+        return isinstance(items, list) and len(items) >= replicas
+
+    probe.wait_for("every replica in the balancer", ready, timeout=timeout)
+    time.sleep(1.0)

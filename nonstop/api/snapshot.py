@@ -139,27 +139,55 @@ def host_states(raw: RawCluster) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any],
-                    alive: bool) -> tuple[list[Any], list[Any]]:
+HEARD_STATES = {"up", "link-degraded", "maintenance"}
+
+
+def down_links(raw: RawCluster) -> dict[str, set[str]]:
+    """host → links the controller last reported silent (``down_links`` of its ``host-state`` events;
+    links are named by switch or NIC)."""
+    out: dict[str, set[str]] = {}
+    for event in raw.events:
+        if event.get("kind") == "host-state" and isinstance(event.get("down_links"), list):
+            out[str(event.get("subject"))] = {str(x) for x in event["down_links"]}
+    return out
+
+
+def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any], state: str,
+                    silent: set[str]) -> tuple[list[Any], list[Any]]:
+    """NIC state: the agent's report when it has one; else the heartbeat evidence — a link of a host
+    the controller hears is up unless it is among the silent ones; every link of a failed host is down."""
     host = next((h for h in spec.hosts if h.name == name), None) if spec else None
     obs_nics = _dict(observed.get("nics"))
     obs_teams = _dict(observed.get("teams"))
     nics, teams = [], []
-    if host is not None and spec is not None:
-        for i, nic in enumerate(host.nics):
-            seen = _dict(obs_nics.get(nic.name))
-            nics.append({"name": nic.name, "switch": spec.nic_switch(host, i),
-                         "state": seen.get("state", "up" if alive and not obs_nics else "unknown")})
-        for team in host.teams:
-            seen = _dict(obs_teams.get(team.name))
-            members = _dict(seen.get("members"))
-            teams.append({
-                "host": name, "name": team.name, "mode": team.mode.value,
-                "members": [{"name": m, "state": _dict(members.get(m)).get("state", members.get(m, "unknown"))
-                             if members else "unknown"} for m in team.members],
-                "active": seen.get("active") or seen.get("active_member") or team.primary,
-                "state": seen.get("state", "configured" if alive and not obs_teams else "unknown"),
-            })
+    if host is None or spec is None:
+        return nics, teams
+    by_name: dict[str, str] = {}
+    for i, nic in enumerate(host.nics):
+        switch = spec.nic_switch(host, i)
+        seen = _dict(obs_nics.get(nic.name))
+        if "state" in seen:
+            nic_state = str(seen["state"])
+        elif state in ("failed", "dead", "down"):
+            nic_state = "down"
+        elif state in HEARD_STATES:
+            nic_state = "down" if nic.name in silent or switch in silent else "up"
+        else:
+            nic_state = "unknown"
+        by_name[nic.name] = nic_state
+        nics.append({"name": nic.name, "switch": switch, "state": nic_state})
+    for team in host.teams:
+        seen = _dict(obs_teams.get(team.name))
+        members = _dict(seen.get("members"))
+        member_states = [{"name": m, "state": str(_dict(members.get(m)).get("state", by_name.get(m, "unknown")))}
+                         for m in team.members]
+        up = [m["name"] for m in member_states if m["state"] == "up"]
+        derived = "up" if len(up) == len(member_states) else "degraded" if up else "down"
+        active = seen.get("active") or seen.get("active_member")
+        if active is None and up:
+            active = team.primary if team.primary in up else up[0]
+        teams.append({"host": name, "name": team.name, "mode": team.mode.value, "members": member_states,
+                      "active": active, "state": seen.get("state", derived)})
     return nics, teams
 
 
@@ -204,12 +232,13 @@ def guest_records(raw: RawCluster) -> list[dict[str, Any]]:
 
 def host_records(raw: RawCluster, guests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     states = host_states(raw)
+    silent = down_links(raw)
     out = []
     for name, (state, why) in states.items():
         records = raw.hosts.get(name, {})
         observed = _dict(records.get("observed"))
         on_host = [g for g in guests if g["host"] == name]
-        nics, teams = _nics_and_teams(raw.spec, name, observed, "alive" in records)
+        nics, teams = _nics_and_teams(raw.spec, name, observed, state, silent.get(name, set()))
         usage = _dict(observed.get("usage"))
         out.append({
             "name": name, "state": state, "state_reason": why, "alive": "alive" in records,
@@ -217,7 +246,7 @@ def host_records(raw: RawCluster, guests: list[dict[str, Any]]) -> list[dict[str
             "allocated": {"vcpus": sum(int(g["vcpus"] or 0) for g in on_host),
                           "memory": sum(int(g["memory"] or 0) for g in on_host)},
             "usage": usage, "nics": nics, "teams": teams,
-            "components": observed.get("components") or {},
+            "components": _dict(records.get("components")) or _dict(observed.get("components")),
             "guests": [g["name"] for g in on_host],
         })
     return out

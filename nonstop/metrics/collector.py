@@ -90,7 +90,15 @@ class ClusterCollector:
             alloc.add_metric([name, "cpu"], h["allocated"]["vcpus"])
             alloc.add_metric([name, "memory"], h["allocated"]["memory"])
             guests.add_metric([name], len(h["guests"]))
-        yield from (up, state, cap, eff, alloc, guests)
+        working = GaugeMetricFamily("nonstop_host_component_working", "Working members of a redundant component "
+                                    "group (from the BMC)", labels=["host", "group"])
+        total = GaugeMetricFamily("nonstop_host_component_total", "Members of a component group", labels=["host", "group"])
+        for h in hosts:
+            for group, g in ((h.get("components") or {}).get("groups") or {}).items():
+                if isinstance(g, dict):
+                    working.add_metric([h["name"], str(group)], float(g.get("working", 0)))
+                    total.add_metric([h["name"], str(group)], float(g.get("total", 0)))
+        yield from (up, state, cap, eff, alloc, guests, working, total)
 
     def _guests(self, guests: list[dict[str, Any]]) -> Iterator[Metric]:
         running = GaugeMetricFamily("nonstop_guest_running", "1 while the guest is observed running",

@@ -59,6 +59,14 @@ async def seed(store: Store) -> dict[str, str]:
                                "members": {m: {"state": "up"} for m in t.members}} for t in h.teams},
             "usage": {"cpu_usage": 0.3, "memory_used": 900 * 1024**2},
         })
+    for h in spec.hosts:  # what the hardware watcher records (host3 has lost a PSU)
+        psu_failed = ["PSU2"] if h.name == "host3" else []
+        await store.put_json(keys.host_components(CLUSTER, h.name), {
+            "host": h.name, "health": "degraded" if psu_failed else "ok", "power_state": "On", "reason": "",
+            "placement": "normal", "groups": {
+                "psu": {"state": "degraded" if psu_failed else "redundant", "working": 2 - len(psu_failed),
+                        "total": 2, "failed": psu_failed},
+                "drive": {"state": "redundant", "working": 2, "total": 2, "failed": []}}})
     for s in spec.services:
         members = [g for g in placed if s.backends and g.startswith(s.backends.group + "-")]
         await store.put_json(keys.service_backends(CLUSTER, s.name), {"backends": [

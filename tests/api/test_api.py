@@ -65,6 +65,8 @@ def test_reads_agree_with_seeded_state(client: TestClient, token_file: Path) -> 
     host1 = hosts[0]
     assert host1["capacity"]["cpus"] == 2 and host1["capacity"]["effective_cpus"] == 8.0
     assert host1["allocated"]["vcpus"] == sum(g["vcpus"] for g in guests if g["host"] == "host1")
+    assert hosts[2]["components"]["groups"]["psu"] == {"state": "degraded", "working": 1, "total": 2,
+                                                       "failed": ["PSU2"]}
     teams = client.get("/api/v1/teams", headers=h(token_file)).json()
     assert {(t["host"], t["name"], t["active"]) for t in teams} == {(f"host{i}", "team0", "eth0") for i in (1, 2, 3)}
     services = client.get("/api/v1/services", headers=h(token_file)).json()
@@ -191,3 +193,4 @@ def test_metrics_text(client: TestClient) -> None:
                  "nonstop_failover_duration_seconds_bucket"):
         assert name in text, name
     assert 'nonstop_host_allocated{host="host1",resource="cpu"}' in text
+    assert 'nonstop_host_component_working{group="psu",host="host3"} 1.0' in text

@@ -86,6 +86,8 @@ function render() {
   else if (downHosts.length) { health.textContent = `${downHosts.length} host${downHosts.length > 1 ? "s" : ""} down`; health.className = "pill bad"; }
   else if (running < c.guests.length) { health.textContent = `${c.guests.length - running} guest(s) not running`; health.className = "pill warn"; }
   else { health.textContent = "healthy"; health.className = "pill ok"; }
+  const active = c.ops.filter((o) => !["done", "aborted", "finished", "failed"].includes(o.step));
+  $("ops").innerHTML = active.map((o) => `<span class="pill warn" title="${esc(o.op_id)}">${esc(o.type || "op")} ${esc(o.host || o.guest || "")}: ${esc(o.step || o.phase || "")}</span>`).join(" ");
   $("summary").textContent = `${c.hosts.length} hosts · ${running}/${c.guests.length} guests running · ${c.services.length} services · rev ${c.revision}`;
   renderFabric(c); renderHosts(c); renderServices(c); renderNetworks(c); renderEvents(c);
   lastHosts = Object.fromEntries(c.guests.map((g) => [g.name, g.host]));
@@ -144,7 +146,7 @@ function renderHosts(c) {
     const cap = h.capacity || {};
     const team = h.teams[0];
     const nics = h.nics.map((n) => `<span class="nic ${esc(n.state)}${team && team.active === n.name ? " active" : ""}" title="${esc(n.name)} → ${esc(n.switch)}">${esc(n.name)}→${esc(n.switch)}</span>`).join("") +
-      h.teams.map((t) => `<span class="nic ${esc(t.state === "up" || t.state === "configured" ? "up" : t.state)}" title="team members: ${esc(t.members.map((m) => m.name + " " + m.state).join(", "))}">${esc(t.name)} · ${esc(t.mode)}</span>`).join("");
+      h.teams.map((t) => `<span class="nic ${esc(t.state)}" title="team members: ${esc(t.members.map((m) => m.name + " " + m.state).join(", "))}">${esc(t.name)} · ${esc(t.mode)}</span>`).join("");
     const guests = h.guests.map((name) => {
       const g = byName[name] || {}; const moved = lastHosts[name] && lastHosts[name] !== h.name;
       const memPct = cap.memory ? Math.min(100, (100 * (g.memory || 0)) / cap.memory) : 0;
@@ -153,6 +155,12 @@ function renderHosts(c) {
         `<div class="gmeta">${esc(g.kind === "vm" ? "VM" : "proc")} ${g.vcpus ?? "?"}vCPU ${size(g.memory)}</div>` +
         `<div class="mini"><div style="width:${memPct}%"></div></div></div>`;
     }).join("") || `<div class="empty">${h.state === "failed" ? "no guests — failed over" : "no guests"}</div>`;
+    const comp = h.components || {};
+    const groups = Object.entries(comp.groups || {});
+    const hw = groups.length || comp.health ? `<div class="nics hw" title="${esc(comp.reason || "")}"><span class="muted">hw</span>` +
+      (comp.health ? `<span class="chip ${esc(comp.health)}">${esc(comp.health)}</span>` : "") +
+      groups.map(([g, v]) => `<span class="chip ${esc(v.state)}" title="${esc(g)}: ${esc(v.state)}${v.failed && v.failed.length ? " — failed: " + esc(v.failed.join(", ")) : ""}">${esc(g)} ${v.working}/${v.total}</span>`).join("") +
+      (comp.placement && comp.placement !== "normal" ? `<span class="chip degraded">${esc(comp.placement)}</span>` : "") + `</div>` : "";
     const usedMem = h.usage && (h.usage.memory_used ?? h.usage.memory_usage);
     const usedCpu = h.usage && (h.usage.cpu_usage ?? h.usage.cpu_used);
     const maint = h.state === "maintenance";
@@ -165,7 +173,7 @@ function renderHosts(c) {
         </span></div>
       <div class="host-body">
         <div class="host-meta">${cap.cpus ?? "?"} CPUs · ${size(cap.memory)} RAM · ratios cpu ${num(cap.ratios && cap.ratios.cpu)}× mem ${num(cap.ratios && cap.ratios.memory)}× · ${h.guests.length} guests · ${esc(h.state_reason)}</div>
-        <div class="nics">${nics}</div>
+        <div class="nics">${nics}</div>${hw}
         ${bar("vCPU", h.allocated.vcpus, cap.cpus || 0, cap.effective_cpus || 0, usedCpu, (v) => num(v))}
         ${bar("memory", h.allocated.memory, cap.memory || 0, cap.effective_memory || 0, usedMem, size)}
         <div class="guests">${guests}</div>

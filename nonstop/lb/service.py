@@ -27,7 +27,7 @@ from nonstop.core.lb.algorithms import make_balancer
 from nonstop.core.lb.health import SERVING, AdminState, Health
 from nonstop.core.lb.outlier import OutlierPolicy
 from nonstop.core.lb.pool import ALL_FULL, Backend, Pool, PoolEvent
-from nonstop.core.lb.retry import Failure, RetryBudget, decide_retry
+from nonstop.core.lb.retry import IDEMPOTENT_METHODS, Failure, RetryBudget, decide_retry
 from nonstop.core.spec import ServiceSpec, StaticServer
 from nonstop.lb.config import parse_address
 from nonstop.lb.http_proxy import Exchange, HttpClient, HttpUpstream, access_log
@@ -228,8 +228,7 @@ class ServiceRuntime:
 
     def http_dispatch(self, ex: Exchange) -> None:
         pool = self.pool
-        loop = self.loop
-        now = loop.time()
+        now = self.clock
         backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried or None)
         if backend is None:
             if pool.last_refusal == ALL_FULL and len(self.waiters) < self.spec.queue_size:
@@ -249,7 +248,7 @@ class ServiceRuntime:
         ex.started = perf_counter()  # uvloop's loop.time() has millisecond resolution
         idle = self.idle.get(backend.name)
         if idle:
-            fresh_only = ex.method not in (b"GET", b"HEAD") and ex.method not in (b"OPTIONS", b"PUT", b"DELETE")
+            fresh_only = ex.method not in IDEMPOTENT_METHODS
             while idle:
                 up = idle.pop()
                 if up.transport is None or up.transport.is_closing():
@@ -259,7 +258,7 @@ class ServiceRuntime:
                     continue
                 self._attach(ex, up, now)
                 return
-        loop.create_task(self._connect(ex, backend))
+        self.loop.create_task(self._connect(ex, backend))
 
     async def _connect(self, ex: Exchange, backend: Backend) -> None:
         try:
@@ -304,11 +303,13 @@ class ServiceRuntime:
         client = ex.client
         if client.paused:
             client.resume(4)
-        up.set_reading(not client.write_paused)
+        if client.write_paused or up.reading_paused:
+            up.set_reading(not client.write_paused)
 
     def _park(self, up: HttpUpstream, now: float) -> None:
         backend = up.backend
-        up.set_reading(True)  # an idle connection must notice the backend closing it
+        if up.reading_paused:
+            up.set_reading(True)  # an idle connection must notice the backend closing it
         if (
             up.reusable
             and up.transport is not None

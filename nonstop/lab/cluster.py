@@ -225,6 +225,8 @@ class LabCluster:
         import shutil
 
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if "qemu" in self.drivers:  # the QEMU driver's shared disks of this cluster (its default disk_dir)
+            shutil.rmtree(Path("/var/lib/nonstop/disks") / self.cluster, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(names.state_dir(self.cluster))
         self.started = False

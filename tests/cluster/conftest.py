@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 
 from nonstop.core.spec import ClusterSpec
@@ -22,7 +23,13 @@ def running_cluster(spec: ClusterSpec, **kwargs: object) -> Iterator[tuple[LabCl
             lab.start(lambda _text: None)
             probe = ClusterProbe(lab)
             replicas = sum(g.replicas for g in spec.guests)
-            probe.wait_for("every guest running", lambda: len(probe.running()) == replicas, timeout=30)
+            probe.wait_for("every guest running", lambda: len(probe.running()) == replicas, timeout=60)
+            for service in spec.services:
+                if service.backends is not None:
+                    group = next(g for g in spec.guests if g.name == service.backends.group)
+                    probe.wait_for(f"{service.name}: every replica in the balancer",
+                                   lambda s=service.name, n=group.replicas: len(probe.backends(s)) == n, timeout=30)
+            time.sleep(0.3)  # the controller stores the list, then applies it to the balancer
             yield lab, probe
         finally:
             lab.stop()

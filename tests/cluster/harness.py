@@ -16,6 +16,7 @@ import collections
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ class Load:
                 self.ok += 1
                 self.hosts[str(body.get("host"))] += 1
             except Exception as exc:  # every failure counts, whatever it is
-                self.failures.append((time.time(), repr(exc)))
+                detail = repr(exc)
+                if isinstance(exc, urllib.error.HTTPError):
+                    detail += " " + exc.read()[:200].decode(errors="replace")
+                self.failures.append((time.time(), detail))
             time.sleep(0.005)
 
     def __enter__(self) -> Load:
@@ -141,6 +145,10 @@ class ClusterProbe:
             return out
 
         return self._run(read)
+
+    def backends(self, service: str) -> list[str]:
+        doc = self._run(lambda s: s.get_json(keys.service_backends(self.lab.cluster, service))) or {}
+        return sorted(b["name"] for b in doc.get("backends", []))
 
     def put_json(self, key: str, value: Any) -> None:
         from nonstop.store.base import encode_json

@@ -30,9 +30,11 @@ def lab_spec(*, replicas: int = 3, failback: str = "manual", stability: float = 
                       "uplink": "eth0"}],
         "guests": groups,
         "services": [{"name": "api", "listen": "127.0.0.1:0", "backends": {"group": "api", "port": 8080},
-                      "health": {"type": "http", "path": "/health", "interval": "500ms", "timeout": "300ms",
-                                 "rise": 1, "fall": 2},
-                      "connect_timeout": "300ms", "retries": 3}],
+                      # The controller keeps membership; the balancer's own checks are the second
+                      # line, tolerant of a loaded machine (a 1 s check may take 0.5 s here).
+                      "health": {"type": "http", "path": "/health", "interval": "1s", "timeout": "1s",
+                                 "rise": 1, "fall": 3},
+                      "connect_timeout": "500ms", "retries": 3}],
         "policies": {"ha": {"host_failures_to_tolerate": 1, "heartbeat_interval": "100ms",
                             "self_fence_timeout": self_fence, "failback": failback, "failback_stability": stability,
                             "max_restarts": 3}},

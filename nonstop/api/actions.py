@@ -171,6 +171,11 @@ async def request_migration(store: Store, cluster: str, guest: str, target: str,
     if kv is None:
         raise NotFound(f'no guest "{guest}" is placed in cluster {cluster}', field="guest")
     record = json.loads(kv.value)
+    if record.get("kind", "process") != "vm":
+        raise Conflict(f"{guest} is a {record.get('kind', 'process')} guest: only VMs migrate live; "
+                       f"put its host in maintenance to move it (cold)", field="guest")
+    if record.get("migrate_to"):
+        raise Conflict(f"{guest} is already migrating to {record['migrate_to']}", field="guest")
     if record.get("host") == target:
         raise Conflict(f"{guest} already runs on {target}", field="to")
     if host_state not in ("up", "link-degraded"):

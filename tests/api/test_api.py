@@ -101,7 +101,11 @@ def test_maintenance_and_migrate_write_requests_and_audit(client: TestClient, to
     assert hosts["host2"]["state"] == "maintenance"
     assert hosts["host2"]["desired"]["requested_by"] == "admin"
     # migrating onto a host in maintenance is refused, nothing written
-    guest = next(g for g in client.get("/api/v1/guests", headers=h(token_file)).json() if g["host"] != "host2")
+    guests = client.get("/api/v1/guests", headers=h(token_file)).json()
+    process = next(g for g in guests if g["kind"] == "process" and g["host"] != "host1")
+    r = client.post(f"/api/v1/guests/{process['name']}/migrate", json={"to": "host1"}, headers=h(token_file))
+    assert r.status_code == 409 and "only VMs migrate live" in r.json()["detail"]
+    guest = next(g for g in guests if g["host"] != "host2" and g["kind"] == "vm")
     r = client.post(f"/api/v1/guests/{guest['name']}/migrate", json={"to": "host2"}, headers=h(token_file))
     assert r.status_code == 409 and r.json()["field"] == "to"
     target = next(x for x in ("host1", "host3") if x != guest["host"])

@@ -176,15 +176,30 @@ async def console(request: Request, guest: Name, lines: Annotated[int, Query(ge=
     record = describe_mod.find(c, "guest", guest)
     if record is None:
         raise HTTPException(404, f'no guest "{guest}"')
-    reader = getattr(runtime.lab, "console_log", None) if runtime.lab is not None else None
-    path: str | None = None
-    if callable(reader):
-        path = await asyncio.to_thread(reader, guest)
+    path = await asyncio.to_thread(console_path, runtime.lab, record)
     if not path or not Path(path).is_file():
         raise HTTPException(409, f"no console log of {guest} is reachable from the API server "
                                  "(console logs live in the agent's state dir on its host)")
     text = await asyncio.to_thread(Path(path).read_text, errors="replace")
     return "\n".join(text.splitlines()[-lines:]) + "\n"
+
+
+def console_path(lab: Any, record: dict[str, Any]) -> str | None:
+    """Where the guest's console log is: the lab's answer (``lab.console_log(guest)``), else the agent
+    state directory the lab gives its agents (``<run_dir>/agents/<host>/<driver>/<guest>/console.log``)."""
+    if lab is None:
+        return None
+    reader = getattr(lab, "console_log", None)
+    if callable(reader):
+        found = reader(record["name"])
+        return str(found) if found else None
+    run_dir = getattr(lab, "run_dir", None)
+    host = record.get("observed_host") or record.get("host")
+    if run_dir is None or not host:
+        return None
+    for candidate in sorted(Path(run_dir, "agents", str(host)).glob(f"*/{record['name']}/console.log")):
+        return str(candidate)
+    return None
 
 
 @router.get("/logs", summary="The event log as text lines", response_class=PlainTextResponse)

@@ -103,6 +103,10 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
             resp.read()
     wait("request counters from the balancer", lambda: sum(
         b["requests"] for s in get(server, admin, "/services") for b in s["backends"]) >= 30, 10)
+    req = urllib.request.Request(f"{server.url}/api/v1/guests/api-0/console",
+                                 headers={"Authorization": f"Bearer {admin}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the test's own server
+        assert resp.status == 200 and resp.headers.get_content_type() == "text/plain"
     hosts = get(server, admin, "/hosts")
     victim = max(hosts, key=lambda h: len(h["guests"]))
     moved = list(victim["guests"])

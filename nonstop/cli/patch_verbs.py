@@ -146,5 +146,61 @@ def register(app: typer.Typer) -> None:
         ))
         raise typer.Exit(code)
 
+    @app.command("rolling-update")
+    def rolling_update(
+        group: str = typer.Argument(..., help="the guest group to update"),
+        store: str = typer.Option(..., "--store"),
+        cluster: str = typer.Option(..., "--cluster"),
+        command: str = typer.Option(None, "--command", help="the new version's command (shell words)"),
+        image: str = typer.Option(None, "--image", help="the new version's image"),
+        resume: bool = typer.Option(False, "--resume", help="continue the update in the store"),
+        balancer: list[str] = typer.Option([], "--balancer", help="SERVICE=IP:PORT of a balancer's admin API"),
+        netns: str = typer.Option(None, "--netns", help="enter this network namespace first (lab: ctl)"),
+        health_timeout: float = typer.Option(20.0, "--health-timeout"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Surge one new replica, replace the old ones one by one, roll back if the new version is unhealthy.
+        Exit 0 done, 1 rolled back or failed."""
+        import shlex
+
+        if netns:
+            from nonstop.net.netns import enter
+
+            enter(netns)
+        new: dict[str, Any] = {}
+        if command is not None:
+            new["command"] = shlex.split(command)
+        if image is not None:
+            new["image"] = image
+        code = asyncio.run(_update(store, cluster, group, new, resume, dict(b.split("=", 1) for b in balancer),
+                                   health_timeout, as_json))
+        raise typer.Exit(code)
+
+
+async def _update(store_url: str, cluster: str, group: str, new: dict[str, Any], resume: bool,
+                  balancers: dict[str, str], health_timeout: float, as_json: bool) -> int:
+    from nonstop.patching.guest_update import GuestUpdater, UpdateError
+    from nonstop.store import open_store
+
+    store = open_store(store_url)
+    console = Console()
+    updater = GuestUpdater(store, cluster, balancers=balancers, health_timeout=health_timeout,
+                           progress=(lambda t: None) if as_json else console.print)
+    try:
+        if not resume:
+            if not new:
+                console.print("give --command and/or --image")
+                return 2
+            await updater.start(group, new)
+        update = await updater.run(group)
+    except UpdateError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(update.to_dict(), indent=2))
+    return 0 if update.phase.value == "done" else 1
+
 
 __all__ = ["SIMULATED", "register"]

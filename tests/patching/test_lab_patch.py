@@ -8,15 +8,18 @@ store is tested in tests/agent/test_agent_vm.py); process guests are moved cold 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster.conftest import running_cluster
 from cluster.harness import ClusterProbe, Load
 from cluster.lab_spec import lab_spec
 
+from nonstop.lab import names
 from nonstop.lab.cluster import LabCluster
 
 from .lab import FAILOVER_KINDS, host_desired, levels, rollout, run_patch, start_patch, wait_service
@@ -124,3 +127,38 @@ def test_hanging_patch_times_out_and_abort_leaves_the_cluster_serving(cluster: t
     assert len(probe.running()) == 3
     probe.put_json(f"/nonstop/{lab.cluster}/hosts/h3/desired", {"state": "up", "reason": "test cleanup"})
     probe.wait_for("h3 up", lambda: probe.status()["hosts"]["h3"] == "up", timeout=15)
+
+
+def _update(lab: LabCluster, *args: str) -> tuple[int, dict[str, Any], str]:
+    import json
+    import subprocess
+
+    argv = [sys.executable, "-m", "nonstop.cli.main", "rolling-update", "api", "--store", lab.store_url,
+            "--cluster", lab.cluster, "--netns", names.ctl_ns(lab.cluster), "--json",
+            "--balancer", f"api={lab.services['api']['admin']}", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    return proc.returncode, json.loads(out[out.find("{"):]) if "{" in out else {}, proc.stderr + out
+
+
+def test_rolling_guest_update_then_a_broken_version_rolls_back(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    lab, probe = cluster
+    wait_service(probe)
+    good = f"{sys.executable} -m nonstop.workload --port 8080"
+    with Load(lab.services["api"]["port"]) as load:
+        code, doc, text = _update(lab, "--command", good)
+        assert code == 0, text[-3000:]
+        assert doc["phase"] == "done" and doc["replaced"] == ["api-0", "api-1", "api-2"]
+        desired = probe.desired()
+        assert sorted(desired) == ["api-0", "api-1", "api-2"]  # the surge replica is gone
+        assert all(d["command"] == good.split() for d in desired.values())
+        probe.wait_for("all running", lambda: len(probe.running()) == 3, timeout=20)
+        wait_service(probe)
+        code, doc, text = _update(lab, "--command", "sh -c 'echo broken; sleep 600'", "--health-timeout", "6")
+        assert code == 1, text[-3000:]
+        assert doc["phase"] == "rolled-back" and "not healthy" in doc["reason"], doc
+        desired = probe.desired()
+        assert sorted(desired) == ["api-0", "api-1", "api-2"]
+        assert all(d["command"] == good.split() for d in desired.values())
+        probe.wait_for("all running", lambda: len(probe.running()) == 3, timeout=20)
+    assert load.failures == [], load.failures[:5]

@@ -7,7 +7,8 @@ Role: a prometheus-client custom collector over the API's cluster snapshot (``no
 - guests: ``nonstop_guest_state{state}``, vCPUs, memory, CPU and memory use, fencing epoch;
 - teams: ``nonstop_team_member_up``; NICs: ``nonstop_nic_up``;
 - balancer: ``nonstop_service_backends``, ``nonstop_backend_healthy``, request counters and rates;
-- controller: events by kind, failover operations by step, and histograms of heartbeat gaps at
+- controller: events by kind, failover operations by step, heartbeats by verdict, reconcile passes
+  and balancer sync errors from the leader record, and histograms of heartbeat gaps at
   detection (``detected_at − last_heard``), detection-to-done failover durations and fence times,
   from the persisted failover operations, plus any event carrying ``seconds``.
 
@@ -188,6 +189,21 @@ class ClusterCollector:
         leader = GaugeMetricFamily("nonstop_controller_leader", "1 while a controller holds the leader key")
         leader.add_metric([], 1.0 if c.get("leader") else 0.0)
         yield leader
+        status = c.get("leader") if isinstance(c.get("leader"), dict) else {}
+        beats = CounterMetricFamily("nonstop_controller_heartbeats", "Heartbeat datagrams the controller "
+                                    "received, by verdict (accepted, forged, replayed ...)", labels=["verdict"])
+        for verdict, n in sorted((status.get("heartbeats") or {}).items()):
+            if isinstance(n, (int, float)):
+                beats.add_metric([str(verdict)], float(n))
+        yield beats
+        passes = CounterMetricFamily("nonstop_controller_passes", "Reconcile passes of the active controller")
+        passes.add_metric([], float(status.get("passes") or 0))
+        yield passes
+        lb_errors = GaugeMetricFamily("nonstop_controller_balancer_errors",
+                                      "1 while the controller cannot sync a service's balancer", labels=["service"])
+        for service in sorted(status.get("balancer_errors") or {}):
+            lb_errors.add_metric([str(service)], 1.0)
+        yield lb_errors
         for name, value in self.extra.items():
             g = GaugeMetricFamily(name, name.replace("_", " "))
             g.add_metric([], value)

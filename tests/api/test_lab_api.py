@@ -135,6 +135,9 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
             browser.close()
     metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=10).read().decode()  # noqa: S310
     assert "nonstop_failover_duration_seconds_count 1.0" in metrics
+    accepted = [line for line in metrics.splitlines()
+                if line.startswith('nonstop_controller_heartbeats_total{verdict="accepted"}')]
+    assert accepted and float(accepted[0].split()[-1]) > 0, metrics[-2000:]
     req = urllib.request.Request(f"{server.url}/api/v1/chaos/heal", method="POST", data=b"{}",
                                  headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
     healed = json.loads(urllib.request.urlopen(req, timeout=60).read())  # noqa: S310

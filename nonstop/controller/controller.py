@@ -410,8 +410,13 @@ class Controller:
         from nonstop.net.ipam_store import allocate_address
 
         group = next(g for g in self.spec.guests if guest in g.guest_names())
+        from nonstop.core.net.names import bridge_name
+
         addresses: list[str | None] = []
         gateways: list[str | None] = []
+        # VMs: the tap joins the network's virtual switch; process guests are plugged by the
+        # host network module when no bridge is named (docs/guests.md).
+        bridges: list[str | None] = [bridge_name(n.network) if group.kind.value == "vm" else None for n in group.nics]
         for nic in group.nics:
             net = next(n for n in self.spec.networks if n.name == nic.network)
             if net.mode.value == "isolated":
@@ -422,7 +427,7 @@ class Controller:
             addresses.append(ip if "/" in ip else f"{ip}/{net.network().prefixlen}")
             gateways.append(gateway_address(net))
         return GuestDefinition.from_group(group, name=guest, cluster=self.cluster, host=host,
-                                          addresses=addresses, gateways=gateways)
+                                          addresses=addresses, gateways=gateways, bridges=bridges)
 
     async def _place_pending(self, view: cv.ClusterView, conditions: dict[str, str]) -> None:
         known = [g for group in self.spec.guests for g in group.guest_names()]

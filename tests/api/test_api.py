@@ -52,6 +52,9 @@ def test_no_token_is_401_and_viewer_cannot_mutate(client: TestClient, token_file
         r = client.post(path, json=body, headers=h(token_file, "viewer"))
         assert r.status_code == 403, (path, r.text)
     assert client.get("/api/v1/whoami", headers=h(token_file, "viewer")).json()["role"] == "viewer"
+    assert client.get("/api/v1/events/stream").status_code == 401
+    assert client.get("/api/v1/events/stream", params={"token": "wrong"}).status_code == 401
+    assert client.get("/metrics").status_code == 200  # scrapers need no token (127.0.0.1 by default)
 
 
 def test_reads_agree_with_seeded_state(client: TestClient, token_file: Path) -> None:

@@ -74,9 +74,10 @@ def status_summary(c: dict[str, Any]) -> dict[str, Any]:
 
     services = []
     for s in c["services"]:
-        healthy = sum(1 for b in s["backends"] if b.get("health") in ("up", "healthy") or b.get("health") == "unknown")
+        healthy = sum(1 for b in s["backends"] if b.get("health") == "up")
+        unknown = sum(1 for b in s["backends"] if b.get("health") in (None, "unknown"))
         services.append({"name": s["name"], "listen": s["listen"], "backends": len(s["backends"]),
-                         "healthy": healthy, "rate": s["rate"]})
+                         "healthy": healthy, "health_unknown": unknown, "rate": s["rate"]})
     running = sum(1 for g in c["guests"] if g["state"] == "running")
     healthy = (c["has_spec"] and all(h["state"] in ("up", "maintenance") for h in c["hosts"])
                and running == len(c["guests"]))

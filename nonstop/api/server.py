@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,16 @@ def remove_run_files(cluster: str) -> None:
             path.unlink()
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: whoever embeds the server (``nonstop up``, or
+    ``serve_forever`` below) decides what a signal means, and uvicorn's re-raise of the signal after
+    shutdown would kill the process before it cleans up."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class ApiServer:
     def __init__(self, store_url: str, cluster: str, token_file: str | Path | None = None, lab: Any = None,
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT, balancers: dict[str, str] | None = None,
@@ -85,7 +97,7 @@ class ApiServer:
         self.url = f"http://{bound_host}:{bound_port}"
         self.write_endpoint = write_endpoint
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        self.server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
     def _publish(self) -> None:
@@ -118,6 +130,9 @@ class ApiServer:
         self._publish()
         return self.url
 
+    def request_stop(self) -> None:
+        self.server.should_exit = True
+
     async def stop(self) -> None:
         self._unpublish()
         self.server.should_exit = True
@@ -127,6 +142,10 @@ class ApiServer:
         self.sock.close()
 
     async def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop cleanly (endpoint file removed)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         try:
             assert self._task is not None

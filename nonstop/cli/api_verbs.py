@@ -162,8 +162,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
         for h in s["hosts"]:
             out.print(f"  {h['name']:<12} {_state(h['state']):<30} {h['guests']} guests")
         for svc in s["services"]:
-            out.print(f"  service {svc['name']:<10} {svc['listen']}  {svc['healthy']}/{svc['backends']} backends, "
-                      f"{svc['rate']:g} req/s")
+            health = (f"{svc['backends']} backends (health unknown: no balancer stats)"
+                      if svc["health_unknown"] == svc["backends"] else f"{svc['healthy']}/{svc['backends']} backends up")
+            out.print(f"  service {svc['name']:<10} {svc['listen']}  {health}, {svc['rate']:g} req/s")
         for op in s["active_ops"]:
             out.print(f"  [yellow]operation[/] {op.get('op_id')}: {op.get('step')}")
 
@@ -189,8 +190,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
             return _json(d)
         out.print(f"[bold]{kind} {name}[/]")
         for key, value in d["record"].items():
-            if value not in (None, "", [], {}):
-                out.print(f"  {key:<14} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            if value in (None, "", [], {}):
+                continue
+            if "memory" in key and isinstance(value, int) and not isinstance(value, bool):
+                value = format_size(value)
+            out.print(f"  {key:<14} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
         p = d.get("placement")
         if p and p.get("available") and p.get("explanation"):
             x = p["explanation"]

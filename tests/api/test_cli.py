@@ -86,7 +86,8 @@ def test_mutating_verbs_and_exit_codes(server: RunningServer, token_file: Path, 
     assert result.exit_code == 1 and "cannot reach" in result.output
 
 
-def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path, stop_signal: int) -> None:
     env = {**os.environ, "NONSTOP_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "nonstop.cli.main", "api", "serve", "--store", store_url,
                              "--cluster", CLUSTER, "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
@@ -104,8 +105,8 @@ def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path) -> None
         assert result.returncode == 0, result.stderr
         assert len(json.loads(result.stdout)) == 6
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        proc.send_signal(stop_signal)
+        assert proc.wait(10) == 0
     assert not endpoint.exists()
 
 

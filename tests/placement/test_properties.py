@@ -22,7 +22,7 @@ from nonstop.core.placement import (
 
 from .builders import clusters, recomputed_usage
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def assert_within_capacity(state: ClusterState) -> None:

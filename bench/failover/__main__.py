@@ -37,14 +37,21 @@ def fmt(s: dict[str, Any] | None, unit: str = "s") -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    n, p = result.get("nonstop"), result.get("peer")
+    n, p, v = result.get("nonstop"), result.get("peer"), result.get("nonstop_vm")
     ns = {k: summary(n["rounds"], k) for k in n["rounds"][0]} if n else {}
+    vs = {k: summary(v["rounds"], k) for k in v["rounds"][0]} if v else {}
     ps = {k: summary(p["rounds"], k) for k in p["rounds"][0]} if p else {}
     rows = [
         ("detection (kill → host declared dead / VIP moved)", fmt(ns.get("detection_s")), fmt(ps.get("detection_s"))),
         ("fence (kill → host verified off)", fmt(ns.get("fence_s")), "— (no fencing)"),
         ("process guests running again (observed by the controller)", fmt(ns.get("guests_running_s")), "never (not restarted)"),
         ("process guests serving again through the balancer", fmt(ns.get("serving_again_s")), "never (not restarted)"),
+        ("VM run: detection", fmt(vs.get("detection_s")), "—"),
+        ("VM run: VM running again on another host (QEMU started)", fmt(vs.get("vm_running_s")), "—"),
+        ("VM run: VM serving again (its page answers, new boot, TCG)", fmt(vs.get("vm_serving_again_s")), "—"),
+        ("VM run: process guests of the same host serving again", fmt(vs.get("serving_again_s")), "—"),
+        ("VM run: failed client requests per kill (median, max)",
+         f"{vs['failed_requests']['median']:g}, {vs['failed_requests']['max']:g}" if vs.get("failed_requests") else "—", "—"),
         ("service answering again (first answer after the kill)", "never interrupted" if n else "—",
          fmt(ps.get("service_restored_s"))),
         ("last failed request after the kill", "—" if not n or not n["failed_requests_total"] else "see JSON",
@@ -62,8 +69,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Run {result['started']} ({result['kills']} kills each, median (min–max); load average at start "
         f"{result['loadavg_start']}, at end {result['loadavg_end']}; shared 2-core machine, so noisy).",
         "",
-        "nonstop: 3 lab hosts, 6 process guests behind `nonstop lb`, heartbeats every 100 ms on 2 links, "
-        "kill = Redfish ForceOff through the host's BMC (every process of the host dies). "
+        f"nonstop: 3 lab hosts, 6 process guests behind `nonstop lb`, heartbeats every 100 ms on 2 links, "
+        f"{result['kills']} kills of the busiest host by Redfish ForceOff through its BMC (every process of the "
+        f"host dies). VM run: the same cluster plus 1 VM (QEMU under TCG: no KVM here), {result.get('vm_kills', 0)} "
+        "kills of the VM's host. "
         "Peer: 3 lab hosts each running keepalived (VRRP, advert_int 1 s, nopreempt) + HAProxy "
         "(default checks: inter 2 s, fall 3, rise 2; retries 3) + a backend; kill = kill -9 of everything "
         "in the VRRP master's namespace.",
@@ -73,7 +82,6 @@ def markdown(result: dict[str, Any]) -> str:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
         "Targets (issue 6): detection ≤ 500 ms; process guests serving again ≤ 2 s; 0 failed requests.",
-        "VMs: not measured in this run (see docs/controller.md).",
         "",
     ]
     return "\n".join(lines)
@@ -82,15 +90,20 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.failover")
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--vm-kills", type=int, default=5, help="kills of the VM's host (0: no VM run)")
     parser.add_argument("--only", choices=["nonstop", "peer"], default=None)
     args = parser.parse_args()
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "kills": args.kills,
+                              "vm_kills": args.vm_kills,
                               "loadavg_start": round(os.getloadavg()[0], 2)}
     if args.only in (None, "nonstop"):
         from bench.failover import nonstop_run
 
-        print("nonstop ...")
-        result["nonstop"] = nonstop_run.run(args.kills)
+        print("nonstop, process guests ...")
+        result["nonstop"] = nonstop_run.run(args.kills, vms=0)
+        if args.vm_kills:
+            print("nonstop, a VM ...")
+            result["nonstop_vm"] = nonstop_run.run(args.vm_kills, vms=1)
     if args.only in (None, "peer"):
         from bench.failover import peer
 
@@ -99,7 +112,7 @@ def main() -> None:
     result["loadavg_end"] = round(os.getloadavg()[0], 2)
     result["summary"] = {side: {k: summary(result[side]["rounds"], k) for k in result[side]["rounds"][0]
                                 if k not in ("round", "host", "new_master")}
-                         for side in ("nonstop", "peer") if side in result}
+                         for side in ("nonstop", "nonstop_vm", "peer") if side in result}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "failover.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "failover.md").write_text(markdown(result))

@@ -1,15 +1,17 @@
 """nonstop's side of bench/failover: host kills in a lab cluster under client load.
 
 A ``LabCluster`` of 3 hosts (two NICs each, heartbeats every 100 ms on both), 6 process guests
-behind nonstop's balancer, failback manual. Each round: kill the busiest host through its BMC
-(Redfish ForceOff: every process of the host dies), then read the controller's events and the
-client's answers:
+behind nonstop's balancer and one VM (QEMU, TCG), failback manual. Each round: kill the VM's host
+through its BMC (Redfish ForceOff: every process of the host dies, QEMU included), then read the
+controller's events, the client's answers and the VM's page:
 
 - detection: the controller's ``host-dead`` event − the kill;
 - fence: the ``fence`` event (Redfish ForceOff verified Off) − the kill;
 - guests running: ``failover-done`` (every moved guest observed running on its new host) − the kill;
 - serving again: the first answer *through the balancer* from the last of the moved guests
   on its new host − the kill;
+- VM running / serving again: QEMU observed running on another host / its web page answers
+  from the out namespace with a new boot id (a cold restart from the shared disk);
 - failed requests: client errors from the kill to the end of the round.
 
 Then the host is powered on again (it rejoins empty) before the next round.
@@ -98,30 +100,60 @@ def wait(what: str, predicate: Any, timeout: float) -> Any:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def run(kills: int = 10, replicas: int = 6, progress: Any = print) -> dict[str, Any]:
+def vm_page(cluster: str, ip: str) -> dict[str, str] | None:
+    from nonstop.drivers.qemu_testlab import fetch_in, parse_page
+    from nonstop.lab import names
+
+    try:
+        status, body = fetch_in(names.out_ns(cluster), ip, "/", timeout=1.0)
+    except OSError:
+        return None
+    return parse_page(body) if status == 200 else None
+
+
+def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1) -> dict[str, Any]:
     cluster = "bf" + os.urandom(2).hex()
-    spec = bench_spec(cluster, replicas)
+    spec = bench_spec(cluster, replicas, vms)
     with tempfile.TemporaryDirectory(prefix="nonstop-bench-") as tmp:
-        lab = LabCluster(spec, f"sqlite:///{tmp}/state.db")
+        lab = LabCluster(spec, f"sqlite:///{tmp}/state.db", drivers="process,qemu" if vms else "process")
         store = Store(lab.store_url, cluster)
         rounds = []
         try:
             lab.start(lambda text: progress(f"  nonstop: {text}"))
-            wait("all guests running", lambda: len(store.running()) == replicas, 60)
+            wait("all guests running", lambda: len(store.running()) == replicas + vms, 120)
+            vm_ip = None
+            if vms:
+                async def desired(s: Any) -> Any:
+                    return await s.get_json(keys.guest_desired(cluster, "web-0"))
+
+                vm_ip = store._run(desired)["vnics"][0]["address"].split("/")[0]
+                wait("the VM serving", lambda: vm_page(cluster, vm_ip), 120)
+            wait("balancer holds every replica", lambda: len((store._run(
+                lambda s: s.get_json(keys.service_backends(cluster, "api"))) or {}).get("backends", [])) == replicas, 60)
             client = Client(lab.services["api"]["port"]).start()
             try:
                 time.sleep(2.0)
                 for i in range(kills):
+                    if vms:
+                        wait("the VM running", lambda: "web-0" in store.running(), 120)
                     running = store.running()
                     counts = {h: list(running.values()).count(h) for h in set(running.values())}
-                    victim = max(sorted(counts), key=lambda h: counts[h])
-                    moved = sorted(g for g, h in running.items() if h == victim)
+                    # the VM's host when there is a VM (both kinds measured every round), else the busiest
+                    victim = running["web-0"] if vms else max(sorted(counts), key=lambda h: counts[h])
+                    moved = sorted(g for g, h in running.items() if h == victim and g.startswith("api-"))
+                    boot = (vm_page(cluster, vm_ip) or {}).get("boot_id") if vm_ip else None
                     killed = lab.fail_host(victim, "bmc")
                     done = wait("failover-done", lambda v=victim, k=killed: next(
                         (e for e in store.events() if e["kind"] == "failover-done" and e["subject"] == v and e["at"] >= k),
                         None), 30)
                     serving = {g: wait(f"{g} serving", lambda g=g, v=victim, k=killed: client.first_answer(k, g, v), 30)
                                for g in moved}
+                    vm_running = vm_serving = None
+                    if vm_ip:
+                        wait("VM running elsewhere", lambda v=victim: store.running().get("web-0") not in (None, v), 60)
+                        vm_running = time.time() - killed
+                        wait("VM serving again", lambda b=boot: (p := vm_page(cluster, vm_ip)) and p.get("boot_id") != b, 120)
+                        vm_serving = time.time() - killed
                     time.sleep(1.0)
                     events = [e for e in store.events() if e["at"] >= killed and e["subject"] == victim]
                     dead = next(e for e in events if e["kind"] == "host-dead")
@@ -133,7 +165,9 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print) -> dict[str, 
                         "fence_s": round(fence["at"] - killed, 3),
                         "fence_call_s": fence.get("seconds"),
                         "guests_running_s": round(done["at"] - killed, 3),
-                        "serving_again_s": round(max(serving.values()) - killed, 3),
+                        "serving_again_s": round(max(serving.values()) - killed, 3) if serving else None,
+                        "vm_running_s": round(vm_running, 3) if vm_running is not None else None,
+                        "vm_serving_again_s": round(vm_serving, 3) if vm_serving is not None else None,
                         "failed_requests": client.failures_between(killed, end),
                         "requests": sum(1 for t, _, _ in client.answers if killed <= t <= end),
                     }

@@ -11,7 +11,8 @@ Role: two things the ``LabCluster`` (cluster.py) and the BMCs share.
   controller reaches them on 127.0.0.1. Power-off kills the host's namespace (the BMC's own
   behaviour) and, through the ``on_power_off`` hook, every process in the host's cgroup tree
   (its process guests live in namespaces of their own), then removes those guest namespaces
-  and the agent's per-guest runtime state — the machine's RAM is gone. Power-on starts the
+  and the agent's per-guest runtime state — the machine's RAM is gone — and its cables lose
+  link (the switches flush what they learned there). Power-on plugs them back and starts the
   agent again. Ports go to the ready file as ``{host: port}``.
 
 Must not: decide anything about guests; it emulates hardware and boots agents.
@@ -138,7 +139,7 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
     from nonstop.bmc.model import HostHardware
     from nonstop.bmc.server import BmcConfig, BmcHooks, start_bmc
     from nonstop.core.spec import ClusterSpec
-    from nonstop.lab import names
+    from nonstop.lab import faults, names
 
     spec = ClusterSpec.model_validate_json(Path(cfg["spec_file"]).read_text())
     password = Path(cfg["bmc_password_file"]).read_text().strip()
@@ -147,10 +148,14 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
         name = host.name
 
         async def on_power_off(report: power.KillReport, name: str = name) -> None:
+            # A powered-off server's NICs lose link: the switches forget the MACs they learned
+            # there, so a guest restarted elsewhere is reachable at once (no stale FDB entry).
+            await asyncio.to_thread(faults.isolate, spec, name)
             killed = await asyncio.to_thread(kill_host_guests, cfg, name)
             log.info("BMC %s: power off: %d process(es) in the namespace, %d in guests", name, len(report.killed), len(killed))
 
         async def on_power_on(name: str = name) -> None:
+            await asyncio.to_thread(faults.rejoin, spec, name)
             pid = await asyncio.to_thread(launch_agent, cfg, name)
             log.info("BMC %s: power on: agent started (pid %d)", name, pid)
 
@@ -163,8 +168,16 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
     tmp.replace(ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main_pid = os.getpid()
+
+    def handler(_signum: int, _frame: object) -> None:
+        # Not loop.add_signal_handler: pyroute2 forks netns helpers (faults.isolate) and SIGTERMs
+        # them; asyncio's wakeup fd, shared with the fork, would deliver their signal to us.
+        if os.getpid() == main_pid:
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, handler)
     await stop.wait()
     for r in running.values():
         r.server.should_exit = True

@@ -409,12 +409,17 @@ class QemuCore(Driver):
         """The QEMU process is gone without stop(): a guest power-off is STOPPED, anything else FAILED."""
         child = self._children.get(name)
         code = child.poll() if child is not None else None
-        console = (self._run_dir(name) / "console.log")
-        powered_off = console.exists() and b"reboot: Power down" in console.read_bytes()[-4096:]
-        if code == 0 or powered_off:
-            return base
+        console = self._run_dir(name) / "console.log"
+        tail = console.read_bytes()[-4096:] if console.exists() else b""
+        if b"reboot: Power down" in tail:
+            return base  # the guest powered itself off
         log = self._run_dir(name) / "qemu.log"
         detail = rt._last_line(log.read_text(errors="replace")) if log.exists() else "no log"
+        if code == 0:
+            # Exit status 0 without a power-off: a guest reset or panic (-no-reboot turns both
+            # into an exit) or a signal QEMU treats as a shutdown request (its log says which).
+            last = " | ".join(tail.decode(errors="replace").strip().splitlines()[-2:])
+            detail = f"guest reset or crashed ({detail}); console: {last or 'empty'}"
         return replace(base, state=GuestState.FAILED,
                        failure_reason=f"QEMU exited unexpectedly (code {code}): {detail}")
 

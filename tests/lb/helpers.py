@@ -62,7 +62,8 @@ def service(name: str, servers: list[Any], **kw: Any) -> dict[str, Any]:
         "servers": [
             s if isinstance(s, dict) else {"name": s.name, "address": s.address} for s in servers
         ],
-        "health": kw.pop("health", {"interval": "200ms", "timeout": "200ms", "rise": 1, "fall": 1}),
+        # quick checks, but tolerant of a loaded CI machine (a 1 s probe timeout, two misses)
+        "health": kw.pop("health", {"interval": "200ms", "timeout": "1s", "rise": 1, "fall": 2}),
     }
     doc.update(kw)
     return doc

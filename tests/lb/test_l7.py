@@ -166,11 +166,11 @@ async def test_upstream_timeout_is_504_and_no_backend_is_503(backends):
 
 async def test_slow_start_ramps_a_recovered_backend(backends):
     a, b = backends("a", "b")
-    async with running(service("web", [a], slow_start="3s", algorithm="weighted-round-robin")) as lb:
+    async with running(service("web", [a], slow_start="2s", algorithm="weighted-round-robin")) as lb:
         lb.add_server("web", type(lb.services["web"].spec.servers[0])(name="b", address=b.address))
         client = Client(port_of(lb, "web"))
         early = Counter([(await client.request()).body[:1] for _ in range(100)])
-        await asyncio.sleep(3.1)
+        await asyncio.sleep(2.1)
         late = Counter([(await client.request()).body[:1] for _ in range(100)])
         assert early[b"b"] < 25 and 40 <= late[b"b"] <= 60
         client.close()

@@ -55,7 +55,7 @@ async def test_nft_plane_balances_fails_over_and_cleans_up(backends, table):
         got = Counter([await fresh_get(vip, port) for _ in range(10)])
         assert got == {b"a": 5, b"b": 5}
         b.kill()
-        for _ in range(40):  # health checks every 200 ms, fall 1
+        for _ in range(60):  # health checks every 200 ms, fall 2
             if not lb.services["kern"].pool.get("b").health.serving:
                 break
             await asyncio.sleep(0.05)

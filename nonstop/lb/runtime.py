@@ -335,13 +335,27 @@ class Balancer:
             return
         self._applied_mtime = mtime
         doc = json.loads(path.read_text())
-        if doc.get("generation", 0) != self.generation and self.config_path is not None:
-            self.loop.create_task(self.reload())
-            self.generation = doc.get("generation", 0)
+        generation = doc.get("generation", 0)
+        if generation != self.generation and self.config_path is not None:
+            # the control process reloaded the file: do the same, then follow its state
+            self.generation = generation
+            self.loop.create_task(self._worker_reload(generation, doc))
+            return
+        self._apply_snapshot(doc)
+
+    def _apply_snapshot(self, doc: dict[str, Any]) -> None:
         for name, backends in doc.get("services", {}).items():
             svc = self.services.get(name)
             if svc is not None:
                 apply_pool_snapshot(svc, backends)
+
+    async def _worker_reload(self, generation: int, doc: dict[str, Any]) -> None:
+        try:
+            await self.reload()
+        except Exception:
+            log.exception("worker %d: reload failed", self.worker_id)
+        self.generation = generation  # reload() counted one more; the control process is the authority
+        self._apply_snapshot(doc)
 
 
 def spec_mode(svc: ServiceRuntime) -> str:

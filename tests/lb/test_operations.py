@@ -190,6 +190,15 @@ async def test_workers_share_health_and_admin_state(backends, tmp_path):
         for _ in range(20):
             after[(await Client(port).request("GET", "/", headers="Connection: close\r\n")).body[:1]] += 1
         assert after == {b"b": 20}
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+        writer.write(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert b" 200 " in (await reader.read())[:20]
+        writer.close()
+        await asyncio.sleep(0.5)  # workers reload the file too, then follow the shared state again
+        again = Counter()
+        for _ in range(10):
+            again[(await Client(port).request("GET", "/", headers="Connection: close\r\n")).body[:1]] += 1
+        assert again == {b"b": 10}  # a reload keeps run-time admin states
         await asyncio.sleep(1.2)  # workers write their stats every second
         reader, writer = await asyncio.open_connection("127.0.0.1", admin)
         writer.write(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")

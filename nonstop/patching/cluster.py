@@ -177,6 +177,15 @@ async def move_guest(store: Store, cluster: str, snap: Snapshot, guest: str, tar
     return "cold"
 
 
+async def migration_failure(store: Store, cluster: str, guest: str, since: float) -> str | None:
+    """The reason a live migration of ``guest`` requested at or after ``since`` failed (the agents'
+    hand-over record ``ops/migrate-<guest>``, docs/agent.md), else None."""
+    op = await store.get_json(keys.op(cluster, f"migrate-{guest}"))
+    if isinstance(op, dict) and op.get("phase") == "failed" and float(op.get("requested_at") or 0) >= since - 1.0:
+        return str(op.get("reason") or "no reason given")
+    return None
+
+
 # ------------------------------------------------------------------ host commands (through the agent)
 
 

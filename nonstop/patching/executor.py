@@ -225,6 +225,8 @@ class Patcher:
             except TimeoutError:
                 result = StepResult(host, step, ok=False, error=f"{step.value} did not finish in "
                                     f"{self._timeout(step):.0f} s")
+            except RolloutError as exc:
+                result = StepResult(host, step, ok=False, error=str(exc))
             except Exception as exc:  # a step that raised is a failed step, with the reason
                 log.exception("%s: step %s raised", host, step.value)
                 result = StepResult(host, step, ok=False, error=f"{step.value}: {exc!r}")
@@ -314,8 +316,16 @@ class Patcher:
         await self.balancers.set_state([guest], "drain")
         await self.balancers.wait_idle([guest], self.drain_timeout)
         snap = await pc.snapshot(self.store, self.cluster)
+        asked = time.time()
         how = await pc.move_guest(self.store, self.cluster, snap, guest, target)
-        await self._wait(f"{guest} running on {target}", lambda s: s.running_on(guest, target), self.step_timeout)
+        deadline = time.monotonic() + self.step_timeout
+        while not (await pc.snapshot(self.store, self.cluster)).running_on(guest, target):
+            failure = await pc.migration_failure(self.store, self.cluster, guest, since=asked) if how == "live" else None
+            if failure:
+                raise RolloutError(f"live migration of {guest} to {target} failed: {failure}")
+            if time.monotonic() > deadline:
+                raise RolloutError(f"timed out after {self.step_timeout:.0f} s waiting for {guest} on {target}")
+            await asyncio.sleep(0.2)
         await self.balancers.set_state([guest], "ready")
         if self.balancers.admins and self._in_service(snap, guest):
             deadline = time.monotonic() + 20.0

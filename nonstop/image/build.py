@@ -34,13 +34,12 @@ BUILDER_VERSION = "2"
 # The cloud kernel builds all of these as modules (CONFIG_VIRTIO_PCI=m, CONFIG_VIRTIO_NET=m,
 # CONFIG_VIRTIO_BLK=m, CONFIG_ACPI_BUTTON=m, CONFIG_INPUT_EVDEV=m); a kernel that builds one
 # in is fine too: a stem missing from modules.dep is skipped when the kernel config says =y.
-GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_balloon", "button", "evdev")
+GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "button", "evdev")
 _MODULE_CONFIG = {
     "virtio_pci": "CONFIG_VIRTIO_PCI",
     "virtio_net": "CONFIG_VIRTIO_NET",
     "virtio_blk": "CONFIG_VIRTIO_BLK",
     "virtio_console": "CONFIG_VIRTIO_CONSOLE",
-    "virtio_balloon": "CONFIG_VIRTIO_BALLOON",
     "button": "CONFIG_ACPI_BUTTON",
     "evdev": "CONFIG_INPUT_EVDEV",
 }

@@ -1,8 +1,9 @@
 """The API and dashboard beside a REAL lab cluster (root): LabCluster brings up the fabric, BMCs,
 store, controller, balancer and agents with process guests; the API gets it as ``lab=``. In a
 browser, "Fail host" powers the host off through its BMC; the controller detects, fences and fails
-over; the dashboard shows the host failed and its guests running on the others. Then the API
-heals the lab (the host is powered on again)."""
+over; the dashboard shows the host failed and its guests running on the others. Before that, a click
+on another host's NIC cuts that cable: link-degraded, NIC shown down. Then the API heals the lab
+(cables restored, the host powered on again)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,12 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(f"{server.url}/#token={admin}")
             page.wait_for_selector(f'.host[data-host="{victim["name"]}"][data-state="up"]', timeout=10_000)
+            # Cut one cable of another host: the controller hears it on the other link only →
+            # link-degraded (never a failover), and the NIC shows down from that evidence.
+            other = next(h["name"] for h in hosts if h["name"] != victim["name"])
+            page.click(f'.nic[data-link="{other}/eth1"]')
+            page.wait_for_selector(f'.host[data-host="{other}"][data-state="link-degraded"]', timeout=15_000)
+            page.wait_for_selector(f'.nic.down[data-link="{other}/eth1"]', timeout=5_000)
             page.click(f'.host[data-host="{victim["name"]}"] [data-action="fail-host"]')
             page.wait_for_selector(f'.host[data-host="{victim["name"]}"][data-state="failed"]', timeout=30_000)
             for guest in moved:
@@ -142,5 +149,6 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
                                  headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
     healed = json.loads(urllib.request.urlopen(req, timeout=60).read())  # noqa: S310
     assert f"power on {victim['name']}" in healed["result"]["done"], healed
+    assert f"heal {other}" in healed["result"]["done"], healed
     wait(f"{victim['name']} up again", lambda: next(h for h in get(server, admin, "/hosts")
                                                     if h["name"] == victim["name"])["state"] == "up", 40)

@@ -119,7 +119,7 @@ function renderFabric(c) {
     out += `<text x="${x}" y="154" text-anchor="middle" class="teamlabel">${h.state !== "up" ? esc(h.state.toUpperCase()) : team ? esc(team.name + " · active " + (team.active || "–")) : "up"}</text></g>`;
   });
   sw.forEach((s, i) => {
-    out += `<g class="sw ${esc(s.state)}"><rect x="${swX(i) - 55}" y="14" width="110" height="30" rx="5"/>`;
+    out += `<g class="sw ${esc(s.state)}" data-action="fail-switch" data-switch="${esc(s.name)}"><title>${esc(s.name)}: ${esc(s.state)}${role === "admin" ? " (click to fail this switch)" : ""}</title><rect x="${swX(i) - 55}" y="14" width="110" height="30" rx="5"/>`;
     out += `<text x="${swX(i)}" y="34" text-anchor="middle" font-weight="600">⇄ ${esc(s.name)}${s.state === "failed" ? " ✕" : ""}</text></g>`;
   });
   svg.innerHTML = out;
@@ -145,7 +145,7 @@ function renderHosts(c) {
   const html = c.hosts.map((h) => {
     const cap = h.capacity || {};
     const team = h.teams[0];
-    const nics = h.nics.map((n) => `<span class="nic ${esc(n.state)}${team && team.active === n.name ? " active" : ""}" title="${esc(n.name)} → ${esc(n.switch)}">${esc(n.name)}→${esc(n.switch)}</span>`).join("") +
+    const nics = h.nics.map((n) => `<span class="nic ${esc(n.state)}${team && team.active === n.name ? " active" : ""}" data-action="cut-link" data-link="${esc(h.name)}/${esc(n.name)}" title="${esc(n.name)} → ${esc(n.switch)}: ${esc(n.state)}${role === "admin" ? " (click to cut this cable)" : ""}">${esc(n.name)}→${esc(n.switch)}</span>`).join("") +
       h.teams.map((t) => `<span class="nic ${esc(t.state)}" title="team members: ${esc(t.members.map((m) => m.name + " " + m.state).join(", "))}">${esc(t.name)} · ${esc(t.mode)}</span>`).join("");
     const guests = h.guests.map((name) => {
       const g = byName[name] || {}; const moved = lastHosts[name] && lastHosts[name] !== h.name;
@@ -198,8 +198,9 @@ function renderNetworks(c) {
   $("networks").innerHTML = c.networks.map((n) => `<div class="net"><b>${esc(n.name)}</b><span class="muted">${esc(n.mode)}</span><span class="mono">${esc(n.subnet)}${n.uplink ? " via " + esc(n.uplink) : ""}</span><span class="mono" title="addresses allocated / usable">${n.addresses_used}/${n.addresses_total}</span></div>`).join("") || `<div class="empty">no networks</div>`;
 }
 
-const KIND_CLASS = [[/dead|fail|fence|unplaceable|chaos|lost|crash/, "bad"], [/suspect|degraded|partition|maintenance|migrat/, "warn"],
-  [/moved|placed|serving|done|failback|heal|up|applied/, "good"], [/op|backends/, "op"]];
+const KIND_CLASS = [[/done$|moved|placed|serving|failback|heal|applied|repaired/, "good"],
+  [/dead|fail|fence|unplaceable|chaos|lost|crash/, "bad"], [/suspect|degraded|partition|maintenance|migrat/, "warn"],
+  [/op|backends/, "op"]];
 function kindClass(kind) { for (const [re, cls] of KIND_CLASS) if (re.test(kind)) return cls; return "info"; }
 let seenSeq = 0;
 function renderEvents(c) {
@@ -253,7 +254,10 @@ document.addEventListener("click", (e) => {
   const b = e.target.closest("[data-action]");
   if (b) {
     const host = b.dataset.host, guest = b.dataset.guest;
+    if (role !== "admin" && ["cut-link", "fail-switch"].includes(b.dataset.action)) return;
     switch (b.dataset.action) {
+      case "cut-link": if (confirm(`Cut the cable ${b.dataset.link}?`)) act(`cut ${b.dataset.link}`, "/chaos/fail", { target: "link", name: b.dataset.link }); break;
+      case "fail-switch": if (confirm(`Fail switch ${b.dataset.switch} (every cable to it goes dark)?`)) act(`fail ${b.dataset.switch}`, "/chaos/fail", { target: "switch", name: b.dataset.switch }); break;
       case "fail-host": if (confirm(`Power off ${host}? Its guests will fail over.`)) act(`fail ${host}`, "/chaos/fail", { target: "host", name: host }); break;
       case "partition": if (confirm(`Partition ${host} from the other hosts?`)) act(`partition ${host}`, "/chaos/partition", { host }); break;
       case "enter-maintenance": act(`maintenance ${host}`, `/hosts/${host}/maintenance`, { action: "enter" }); break;

@@ -96,11 +96,13 @@ def main() -> None:
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "kills": args.kills,
                               "vm_kills": args.vm_kills,
                               "loadavg_start": round(os.getloadavg()[0], 2)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "nonstop"):
         from bench.failover import nonstop_run
 
         print("nonstop, process guests ...")
         result["nonstop"] = nonstop_run.run(args.kills, vms=0)
+        (RESULTS / "failover.partial.json").write_text(json.dumps(result, indent=1))
         if args.vm_kills:
             print("nonstop, a VM ...")
             result["nonstop_vm"] = nonstop_run.run(args.vm_kills, vms=1)
@@ -110,6 +112,7 @@ def main() -> None:
         print("keepalived + HAProxy ...")
         result["peer"] = peer.run(args.kills)
     result["loadavg_end"] = round(os.getloadavg()[0], 2)
+    (RESULTS / "failover.partial.json").unlink(missing_ok=True)
     result["summary"] = {side: {k: summary(result[side]["rounds"], k) for k in result[side]["rounds"][0]
                                 if k not in ("round", "host", "new_master")}
                          for side in ("nonstop", "nonstop_vm", "peer") if side in result}

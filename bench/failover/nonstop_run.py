@@ -149,11 +149,16 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                     serving = {g: wait(f"{g} serving", lambda g=g, v=victim, k=killed: client.first_answer(k, g, v), 30)
                                for g in moved}
                     vm_running = vm_serving = None
+                    vm_error = None
                     if vm_ip:
-                        wait("VM running elsewhere", lambda v=victim: store.running().get("web-0") not in (None, v), 60)
-                        vm_running = time.time() - killed
-                        wait("VM serving again", lambda b=boot: (p := vm_page(cluster, vm_ip)) and p.get("boot_id") != b, 120)
-                        vm_serving = time.time() - killed
+                        try:
+                            wait("VM running elsewhere", lambda v=victim: store.running().get("web-0") not in (None, v), 60)
+                            vm_running = time.time() - killed
+                            wait("VM serving again",
+                                 lambda b=boot: (p := vm_page(cluster, vm_ip)) and p.get("boot_id") != b, 90)
+                            vm_serving = time.time() - killed
+                        except RuntimeError as exc:  # recorded, not fatal: the round still counts
+                            vm_error = str(exc)
                     time.sleep(1.0)
                     events = [e for e in store.events() if e["at"] >= killed and e["subject"] == victim]
                     dead = next(e for e in events if e["kind"] == "host-dead")
@@ -168,6 +173,7 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         "serving_again_s": round(max(serving.values()) - killed, 3) if serving else None,
                         "vm_running_s": round(vm_running, 3) if vm_running is not None else None,
                         "vm_serving_again_s": round(vm_serving, 3) if vm_serving is not None else None,
+                        "vm_error": vm_error,
                         "failed_requests": client.failures_between(killed, end),
                         "requests": sum(1 for t, _, _ in client.answers if killed <= t <= end),
                     }

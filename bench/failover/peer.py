@@ -181,6 +181,9 @@ def run(kills: int = 10, progress: Any = print) -> dict[str, Any]:
         return {"rounds": rounds, "requests": len(client.answers), "failed_requests_total": len(client.failures)}
     finally:
         fabric.down(cluster, spec)
+        import shutil
+
+        shutil.rmtree(names.state_dir(cluster), ignore_errors=True)
 
 
 def _drop_vip() -> None:

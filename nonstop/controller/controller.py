@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,7 +107,7 @@ class Controller:
         self._bmc_password_file = bmc_password_file
         self.fence_timeout, self.tick, self.serving_timeout = fence_timeout, tick, serving_timeout
         self.startup_grace = startup_grace
-        self.id = controller_id or f"controller-{os.getpid()}"
+        self.id = controller_id or f"controller@{socket.gethostname()}"
         self.events = EventLog(store, cluster)
         self.lb = LbSync(store, cluster, balancers or {})
         self.spec: ClusterSpec = None  # type: ignore[assignment]
@@ -188,8 +189,17 @@ class Controller:
             result = await self.store.txn([Compare.missing(key)], [Op.put_json(key, record, lease=lease)])
             if result.succeeded:
                 return
+            current = await self.store.get(key)
+            if current is not None and json.loads(current.value).get("id") == self.id:
+                # Our own previous life (a restart on this machine): take over at once instead of
+                # waiting for its lease to expire — agents self-fence if no controller acks them.
+                took = await self.store.txn([Compare.mod_revision(key, current.mod_revision)],
+                                            [Op.put_json(key, record, lease=lease)])
+                if took.succeeded:
+                    await self.events.emit("controller-takeover", self.id, "took over from its own previous run")
+                    return
             log.info("another controller holds %s; waiting for its lease to end", key)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not await self._load_spec():

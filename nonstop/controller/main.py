@@ -60,7 +60,7 @@ async def run_controller(args: argparse.Namespace) -> None:
         store, args.cluster, key=load_key(args.ha_key), endpoints=endpoints_from(args.listen),
         balancers=_pairs(args.balancer, "balancer"), bmcs=_pairs(args.bmc, "bmc"),
         bmc_password_file=args.bmc_password_file, fence_timeout=args.fence_timeout, tick=args.tick,
-        startup_grace=args.startup_grace,
+        startup_grace=args.startup_grace, controller_id=args.id,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tick", type=float, default=0.2)
     p.add_argument("--startup-grace", type=float, default=5.0)
     p.add_argument("--netns", default=None, help="enter this network namespace first (the lab's ctl)")
+    p.add_argument("--id", default=None, help="controller id (default controller@<hostname>; a restart with the "
+                   "same id takes over its own leader record at once)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.listen:

@@ -175,3 +175,22 @@ def test_no_false_failover_under_cpu_saturation(cluster: tuple[LabCluster, Clust
     assert [e for e in events if e["kind"] == "host-state" and e["after"] in ("suspect", "dead")] == []
     assert [e for e in events if e["kind"] in ("host-dead", "guest-moved")] == []
     assert len(probe.running()) == 3
+
+
+def test_controller_restart_takes_over_without_self_fencing(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    """kill -9 of the controller and a restart: the new one takes over its own leader record at
+    once, agents never go without acknowledgements long enough to fence themselves, nothing moves."""
+    lab, probe = cluster
+    start = time.time()
+    logs_before = {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")}
+    old_pid = probe.status()["pid"]
+    with Load(lab.services["api"]["port"]) as load:
+        lab.restart_controller(kill=True)
+        probe.wait_for("new controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=15)
+        probe.wait_for("every host up", lambda: set(probe.status()["hosts"].values()) == {"up"}, timeout=15)
+        time.sleep(1.0)
+    assert probe.first("controller-takeover", None, start) is not None
+    assert {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")} == logs_before
+    assert [e for e in probe.events(start) if e["kind"] in ("host-dead", "guest-moved")] == []
+    assert load.failures == [], load.failures[:3]
+    assert len(probe.running()) == 3

@@ -9,7 +9,7 @@ from typing import Any
 from nonstop.core.spec import ClusterSpec
 
 
-def lab_spec(*, replicas: int = 3, failback: str = "manual", stability: float = 3.0, self_fence: float = 3.0,
+def lab_spec(*, replicas: int = 3, failback: str = "manual", stability: float = 3.0, self_fence: float = 5.0,
              extra_groups: list[dict[str, Any]] | None = None, cluster: str | None = None) -> ClusterSpec:
     name = cluster or "t" + secrets.token_hex(2)
     hosts = [

@@ -159,7 +159,8 @@ def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any
     host = next((h for h in spec.hosts if h.name == name), None) if spec else None
     obs_nics = _dict(observed.get("nics"))
     obs_teams = _dict(observed.get("teams"))
-    nics, teams = [], []
+    nics: list[dict[str, Any]] = []
+    teams: list[dict[str, Any]] = []
     if host is None or spec is None:
         return nics, teams
     by_name: dict[str, str] = {}

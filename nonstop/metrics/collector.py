@@ -189,7 +189,8 @@ class ClusterCollector:
         leader = GaugeMetricFamily("nonstop_controller_leader", "1 while a controller holds the leader key")
         leader.add_metric([], 1.0 if c.get("leader") else 0.0)
         yield leader
-        status = c.get("leader") if isinstance(c.get("leader"), dict) else {}
+        leader_record = c.get("leader")
+        status: dict[str, Any] = leader_record if isinstance(leader_record, dict) else {}
         beats = CounterMetricFamily("nonstop_controller_heartbeats", "Heartbeat datagrams the controller "
                                     "received, by verdict (accepted, forged, replayed ...)", labels=["verdict"])
         for verdict, n in sorted((status.get("heartbeats") or {}).items()):

@@ -1,0 +1,1 @@
+"""bench.availability: the availability tour (``nonstop demo``) run non-interactively, as figures."""

@@ -1,0 +1,111 @@
+"""Watching a starting cluster until it serves: guests placed and running (with boot times), every
+service's balancer holding every replica and answering HTTP through its 127.0.0.1 port.
+
+Role: ``BootWatch.poll()`` reads the store (guests' desired/observed records, services' backends)
+and reports each transition once through ``say``; ``serving()`` is true when everything is up.
+
+Must not: change anything (read-only on the store); decide what is healthy beyond what the
+controller recorded and one HTTP answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nonstop.core.spec import ClusterSpec
+from nonstop.store import keys
+from nonstop.store.base import Store
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class GuestBoot:
+    name: str
+    kind: str
+    host: str | None = None
+    placed_at: float | None = None
+    running_at: float | None = None
+    state: str = "pending"
+
+    @property
+    def boot_seconds(self) -> float | None:
+        if self.placed_at is None or self.running_at is None:
+            return None
+        return self.running_at - self.placed_at
+
+
+@dataclass
+class BootWatch:
+    spec: ClusterSpec
+    store: Store
+    service_ports: dict[str, int]
+    say: Say
+    started_at: float = field(default_factory=time.time)
+    guests: dict[str, GuestBoot] = field(default_factory=dict)
+    backends: dict[str, int] = field(default_factory=dict)
+    answering: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for group in self.spec.guests:
+            for i in range(group.replicas):
+                name = f"{group.name}-{i}"
+                self.guests[name] = GuestBoot(name, group.kind.value)
+
+    def expected_backends(self) -> dict[str, int]:
+        groups = {g.name: g.replicas for g in self.spec.guests}
+        return {s.name: groups.get(s.backends.group, 0) for s in self.spec.services if s.backends is not None}
+
+    async def poll(self) -> None:
+        from nonstop.demo.load import http_get
+
+        cluster = self.spec.cluster
+        desired: dict[str, dict[str, Any]] = {}
+        observed: dict[str, dict[str, Any]] = {}
+        for kv in await self.store.list(keys.guests_prefix(cluster)):
+            parsed = keys.parse(kv.key)
+            if parsed.leaf == "desired":
+                desired[parsed.name] = json.loads(kv.value)
+            elif parsed.leaf == "observed":
+                observed[parsed.name] = json.loads(kv.value)
+        now = time.time()
+        for name, want in desired.items():
+            boot = self.guests.setdefault(name, GuestBoot(name, "?"))
+            if want.get("host") != boot.host:
+                boot.host, boot.placed_at, boot.running_at = want.get("host"), now, None
+                self.say(f"{name} placed on {boot.host}")
+            seen = observed.get(name, {})
+            state = str(seen.get("state", "pending")) if seen.get("host") == boot.host else "pending"
+            if state == "running" and boot.running_at is None:
+                boot.running_at = now
+                self.say(f"{name} ({boot.kind}) running on {boot.host} after {boot.boot_seconds:.1f} s")
+            boot.state = state
+        for service, want_n in self.expected_backends().items():
+            doc = await self.store.get_json(keys.service_backends(cluster, service)) or {}
+            n = len(doc.get("backends", []))
+            if n != self.backends.get(service):
+                self.backends[service] = n
+                self.say(f"service {service}: {n}/{want_n} replicas in the balancer")
+            if n == want_n and not self.answering.get(service) and service in self.service_ports:
+                status, _ = await http_get("127.0.0.1", self.service_ports[service], "/", timeout=2.0)
+                if status == 200:
+                    self.answering[service] = True
+                    self.say(f"service {service} answers on 127.0.0.1:{self.service_ports[service]} "
+                             f"({time.time() - self.started_at:.1f} s after start)")
+
+    def serving(self) -> bool:
+        expected = self.expected_backends()
+        return (all(g.state == "running" for g in self.guests.values())
+                and all(self.backends.get(s) == n for s, n in expected.items())
+                and all(self.answering.get(s) for s in expected if s in self.service_ports))
+
+    def summary_rows(self) -> list[tuple[str, str, str, str, str]]:
+        rows = []
+        for g in sorted(self.guests.values(), key=lambda b: b.name):
+            boot = f"{g.boot_seconds:.1f} s" if g.boot_seconds is not None else "-"
+            rows.append((g.name, g.kind, g.host or "-", g.state, boot))
+        return rows

@@ -33,6 +33,7 @@ VERB_MODULES = (
     "nonstop.cli.cluster_verbs",
     "nonstop.cli.api_verbs",
     "nonstop.cli.patch_verbs",
+    "nonstop.cli.up_verbs",
 )
 
 

@@ -151,10 +151,13 @@ class ApiRuntime:
     async def _poll_balancers(self) -> None:
         while True:
             balancers = self.lab_balancers()
+            before = json.dumps(self.lb_stats, sort_keys=True, default=str)
             for service, admin in balancers.items():
                 await self._poll_one(service, admin)
-            if balancers:
+            if balancers and json.dumps(self.lb_stats, sort_keys=True, default=str) != before:
+                # Health and rates live in the balancers, not the store: tell dashboards to refetch.
                 self.invalidate()
+                self.publish({"type": "stats"})
             await asyncio.sleep(LB_POLL_SECONDS)
 
     def _lab_netns(self) -> Any:

@@ -99,9 +99,14 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
         raise AssertionError(f"{exc}; last /services: {last}") from None
     assert services[0]["balancer"], services
     listen = services[0]["listen"]
-    for _ in range(30):  # a little traffic through the balancer: counters and rates reach the API
-        with urllib.request.urlopen(f"http://{listen}/", timeout=5) as resp:  # noqa: S310 - the lab's forwarder
-            resp.read()
+    req = urllib.request.Request(f"{server.url}/api/v1/events/stream?limit=100",
+                                 headers={"Authorization": f"Bearer {admin}"})
+    with urllib.request.urlopen(req, timeout=10) as stream:  # noqa: S310 - the test's own server
+        for _ in range(30):  # a little traffic through the balancer: counters and rates reach the API
+            with urllib.request.urlopen(f"http://{listen}/", timeout=5) as resp:  # noqa: S310 - the lab's forwarder
+                resp.read()
+        # the balancers' counters are not in the store: the stream says "stats" so dashboards refetch
+        assert any(line.startswith(b"event: stats") for line in stream), "no stats message on the stream"
     wait("request counters from the balancer", lambda: sum(
         b["requests"] for s in get(server, admin, "/services") for b in s["backends"]) >= 30, 10)
     req = urllib.request.Request(f"{server.url}/api/v1/guests/api-0/console",

@@ -58,7 +58,7 @@ function connect() {
   source = new EventSource(`${API}/events/stream?token=${encodeURIComponent(token)}`);
   source.onopen = () => { $("live").className = "live on"; $("live-text").textContent = "live"; };
   source.onerror = () => { $("live").className = "live off"; $("live-text").textContent = "reconnecting"; };
-  for (const type of ["change", "event", "resync"]) source.addEventListener(type, () => scheduleRefetch());
+  for (const type of ["change", "event", "resync", "stats"]) source.addEventListener(type, () => scheduleRefetch());
 }
 setInterval(() => { if (token && (!source || source.readyState !== 1)) scheduleRefetch(0); }, 5000);
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import typer
@@ -42,7 +43,7 @@ class _Bars:
 
     def update(self, rollout: Rollout, text: str) -> None:
         if not self.enabled:
-            print(text, flush=True)
+            print(text, file=sys.stderr, flush=True)  # stdout stays the report (JSON with --json)
             return
         if "rollout" not in self.tasks:
             self.tasks["rollout"] = self.progress.add_task(f"rollout to {rollout.target}", total=len(rollout.hosts),

@@ -3,6 +3,6 @@
 setup:
 	bash scripts/setup.sh
 up: setup
-	.venv/bin/nonstop plan examples/lab.yaml
+	.venv/bin/nonstop up examples/lab.yaml
 test:
 	bash scripts/test.sh

@@ -288,7 +288,7 @@ def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool,
     try:
         if record is None:
             say(f"starting the lab: nonstop up {spec_file}")
-            proc, up_seconds = start_up(spec_file, cluster, say, runfiles.record_path(cluster).parent / "demo-up.log")
+            proc, up_seconds = start_up(spec_file, cluster, say, Path(f"/tmp/nonstop-demo-{cluster}-up.log"))
             record = runfiles.running(cluster)
             if record is None:
                 raise TourError("`nonstop up` is serving but left no record")

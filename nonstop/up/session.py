@@ -144,7 +144,7 @@ class UpSession:
         else:
             console.print(f"[yellow]cluster {self.cluster} is up but not fully serving after "
                           f"{self.serve_timeout:.0f} s[/] (see the dashboard and `nonstop status`)")
-        table = Table("guest", "kind", "host", "state", "boot")
+        table = Table("guest", "kind", "host", "state", "running after", "serving after")
         for row in self.watch.summary_rows():
             table.add_row(*row)
         console.print(table)

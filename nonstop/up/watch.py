@@ -30,6 +30,7 @@ class GuestBoot:
     host: str | None = None
     placed_at: float | None = None
     running_at: float | None = None
+    serving_at: float | None = None
     state: str = "pending"
 
     @property
@@ -86,7 +87,13 @@ class BootWatch:
             boot.state = state
         for service, want_n in self.expected_backends().items():
             doc = await self.store.get_json(keys.service_backends(cluster, service)) or {}
-            n = len(doc.get("backends", []))
+            members = {b.get("name") for b in doc.get("backends", [])}
+            for name in members:
+                boot = self.guests.get(str(name))
+                if boot is not None and boot.serving_at is None and boot.placed_at is not None:
+                    boot.serving_at = now
+                    self.say(f"{name} serving (in the balancer) {now - boot.placed_at:.1f} s after placement")
+            n = len(members)
             if n != self.backends.get(service):
                 self.backends[service] = n
                 self.say(f"service {service}: {n}/{want_n} replicas in the balancer")
@@ -103,9 +110,10 @@ class BootWatch:
                 and all(self.backends.get(s) == n for s, n in expected.items())
                 and all(self.answering.get(s) for s in expected if s in self.service_ports))
 
-    def summary_rows(self) -> list[tuple[str, str, str, str, str]]:
+    def summary_rows(self) -> list[tuple[str, str, str, str, str, str]]:
         rows = []
         for g in sorted(self.guests.values(), key=lambda b: b.name):
             boot = f"{g.boot_seconds:.1f} s" if g.boot_seconds is not None else "-"
-            rows.append((g.name, g.kind, g.host or "-", g.state, boot))
+            serving = f"{g.serving_at - g.placed_at:.1f} s" if g.serving_at and g.placed_at else "-"
+            rows.append((g.name, g.kind, g.host or "-", g.state, boot, serving))
         return rows

@@ -157,7 +157,8 @@ def run(kills: int = 10, progress: Any = print) -> dict[str, Any]:
                 time.sleep(10.0)  # past HAProxy's fall 3 x inter 2 s
                 end = time.time()
                 failures = [t for t, _ in client.failures if killed <= t <= end]
-                restored = client.first_answer(killed)
+                # restored: the first answer after the first failure (answers in flight at the kill don't count)
+                restored = client.first_answer(min(failures)) if failures else killed
                 row = {
                     "round": i + 1, "host": master, "new_master": new_master,
                     "detection_s": round(detected - killed, 3),

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spec = load_spec(Path(args.spec))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    report = run_tour(spec, Path(args.spec).resolve(), say=lambda text: print(text, flush=True), interactive=False,
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    report = run_tour(spec, Path(args.spec).resolve(), say=console.print, interactive=False,
                       rate=args.rate, plot=out / "availability.png")
     report["spec"] = args.spec
     report["rate"] = args.rate

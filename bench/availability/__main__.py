@@ -25,18 +25,18 @@ PEERS = [
 ]
 
 
-def markdown(report: dict, spec: str, rate: float, started: str) -> str:  # type: ignore[type-arg]
+def markdown(report: dict, spec: str, rate: float, started: str, name: str) -> str:  # type: ignore[type-arg]
     lines = [
-        "# Availability tour (bench/availability)", "",
-        f"`python -m bench.availability --spec {spec} --rate {rate:g}`, run {started} on the shared 2-core "
+        f"# Availability tour (bench/availability): service {report['service']}", "",
+        f"`python -m bench.availability --spec {spec} --rate {rate:g} --service {report['service']} --name {name}`, run {started} on the shared 2-core "
         "machine (other engineers' tests running: figures are noisy).", "",
         f"Service `{report['service']}` of cluster `{report['cluster']}`: {report['requests']} requests at "
         f"{rate:g}/s over {report['duration_s']} s, **{report['failed']} failed**, p99 {report['p99_ms']} ms.", "",
         f"- `nonstop up` to a fully serving lab: **{report.get('up_seconds')} s**; `nonstop down`: "
         f"**{report.get('down_seconds')} s**", "",
         "| event | target | requests | failed | p50 ms | p99 ms | detected s | fenced s | failover done s "
-        "| all replicas serving s | host up after heal s | failback s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| all replicas serving s | team failover s | host up after heal s | failback s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["events"]:
         def f(key: str, e: dict = e) -> str:  # type: ignore[type-arg]
@@ -45,13 +45,13 @@ def markdown(report: dict, spec: str, rate: float, started: str) -> str:  # type
         detected = e.get("dead_s", e.get("detection_s"))
         lines.append(f"| {e['event']} | {e['target']} | {e['requests']} | {e['failed']} | {f('p50_ms')} | "
                      f"{f('p99_ms')} | {'-' if detected is None else detected} | {f('fence_s')} | {f('failover_s')} | "
-                     f"{f('serving_full_s')} | {f('host_up_s') if 'host_up_s' in e else f('restored_s')} | "
+                     f"{f('serving_full_s')} | {f('team_failover_s')} | {f('host_up_s') if 'host_up_s' in e else f('restored_s')} | "
                      f"{f('failback_s')} |")
     lines += ["", "Times are seconds after the fault was injected (heal-relative for 'host up' and failback), "
               "read from the controller's event log. Event windows run from the injection to recovery + 2 s.", "",
               "Peers (their documented defaults, not run here):", ""]
     lines += [f"- {name}: {text}" for name, text in PEERS]
-    lines += ["", "Plot: `bench/results/availability.png`", ""]
+    lines += ["", f"Plot: `bench/results/{name}.png`", ""]
     return "\n".join(lines)
 
 
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.availability")
     parser.add_argument("--spec", default="examples/lab.yaml")
     parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--service", default="api", help="service to load (api: process replicas; web: VMs)")
+    parser.add_argument("--name", default="availability", help="result file name (without extension)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -73,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     report = run_tour(spec, Path(args.spec).resolve(), say=console.print, interactive=False,
-                      rate=args.rate, plot=out / "availability.png")
+                      rate=args.rate, service=args.service,
+                      plot=out / f"{args.name}.png")
     report["spec"] = args.spec
     report["rate"] = args.rate
     report["run_at"] = started
-    (out / "availability.json").write_text(json.dumps(report, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     if report.get("completed"):
-        (out / "availability.md").write_text(markdown(report, args.spec, args.rate, started))
-    print(f"wrote {out / 'availability.json'}" + (f", {out / 'availability.md'}" if report.get("completed") else ""))
+        (out / f"{args.name}.md").write_text(markdown(report, args.spec, args.rate, started, args.name))
+    print(f"wrote {out / args.name}.json" + (f", {out / args.name}.md" if report.get("completed") else ""))
     return 0 if report.get("completed") else 1
 
 

@@ -42,11 +42,11 @@ def _window(samples: list[Sample], start: float, end: float) -> dict[str, Any]:
 def _series(samples: list[Sample], began: float) -> list[dict[str, Any]]:
     if not samples:
         return []
-    last = int(samples[-1].at - began) + 1
+    last = int(samples[-1].at - began)
     buckets: list[list[Sample]] = [[] for _ in range(last + 1)]
     for s in samples:
         buckets[max(0, int(s.at - began))].append(s)
-    if len(buckets) > 1 and samples[-1].at - began < last:
+    if len(buckets) > 1:
         buckets = buckets[:-1]  # the last second is partial: the load stopped inside it
     out = []
     for second, group in enumerate(buckets):
@@ -138,6 +138,12 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
             lat_ax.annotate(f"failover {e['failover_s']:.1f} s", (e["t_inject"] + e["failover_s"], 1),
                             xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
                             va="top", fontsize=7, color=color)
+    for item in report.get("timeline", []):
+        if item["kind"] == "failback":
+            for ax in (rate_ax, lat_ax):
+                ax.axvline(item["t"], color="tab:cyan", linestyle="-.", linewidth=1)
+            rate_ax.annotate(f"failback\n{item['subject']}", (item["t"], 0.55), xycoords=("data", "axes fraction"),
+                             xytext=(3, 0), textcoords="offset points", fontsize=7, color="tab:cyan")
     rate_ax.set_title(f"nonstop availability tour — {report['cluster']}/{report['service']}: "
                       f"{report['requests']} requests, {report['failed']} failed")
     for ax in (rate_ax, lat_ax):

@@ -46,6 +46,7 @@ class UpSession:
         self.lab: Any = None
         self.api: Any = None
         self.etcd_pid: int | None = None
+        self.store_link: Any = None
         self.etcd_dir = str(stores.STATE_DIR / f"etcd-{spec.cluster}")
         self.times: dict[str, float] = {}
         self.watch: Any = None
@@ -77,6 +78,7 @@ class UpSession:
             self.say(f"store: etcd at {self.store_url.removeprefix('etcd://')}"
                      + (f" (started, pid {self.etcd_pid})" if self.etcd_pid else " (already running)"))
             self._record()
+            self._link_store_into_lab()
         else:
             self.say(f"store: {self.store_url}")
         stores.fresh_start(self.store_url, self.cluster)
@@ -84,6 +86,21 @@ class UpSession:
         self.lab.start(self.say)
         self.times["lab_up"] = time.time()
         self._record()
+
+    def _link_store_into_lab(self) -> None:
+        """A local etcd answers on the machine's loopback; the controller and agents live in lab
+        namespaces with loopbacks of their own: relay the same port into them (nonstop.up.storelink)."""
+        from urllib.parse import urlparse
+
+        from nonstop.lab import names
+        from nonstop.up.storelink import StoreLink
+
+        parsed = urlparse(self.store_url)
+        if not (parsed.hostname or "").startswith("127."):
+            return
+        namespaces = [names.ctl_ns(self.cluster)] + [names.host_ns(self.cluster, h.name) for h in self.spec.hosts]
+        self.store_link = StoreLink(parsed.port or 2379, namespaces)
+        self.store_link.start()
 
     async def serve(self) -> None:
         """API server, boot progress, the summary; then wait for a stop signal."""
@@ -172,6 +189,8 @@ class UpSession:
         else:
             with contextlib.suppress(Exception):
                 runfiles.clean_leftovers(self.cluster, self.spec)
+        if self.store_link is not None:
+            self.store_link.stop()
         if self.etcd_pid:
             stores.stop_etcd(self.etcd_pid, self.etcd_dir)
         remove_run_files(self.cluster)

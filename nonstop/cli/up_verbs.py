@@ -136,10 +136,7 @@ def register(app: typer.Typer) -> None:
 def _detach(cluster: str, serve_timeout: float) -> None:
     """Fork: the child goes on as `up` (its output to a log); the parent waits until it serves, prints
     the log, and exits."""
-    from nonstop.up import runfiles
-
-    log = runfiles.record_path(cluster).parent / "up.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(f"/tmp/nonstop-up-{cluster}.log")  # outside the run directory, which `down` removes
     pid = os.fork()
     if pid == 0:
         os.setsid()

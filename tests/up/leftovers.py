@@ -28,16 +28,20 @@ def nft_tables(cluster: str) -> list[str]:
 
 
 def processes(cluster: str) -> list[str]:
+    """Processes whose command line names the cluster the way nonstop's processes do."""
+    marks = (f"--cluster {cluster} ", f"--cluster {cluster}\0", f"nonstop-{cluster}-", f"nonstop.{cluster}.",
+             f"/run/nonstop/{cluster}/", f"/var/lib/nonstop/{cluster}.db")
     found = []
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            raw = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if cluster in cmd and "pytest" not in cmd:
+        cmd = raw.replace("\0", " ")
+        if any(m in raw or m in cmd for m in marks) and "pytest" not in cmd:
             found.append(f"{entry.name}: {cmd[:120]}")
     return found
 

@@ -137,6 +137,7 @@ def _detach(cluster: str, serve_timeout: float) -> None:
     """Fork: the child goes on as `up` (its output to a log); the parent waits until it serves, prints
     the log, and exits."""
     log = Path(f"/tmp/nonstop-up-{cluster}.log")  # outside the run directory, which `down` removes
+    log.write_text("")  # before the fork: the parent must not show an earlier run's log
     pid = os.fork()
     if pid == 0:
         os.setsid()

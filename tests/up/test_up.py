@@ -112,3 +112,35 @@ def test_up_serves_applies_a_change_and_down_leaves_nothing(tmp_path: Path) -> N
     assert leftovers.everything(cluster) == {k: [] for k in ("namespaces", "nft", "processes", "cgroups", "files")}
     stayed = (links_up - links_before) & leftovers.root_links()
     assert not stayed, stayed
+
+
+@pytest.mark.timeout(150)
+def test_up_after_a_crash_cleans_the_leftovers_first(tmp_path: Path) -> None:
+    spec = small_spec(replicas=1)
+    cluster = spec["cluster"]
+    path = write_spec(tmp_path / "crash.yaml", spec)
+    procs = []
+    try:
+        for round_ in (1, 2):
+            log = tmp_path / f"up{round_}.log"
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen([*NONSTOP, "up", str(path)], stdout=out, stderr=subprocess.STDOUT, env=ENV))
+            text = wait_for_line(log, procs[-1], "Ctrl-C or `nonstop down`", 90)
+            if round_ == 1:
+                assert leftovers.namespaces(cluster)
+                procs[-1].kill()  # a crash: nothing is cleaned up
+                procs[-1].wait(timeout=10)
+                assert leftovers.namespaces(cluster)
+            else:
+                assert "cleaned leftovers of an earlier run" in text, text
+                port = int(re.search(r"service api: http://127\.0\.0\.1:(\d+)/", text).group(1))  # type: ignore[union-attr]
+                assert get(port)[0] == 200
+        res = nonstop("down", "--cluster", cluster, timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+        nonstop("down", "--cluster", cluster, timeout=90)
+    assert leftovers.everything(cluster) == {k: [] for k in ("namespaces", "nft", "processes", "cgroups", "files")}

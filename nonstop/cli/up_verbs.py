@@ -15,15 +15,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+
+from nonstop.core.spec import ClusterSpec
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def _load(spec_file: Path):  # type: ignore[no-untyped-def]
+def _load(spec_file: Path) -> tuple[ClusterSpec, str]:
     from nonstop.specfile import SpecError, load_spec
 
     try:
@@ -40,7 +43,7 @@ def _say(text: str) -> None:
     out.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}", soft_wrap=True)
 
 
-def _apply(record: dict, spec, text: str, spec_file: Path) -> None:  # type: ignore[no-untyped-def]
+def _apply(record: dict[str, Any], spec: ClusterSpec, text: str, spec_file: Path) -> None:
     from nonstop.up.session import apply_to_running
 
     try:

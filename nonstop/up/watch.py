@@ -89,10 +89,10 @@ class BootWatch:
             doc = await self.store.get_json(keys.service_backends(cluster, service)) or {}
             members = {b.get("name") for b in doc.get("backends", [])}
             for name in members:
-                boot = self.guests.get(str(name))
-                if boot is not None and boot.serving_at is None and boot.placed_at is not None:
-                    boot.serving_at = now
-                    self.say(f"{name} serving (in the balancer) {now - boot.placed_at:.1f} s after placement")
+                member = self.guests.get(str(name))
+                if member is not None and member.serving_at is None and member.placed_at is not None:
+                    member.serving_at = now
+                    self.say(f"{name} serving (in the balancer) {now - member.placed_at:.1f} s after placement")
             n = len(members)
             if n != self.backends.get(service):
                 self.backends[service] = n

@@ -53,6 +53,15 @@ def create_app(store_url: str, cluster: str, token_file: str | Path, lab: Any = 
     app.state.runtime = runtime
     app.state.cluster = cluster
 
+    @app.middleware("http")
+    async def _read_your_writes(request: Request, call_next: Any) -> Response:
+        # The snapshot is refreshed by a store watch, which lags a write by a poll interval: a
+        # client that reads right after its own write must see it, so a write marks it stale.
+        response: Response = await call_next(request)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            runtime.invalidate()
+        return response
+
     @app.exception_handler(ActionError)
     async def _action_error(request: Request, exc: ActionError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)

@@ -29,7 +29,7 @@ def nft_tables(cluster: str) -> list[str]:
 
 def processes(cluster: str) -> list[str]:
     """Processes whose command line names the cluster the way nonstop's processes do."""
-    marks = (f"--cluster {cluster} ", f"--cluster {cluster}\0", f"nonstop-{cluster}-", f"nonstop.{cluster}.",
+    marks = (f"--cluster {cluster} ", f"--cluster {cluster}\0", f"nonstop-{cluster}-",
              f"/run/nonstop/{cluster}/", f"/var/lib/nonstop/{cluster}.db")
     found = []
     me = os.getpid()

@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--lease-ttl", type=int, default=10)
     p.add_argument("--ha-key", type=Path, default=None, help="cluster HMAC key file: send heartbeats, self-fence")
+    p.add_argument("--migration-address", default=None,
+                   help="this host's address other hosts reach for incoming live migrations (the lab's management address)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     if host_netns:
         options["host_netns"] = host_netns
         options["netns"] = host_netns
+    if args.migration_address:
+        options["migration_address"] = args.migration_address
     state_dir = args.state_dir or DEFAULT_STATE_DIR / args.cluster / args.host
     asyncio.run(run_agent(
         store_url=args.store, cluster=args.cluster, host=args.host, state_dir=state_dir,

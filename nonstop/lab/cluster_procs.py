@@ -94,6 +94,7 @@ def agent_state_dir(cfg: dict[str, Any], host: str) -> Path:
 
 def launch_agent(cfg: dict[str, Any], host: str) -> int:
     """Start the host's agent (detached, in its namespace and cgroup); its pid."""
+    from nonstop.core.spec import ClusterSpec
     from nonstop.lab import names
     from nonstop.net import netns
 
@@ -102,6 +103,10 @@ def launch_agent(cfg: dict[str, Any], host: str) -> int:
             "--cluster", cfg["cluster"], "--netns", ns, "--state-dir", str(agent_state_dir(cfg, host)),
             "--drivers", cfg.get("drivers", "process"), "--interval", str(cfg.get("agent_interval", 0.5)),
             "--lease-ttl", str(cfg.get("lease_ttl", 3)), "--ha-key", cfg["key_file"]]
+    # Live migration: the destination listens on its own management address (127.0.0.1 would be
+    # the host namespace's private loopback, which no other host reaches).
+    spec = ClusterSpec.model_validate_json(Path(cfg["spec_file"]).read_text())
+    argv += ["--migration-address", names.host_addresses(spec, spec.host(host))[0][1].split("/")[0]]
     proc = netns.spawn(ns, argv, log_path=str(Path(cfg["run_dir"]) / f"agent-{host}.log"))
     join_host_cgroup(cfg["cluster"], host, proc.pid)
     return proc.pid

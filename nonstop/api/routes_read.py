@@ -93,7 +93,14 @@ def status_summary(c: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/status", summary="A summary: host and guest states, services, running operations")
 async def status(request: Request) -> dict[str, Any]:
-    return status_summary(await _rt(request).snapshot())
+    from nonstop.patching.cluster import patch_level_warning
+
+    rt = _rt(request)
+    summary = status_summary(await rt.snapshot())
+    # Hosts at different patch levels are a cluster half old, half new: say so until a rollout ends it.
+    warning = await patch_level_warning(rt.store, rt.cluster) if summary["has_spec"] else None
+    summary["warnings"] = [warning] if warning else []
+    return summary
 
 
 @router.get("/hosts", summary="Hosts with state, NICs, teams, capacity and guests")

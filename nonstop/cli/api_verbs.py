@@ -167,6 +167,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
             out.print(f"  service {svc['name']:<10} {svc['listen']}  {health}, {svc['rate']:g} req/s")
         for op in s["active_ops"]:
             out.print(f"  [yellow]operation[/] {op.get('op_id')}: {op.get('step')}")
+        for warning in s.get("warnings", []):
+            out.print(f"  [yellow]warning[/] {warning}")
 
     @app.command("get")
     def get(kind: str = typer.Argument(..., help="|".join(KINDS)), as_json: bool = JsonOpt, api: str = ApiOpt,

@@ -201,3 +201,28 @@ def test_metrics_text(client: TestClient) -> None:
         assert name in text, name
     assert 'nonstop_host_allocated{host="host1",resource="cpu"}' in text
     assert 'nonstop_host_component_working{group="psu",host="host3"} 1.0' in text
+
+
+def test_status_warns_while_patch_levels_differ(client: TestClient, token_file: Path, store_url: str) -> None:
+    import asyncio
+
+    from nonstop.store import keys, open_store
+
+    assert client.get("/api/v1/status", headers=h(token_file)).json()["warnings"] == []
+
+    async def set_level(host: str, level: str) -> None:
+        store = open_store(store_url)
+        try:
+            key = keys.host_observed(CLUSTER, host)
+            record = await store.get_json(key) or {}
+            record["patch_level"] = level
+            await store.put_json(key, record)
+        finally:
+            await store.close()
+
+    for host in ("host1", "host2", "host3"):
+        asyncio.run(set_level(host, "1"))
+    assert client.get("/api/v1/status", headers=h(token_file)).json()["warnings"] == []
+    asyncio.run(set_level("host2", "2"))
+    warnings = client.get("/api/v1/status", headers=h(token_file)).json()["warnings"]
+    assert warnings == ["patch levels differ: host1=1, host2=2, host3=1"]

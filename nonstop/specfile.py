@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from nonstop.core.spec import NAME_PATTERN, ClusterSpec, Location, check_references
+from nonstop.core.spec import NAME_PATTERN, ClusterSpec, Location
+from nonstop.core.spec_refs import check_references
 
 __all__ = [
     "SpecError",

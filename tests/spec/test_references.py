@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from nonstop.core.spec import ClusterSpec, check_references
+from nonstop.core.spec import ClusterSpec
+from nonstop.core.spec_refs import check_references
 
 BASE: dict[str, Any] = {
     "cluster": "lab",

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from nonstop.core.spec import ClusterSpec, check_references
+from nonstop.core.spec import ClusterSpec
+from nonstop.core.spec_refs import check_references
 from nonstop.specfile import SpecError, load_spec_text
 
 LAB = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "lab.yaml").read_text())

@@ -66,6 +66,8 @@ class DiskDefinition:
     """``thin`` (qcow2 overlay) or ``thick`` (raw, fully allocated)."""
     path: str | None = None
     """Where the disk file lives; drivers pick a path under their disk directory when None."""
+    redundancy: str = "none"
+    """``mirror``: a RAID-1 over two host drives (QEMU driver; nonstop/components/mirror_host.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,7 +185,9 @@ class GuestDefinition:
             memory=group.memory,
             max_memory=group.max_memory or group.memory,
             disks=tuple(
-                DiskDefinition(name=d.name, size=d.size, provisioning=d.provisioning.value) for d in group.disks
+                DiskDefinition(name=d.name, size=d.size, provisioning=d.provisioning.value,
+                               redundancy=d.redundancy)
+                for d in group.disks
             ),
             vnics=tuple(vnics),
             image=group.image,

@@ -61,6 +61,35 @@ class QemuDriver(QemuHotplug):
         hotplug_disk=True, resize_disk=True, adoption=True, console_log=True,
     )
 
+    # ------------------------------------------- mirrored disks (issue 9): hook only
+    # A ``redundancy: mirror`` disk is a quorum over one leg per host drive, not a file in the
+    # disk directory; all of it lives in nonstop/components/mirror_host.py (owner: components).
+
+    def _create_disks(self, definition: GuestDefinition) -> list[dict[str, Any]]:
+        from nonstop.components import mirror_host
+
+        return mirror_host.create_disks(self, definition, super()._create_disks)
+
+    async def _launch(self, name: str, record: dict[str, Any], layout: MachineLayout, incoming: str | None) -> None:
+        from nonstop.components import mirror_host
+
+        await mirror_host.before_launch(self, name, incoming)
+        await super()._launch(name, record, layout, incoming)
+        try:
+            await mirror_host.after_launch(self, name)
+        except BaseException as exc:
+            pid = self._load(name).get("pid")
+            if pid:
+                rt.kill_process(pid, self._children.pop(name, None))
+            raise rt.RuntimeFailure(f"mirrored disk not attached: {exc}") from exc
+
+    async def destroy(self, name: str) -> None:
+        from nonstop.components import mirror_host
+
+        legs = mirror_host.legs_of(self, name)
+        await super().destroy(name)
+        await asyncio.to_thread(mirror_host.remove_legs, legs)
+
     # ---------------------------------------------------------------------------- migration
 
     async def prepare_incoming(self, definition: GuestDefinition) -> MigrationEndpoint:

@@ -1,36 +1,37 @@
-"""Mirrored guest disks for VMs: the legs on two host drives, and the QMP operations on them.
+"""Mirrored guest disks for VMs: the legs on host drives, and the QMP operations on them.
 
 Role: the shell around nonstop/core/components/mirror.py.
 
-- ``DriveLegs``: one leg of a mirrored disk per host drive — a qcow2 file in the drive's
-  directory (``<drive_dir>/<guest>-<disk>-g<N>.qcow2``) served by its own ``qemu-nbd`` on a
-  Unix socket. In the lab, that process is the drive: ``fail_drive(drive)`` kills it (every
-  request on that leg then fails with EIO, as on a dead disk), ``repair_drive(drive)`` creates
-  a fresh, empty leg on the drive (a replaced disk is blank) and starts its server.
+- Host drives: each drive of a host (``Disk0``, ``Disk1`` in the host spec) is a directory
+  ``<disk_dir>/<cluster>/.drives/<host>/<drive>/`` (``drive_dir``). A leg is a qcow2 file
+  there, served by its own ``qemu-nbd`` on a Unix socket (``serve_leg``), with a pid file
+  beside it. In the lab that process *is* the drive: ``fail_drive_dir`` (what the lab BMC's
+  drive failure calls) marks the directory ``FAILED`` and kills every leg server in it, so
+  every request on those legs fails with EIO inside QEMU's block layer, as on a vanished
+  disk; ``repair_drive_dir`` brings a blank drive (the legs' files are gone, the mark too).
 - ``MirrorQmp``: attach a mirrored disk to a running VM (legs + quorum ``blockdev-add``, then
-  ``device_add virtio-blk-pci``), drop a dead leg (``x-blockdev-change`` + ``blockdev-del``),
-  and re-mirror onto a new leg (``blockdev-mirror`` → READY → pause, last blocks, cancel
-  without pivot → ``x-blockdev-change`` add → resume). The pause is the only moment the guest
-  notices, and ``cont`` is sent whatever happens after ``stop``.
+  ``device_add virtio-blk-pci``), drop a dead leg (``x-blockdev-change`` with the child name
+  QEMU reports + ``blockdev-del``), and re-mirror onto a new leg (``blockdev-mirror`` →
+  READY → pause, last blocks, cancel without pivot → ``x-blockdev-change`` add → resume).
+  The pause is the only moment the guest notices, and ``cont`` is sent whatever happens
+  after ``stop``.
 
-The BMC's ``on_component("drive", name, failed)`` hook is where a lab calls ``fail_drive`` /
-``repair_drive``; the hardware watcher's events tell the operator.
-
-Must not: decide anything (which leg is dead comes from the caller), keep QMP connections
-open between calls (the QEMU driver connects per operation too), or touch files outside the
-drive directories it was given.
+Must not: decide anything (nonstop/core/components/mirror.py plans, mirror_host.py acts),
+keep QMP connections open between calls (the QEMU driver connects per operation too), or
+kill a process it cannot prove is the leg server it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,96 +39,178 @@ from qemu.qmp import QMPClient
 
 from nonstop.core.components import mirror as plan
 from nonstop.core.components.mirror import MirrorLeg, QmpCall
+from nonstop.drivers.qemu_runtime import process_start_time as _start_time
+
+FAILED_MARK = "FAILED"
+DRIVES_FILE = "drives.json"
+DEFAULT_DRIVES = ("Disk0", "Disk1")
+"""The host spec's default drives, when the host side has not written the host's own list."""
+SOCKET_DIR = Path("/run/nonstop/legs")
+LAB_DISK_DIR = Path("/var/lib/nonstop/disks")
+"""The QEMU driver's default disk directory, which the lab's agents use."""
 
 
 class MirrorError(RuntimeError):
     pass
 
 
-@dataclass
-class LegProcess:
-    leg: MirrorLeg
-    path: Path
-    proc: subprocess.Popen[bytes]
+# ------------------------------------------------------------------------ host drives
 
 
-@dataclass
-class DriveLegs:
-    """The legs of one mirrored disk (``disk``) of ``guest`` on the host's drives."""
+def drives_root(disk_root: Path, host: str) -> Path:
+    """``disk_root`` is the QEMU driver's ``<disk_dir>/<cluster>``."""
+    return Path(disk_root) / ".drives" / host
 
-    guest: str
-    disk: str
-    size: int
-    drives: dict[str, Path]
-    """drive name (``Disk0``) → the directory standing for it."""
-    sockets: Path
-    running: dict[str, LegProcess] = field(default_factory=dict)
-    generation: int = 0
 
-    def _start(self, drive: str) -> LegProcess:
-        directory = self.drives[drive]
-        directory.mkdir(parents=True, exist_ok=True)
-        self.sockets.mkdir(parents=True, exist_ok=True)
-        leg = MirrorLeg(drive, str(self.sockets / f"{self.guest}-{self.disk}-{drive}-g{self.generation}.sock"),
-                        self.generation)
-        path = directory / f"{self.guest}-{self.disk}-g{self.generation}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(self.size)], check=True,
-                       capture_output=True, timeout=30)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(leg.socket)
-        proc = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", leg.socket, "--persistent", "--shared=4",
-                                 "--cache=none", "--aio=threads", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(leg.socket):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timeout"
-                proc.kill()
-                raise MirrorError(f"qemu-nbd for {path} did not start: {err.strip()}")
-            time.sleep(0.01)
-        running = LegProcess(leg, path, proc)
-        self.running[drive] = running
-        return running
+def drive_dir(disk_root: Path, host: str, drive: str) -> Path:
+    return drives_root(disk_root, host) / drive
 
-    def start(self) -> tuple[MirrorLeg, ...]:
-        """Create and serve one leg per drive (a new disk: both blank)."""
-        if len(self.drives) < 2:
-            raise MirrorError(f"a mirror needs two drives, got {sorted(self.drives)}")
-        return tuple(self._start(d).leg for d in sorted(self.drives))
 
-    def fail_drive(self, drive: str) -> MirrorLeg | None:
-        """The drive died: its leg's server is killed (requests on it now fail). The leg, or None."""
-        running = self.running.pop(drive, None)
-        if running is None:
-            return None
-        with contextlib.suppress(ProcessLookupError):
-            running.proc.send_signal(signal.SIGKILL)
-        running.proc.wait(timeout=5)
-        return running.leg
+def write_host_drives(disk_root: Path, host: str, drives: list[str]) -> None:
+    """Record the host spec's drives (the host side does, from the stored spec)."""
+    root = drives_root(disk_root, host)
+    root.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(sorted(drives))
+    path = root / DRIVES_FILE
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
-    def repair_drive(self, drive: str) -> MirrorLeg:
-        """A replaced (blank) drive: a fresh leg of the next generation, served and empty."""
-        if drive in self.running:
-            raise MirrorError(f"drive {drive} of {self.guest}/{self.disk} is not failed")
-        self.generation += 1
-        return self._start(drive).leg
 
-    def close(self, remove_files: bool = True) -> None:
-        for drive in list(self.running):
-            running = self.running.pop(drive)
-            with contextlib.suppress(ProcessLookupError):
-                running.proc.kill()
-            running.proc.wait(timeout=5)
-            if remove_files:
-                running.path.unlink(missing_ok=True)
-        if remove_files:
-            for directory in self.drives.values():
-                for stale in directory.glob(f"{self.guest}-{self.disk}-g*.qcow2"):
-                    stale.unlink(missing_ok=True)
+def host_drives(disk_root: Path, host: str) -> list[str]:
+    path = drives_root(disk_root, host) / DRIVES_FILE
+    with contextlib.suppress(OSError, ValueError):
+        return [str(d) for d in json.loads(path.read_text())]
+    return list(DEFAULT_DRIVES)
+
+
+def lab_set_drive(cluster: str, host: str, drive: str, failed: bool, disk_dir: Path = LAB_DISK_DIR) -> None:
+    """The lab BMC's drive failure (repair) made real: the drive's leg servers die (a blank drive)."""
+    directory = drive_dir(disk_dir / cluster, host, drive)
+    if failed:
+        fail_drive_dir(directory)
+    else:
+        repair_drive_dir(directory)
+
+
+def drive_failed(directory: Path) -> bool:
+    return (directory / FAILED_MARK).exists()
+
+
+def fail_drive_dir(directory: Path) -> list[int]:
+    """The lab's drive failure: mark the drive dead and kill every leg server on it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / FAILED_MARK).write_text(f"{time.time()}\n")
+    killed = []
+    for pid_file in directory.glob("*.pid"):
+        leg_path = pid_file.with_suffix("")
+        if _kill_server(pid_file, leg_path):
+            killed.append(int(pid_file.read_text().split()[0]))
+    return killed
+
+
+def repair_drive_dir(directory: Path) -> None:
+    """A replaced drive: blank (no leg files), working."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for pid_file in directory.glob("*.pid"):
+        _kill_server(pid_file, pid_file.with_suffix(""))
+        pid_file.unlink(missing_ok=True)
+    for leg_file in directory.glob("*.qcow2"):
+        leg_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(leg_socket(leg_file))
+    (directory / FAILED_MARK).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------ leg servers
+
+
+def server_alive(leg_path: Path) -> bool:
+    """The leg's qemu-nbd (from its pid file) is running and serves ``leg_path``."""
+    return _server_pid(leg_path.with_name(leg_path.name + ".pid"), leg_path) is not None
+
+
+def _server_pid(pid_file: Path, leg_path: Path) -> int | None:
+    try:
+        pid_text, start_text = pid_file.read_text().split()[:2]
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if str(_start_time(pid)) != start_text or str(leg_path).encode() not in cmdline or b"qemu-nbd" not in cmdline[0]:
+        return None
+    return pid
+
+
+def _kill_server(pid_file: Path, leg_path: Path) -> bool:
+    pid = _server_pid(pid_file, leg_path)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _start_time(pid) is not None and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
+    return True
+
+
+def leg_socket(path: Path) -> str:
+    """Unix socket paths are short (108 bytes): a digest of the leg's path names its socket."""
+    return str(SOCKET_DIR / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.sock")
+
+
+def create_leg_file(path: Path, size: int) -> None:
+    if drive_failed(path.parent):
+        raise MirrorError(f"drive {path.parent.name} has failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True,
+                   capture_output=True, timeout=30)
+
+
+def serve_leg(path: Path, socket: str, timeout: float = 10.0) -> int:
+    """Serve ``path`` on ``socket`` with its own qemu-nbd (it outlives the caller); its pid."""
+    if drive_failed(path.parent):
+        raise MirrorError(f"drive {path.parent.name} has failed")
+    if not path.exists():
+        raise MirrorError(f"leg {path} does not exist")
+    Path(socket).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket)
+    proc = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", socket, "--persistent", "--shared=4",
+                             "--cache=none", "--aio=threads", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(socket):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else "timeout"
+            proc.kill()
+            raise MirrorError(f"qemu-nbd for {path} did not start: {err.strip()}")
+        time.sleep(0.01)
+    if proc.stderr is not None:
+        proc.stderr.close()
+    pid_file = path.with_name(path.name + ".pid")
+    pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+    return proc.pid
+
+
+def remove_leg(path: Path) -> None:
+    """Stop the leg's server (if it is still ours and running) and delete its file."""
+    pid_file = path.with_name(path.name + ".pid")
+    _kill_server(pid_file, path)
+    pid_file.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        os.unlink(leg_socket(path))
+
+
+# ------------------------------------------------------------------------ QMP
 
 
 @contextlib.asynccontextmanager
-async def qmp(socket_path: str | Path, timeout: float = 5.0) -> AsyncIterator[QMPClient]:
+async def qmp(socket_path: str | Path, timeout: float = 10.0) -> AsyncIterator[QMPClient]:
     client = QMPClient(f"nonstop-mirror-{Path(socket_path).parent.name}")
     await asyncio.wait_for(client.connect(str(socket_path)), timeout)
     try:
@@ -142,16 +225,6 @@ class MirrorQmp:
     def __init__(self, qmp_socket: str | Path, *, job_timeout: float = 120.0) -> None:
         self.qmp_socket = Path(qmp_socket)
         self.job_timeout = job_timeout
-        self.children: dict[str, list[MirrorLeg]] = {}
-        """disk → its quorum children in attach order (the index QEMU gives is in ``_index``)."""
-        self._index: dict[tuple[str, str], int] = {}
-        self._next: dict[str, int] = {}
-
-    def _attached(self, disk: str, leg: MirrorLeg) -> None:
-        self.children.setdefault(disk, []).append(leg)
-        index = self._next.get(disk, 0)
-        self._index[(disk, plan.leg_node(disk, leg))] = index
-        self._next[disk] = index + 1
 
     async def attach(self, disk: str, legs: tuple[MirrorLeg, ...], slot: int) -> None:
         """Hot-plug a mirrored disk: legs, quorum, virtio-blk device (serial = disk name)."""
@@ -163,25 +236,27 @@ class MirrorQmp:
             await c.execute("blockdev-add", plan.quorum_blockdev(disk, legs))
             await c.execute("device_add", {"driver": "virtio-blk-pci", "drive": plan.disk_node(disk),
                                            "id": f"blk-{disk}", "serial": disk, "addr": f"{disk_slot(slot):#04x}"})
-        for leg in legs:
-            self._attached(disk, leg)
 
-    def adopt(self, disk: str, legs: tuple[MirrorLeg, ...]) -> None:
-        """A VM booted with the mirror on its command line: children.0, children.1 ... in order."""
-        for leg in legs:
-            self._attached(disk, leg)
-
-    async def drop_leg(self, disk: str, drive: str) -> MirrorLeg:
-        """Detach the (dead) leg on ``drive`` from the quorum; the guest keeps running on the other."""
-        leg = next((lg for lg in self.children.get(disk, []) if lg.drive == drive), None)
-        if leg is None:
-            raise MirrorError(f"{disk} has no leg on {drive}")
-        index = self._index[(disk, plan.leg_node(disk, leg))]
+    async def children(self, disk: str, legs: tuple[MirrorLeg, ...]) -> dict[str, str]:
+        """Leg node name → quorum child name, for the legs QEMU has attached now."""
         async with qmp(self.qmp_socket) as c:
-            for call in plan.drop_leg_plan(disk, index, leg):
+            graph: Any = await c.execute("x-debug-query-block-graph")
+        out = {}
+        for leg in legs:
+            child = plan.quorum_child(graph, disk, leg)
+            if child is not None:
+                out[plan.leg_node(disk, leg)] = child
+        return out
+
+    async def drop_leg(self, disk: str, leg: MirrorLeg) -> None:
+        """Detach ``leg`` from the quorum; the guest keeps running on the others."""
+        async with qmp(self.qmp_socket) as c:
+            graph: Any = await c.execute("x-debug-query-block-graph")
+            child = plan.quorum_child(graph, disk, leg)
+            if child is None:
+                raise MirrorError(f"{disk} has no child {plan.leg_node(disk, leg)}")
+            for call in plan.drop_leg_plan(disk, child, leg):
                 await c.execute(call.command, call.arguments)
-        self.children[disk].remove(leg)
-        return leg
 
     async def remirror(self, disk: str, new_leg: MirrorLeg) -> dict[str, float]:
         """Copy the disk onto ``new_leg`` and attach it; timings (copy, pause) in seconds."""
@@ -206,8 +281,9 @@ class MirrorQmp:
                         await c.execute("cont")
                 with contextlib.suppress(Exception):
                     await c.execute("block-job-cancel", {"device": f"remirror-{disk}", "force": True})
+                with contextlib.suppress(Exception):
+                    await c.execute("blockdev-del", {"node-name": plan.leg_node(disk, new_leg)})
                 raise
-        self._attached(disk, new_leg)
         timings["total"] = time.monotonic() - started
         return timings
 
@@ -229,13 +305,3 @@ class MirrorQmp:
             if time.monotonic() > deadline:
                 raise MirrorError(f"block job {job} not {call.wait_event} after {self.job_timeout:g} s")
             await asyncio.sleep(0.02)
-
-    async def health(self, disk: str) -> list[str]:
-        """Node names of the quorum's children as QEMU sees them now."""
-        async with qmp(self.qmp_socket) as c:
-            nodes: Any = await c.execute("query-named-block-nodes", {"flat": True})
-        quorum = next((n for n in nodes if n.get("node-name") == plan.disk_node(disk)), None)
-        if quorum is None:
-            raise MirrorError(f"no quorum node for {disk}")
-        children = [n["node-name"] for n in nodes if str(n.get("node-name", "")).startswith(f"{disk}-")]
-        return sorted(children)

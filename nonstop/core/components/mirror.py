@@ -58,8 +58,10 @@ def leg_blockdev(disk: str, leg: MirrorLeg) -> dict[str, Any]:
 
 
 def quorum_blockdev(disk: str, legs: tuple[MirrorLeg, ...]) -> dict[str, Any]:
-    if len(legs) < 2:
-        raise ValueError(f"a mirror needs two legs, {disk} has {len(legs)}")
+    """The guest's disk node. One leg is a degraded mirror (booted while a drive is down);
+    the reconciler adds the second when the drive works again."""
+    if not legs:
+        raise ValueError(f"a mirror needs a leg, {disk} has none")
     if len({leg.drive for leg in legs}) != len(legs):
         raise ValueError(f"the legs of {disk} must be on different drives: {[leg.drive for leg in legs]}")
     return {
@@ -88,17 +90,26 @@ class QmpCall:
     """A QMP event to wait for after the call (``BLOCK_JOB_READY`` ...)."""
 
 
-def child_name(index: int) -> str:
-    """Quorum names its children ``children.N`` in the order they were attached."""
-    return f"children.{index}"
-
-
-def drop_leg_plan(disk: str, child_index: int, leg: MirrorLeg) -> tuple[QmpCall, ...]:
-    """Detach a dead leg from the quorum and delete its nodes (the guest keeps running)."""
+def drop_leg_plan(disk: str, child: str, leg: MirrorLeg) -> tuple[QmpCall, ...]:
+    """Detach a dead leg (quorum child ``child``, e.g. ``children.0`` as QEMU named it) and
+    delete its nodes; the guest keeps running on the other leg."""
     return (
-        QmpCall("x-blockdev-change", {"parent": disk_node(disk), "child": child_name(child_index)}),
+        QmpCall("x-blockdev-change", {"parent": disk_node(disk), "child": child}),
         QmpCall("blockdev-del", {"node-name": leg_node(disk, leg)}),
     )
+
+
+def quorum_child(graph: dict[str, Any], disk: str, leg: MirrorLeg) -> str | None:
+    """The quorum's name for ``leg`` (``children.N``) in ``x-debug-query-block-graph`` output.
+
+    QEMU numbers children as they are added and reuses the highest number when that child
+    is deleted, so the name is read from QEMU rather than counted here."""
+    ids = {n.get("name"): n.get("id") for n in graph.get("nodes", [])}
+    parent, child = ids.get(disk_node(disk)), ids.get(leg_node(disk, leg))
+    for edge in graph.get("edges", []):
+        if edge.get("parent") == parent and edge.get("child") == child and parent is not None:
+            return str(edge.get("name"))
+    return None
 
 
 def remirror_plan(disk: str, new_leg: MirrorLeg) -> tuple[QmpCall, ...]:
@@ -113,3 +124,86 @@ def remirror_plan(disk: str, new_leg: MirrorLeg) -> tuple[QmpCall, ...]:
         QmpCall("x-blockdev-change", {"parent": disk_node(disk), "node": leg_node(disk, new_leg)}),
         QmpCall("cont", {}),
     )
+
+
+# ----------------------------------------------------------------- reconcile decision
+#
+# Level-triggered: every pass the host side compares what the drives are (the hardware
+# watcher's storage group, or no data) with the legs each mirrored disk has attached, and
+# this decides at most one change per disk. Desired: one live leg per working drive, two
+# drives per mirror.
+
+LEGS_WANTED = 2
+
+
+@dataclass(frozen=True)
+class DriveView:
+    name: str
+    failed: bool | None
+    """True/False as the BMC reports the drive; None = unknown (no reading)."""
+    ok_since: float | None = None
+    """When the drive was first seen working after a failure (or since watching began)."""
+
+
+@dataclass(frozen=True)
+class LegView:
+    drive: str
+    alive: bool
+    """Its server answers (in the lab: the NBD server process of the leg is running)."""
+
+
+@dataclass(frozen=True)
+class MirrorAction:
+    kind: str
+    """``drop`` (detach the leg on ``drive``) or ``remirror`` (copy onto a new leg on ``drive``)."""
+    disk: str
+    drive: str
+    reason: str
+
+
+DROP = "drop"
+REMIRROR = "remirror"
+
+
+def track_ok_since(previous: dict[str, float | None], failed: dict[str, bool | None],
+                   now: float) -> dict[str, float | None]:
+    """Per drive, since when it has been seen working: reset by a failure or by no data."""
+    out: dict[str, float | None] = {}
+    for drive, state in failed.items():
+        if state is False:
+            before = previous.get(drive)
+            out[drive] = before if before is not None else now
+        else:
+            out[drive] = None
+    return out
+
+
+def plan_mirror(disk: str, legs: tuple[LegView, ...], drives: tuple[DriveView, ...], now: float,
+                window: float) -> tuple[MirrorAction, ...]:
+    """What to do with one mirrored disk now (empty: nothing).
+
+    - A leg whose server is dead or whose drive the BMC reports failed is dropped — but never
+      the last leg (QEMU's quorum cannot lose its last child; with every leg dead the disk is
+      lost and only an operator can act).
+    - A working drive without a leg gets a re-mirrored copy once it has been working for the
+      stability window — only with a known reading (no data is never a repair), only while a
+      live leg exists to copy from, and one copy at a time.
+    """
+    by_name = {d.name: d for d in drives}
+    dead = [leg for leg in legs
+            if not leg.alive or (by_name.get(leg.drive) is not None and by_name[leg.drive].failed is True)]
+    if dead and len(legs) > 1:
+        leg = dead[0]
+        why = "its server is gone" if not leg.alive else f"drive {leg.drive} failed"
+        return (MirrorAction(DROP, disk, leg.drive, why),)
+    live = [leg for leg in legs if leg not in dead]
+    if not live or len(legs) >= LEGS_WANTED:
+        return ()
+    used = {leg.drive for leg in legs}
+    for drive in sorted(drives, key=lambda d: d.name):
+        if drive.name in used or drive.failed is not False or drive.ok_since is None:
+            continue
+        if now - drive.ok_since >= window:
+            return (MirrorAction(REMIRROR, disk, drive.name,
+                                 f"drive {drive.name} working for {now - drive.ok_since:.1f} s"),)
+    return ()

@@ -1,0 +1,288 @@
+"""Mirrored VM disks on a host: the QEMU driver's hook, and the host-side reconciler.
+
+Role, two halves sharing one per-VM record, ``<qemu state dir>/<guest>/mirror.json``:
+
+- The driver hook (nonstop/drivers/qemu.py calls ``create_disks``, ``before_launch``,
+  ``after_launch``, ``legs_of``/``remove_legs``): a disk with ``redundancy: mirror`` is not
+  a file in the shared disk directory but a quorum over one leg per working host drive
+  (nonstop/components/mirror.py). ``create`` makes a blank leg on each drive; every launch
+  serves the legs (their servers outlive the agent, as QEMU does) and, as soon as QMP
+  answers — before the guest's kernel scans its PCI bus — plugs the quorum and its
+  virtio-blk device at the disk's own slot, so the guest boots with it. ``destroy`` removes
+  the legs. A VM with mirrored disks does not live-migrate: its legs are this host's drives.
+- ``MirrorReconciler``, run beside the agent loop: level-triggered, every pass it reads the
+  host's drive states (the hardware watcher's ``hosts/<h>/components`` storage group; no
+  record or an old one = unknown) and each mirrored disk's legs (is the leg's server
+  alive), asks the pure ``plan_mirror`` what to do, and does it: drop a dead leg, or
+  re-mirror onto a drive that has worked for the stability window
+  (``policies.components.stability_window``). Every change is an event
+  (``mirror-leg-dropped``, ``mirror-remirrored``, ``mirror-failed``; source ``mirror``).
+
+Must not: decide (the core does), touch guests without a mirror record, or leave a guest
+paused (``MirrorQmp.remirror`` resumes it whatever fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nonstop.components import mirror as legs_io
+from nonstop.components.mirror import MirrorError, MirrorQmp
+from nonstop.core.components.mirror import (
+    DROP,
+    DriveView,
+    LegView,
+    MirrorAction,
+    MirrorLeg,
+    plan_mirror,
+    track_ok_since,
+)
+
+log = logging.getLogger("nonstop.components.mirror")
+
+STATE_FILE = "mirror.json"
+STALE_READING = 30.0
+"""A components record older than this (seconds) says nothing about the drives now."""
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def lock(run_dir: Path) -> asyncio.Lock:
+    """One lock per VM in this process: the driver's launch and the reconciler never overlap."""
+    return _locks.setdefault(str(run_dir), asyncio.Lock())
+
+
+def mirrored(definition: Any) -> list[tuple[int, Any]]:
+    """(slot, disk) for every ``redundancy: mirror`` disk of a guest definition."""
+    return [(i, d) for i, d in enumerate(definition.disks) if getattr(d, "redundancy", "none") == "mirror"]
+
+
+def load(run_dir: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"disks": {}}
+    return data
+
+
+def save(run_dir: Path, state: dict[str, Any]) -> None:
+    path = run_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def leg_of(entry: dict[str, Any]) -> MirrorLeg:
+    return MirrorLeg(entry["drive"], entry["socket"], int(entry["generation"]))
+
+
+def _new_leg(disk_root: Path, host: str, guest: str, disk: str, drive: str, generation: int) -> dict[str, Any]:
+    path = legs_io.drive_dir(disk_root, host, drive) / f"{guest}-{disk}-g{generation}.qcow2"
+    return {"drive": drive, "path": str(path), "socket": legs_io.leg_socket(path), "generation": generation}
+
+
+# ---------------------------------------------------------------------- driver hook
+
+
+def create_disks(driver: Any, definition: Any, plain: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The driver's ``_create_disks`` with mirrored disks taken out (they become legs)."""
+    disks = mirrored(definition)
+    if not disks:
+        return plain(definition)
+    names = {d.name for _, d in disks}
+    slots = {d.name: i for i, d in enumerate(definition.disks)}
+    entries = plain(definition.with_changes(disks=tuple(d for d in definition.disks if d.name not in names)))
+    for entry in entries:
+        entry["slot"] = slots[entry["name"]]
+    state: dict[str, Any] = {"disks": {}}
+    made: list[Path] = []
+    try:
+        for slot, disk in disks:
+            drives = [d for d in legs_io.host_drives(driver.disk_root, driver.host)
+                      if not legs_io.drive_failed(legs_io.drive_dir(driver.disk_root, driver.host, d))]
+            if not drives:
+                raise MirrorError(f"no working drive on {driver.host} for mirrored disk {disk.name}")
+            legs = [_new_leg(driver.disk_root, driver.host, definition.name, disk.name, d, 0) for d in drives[:2]]
+            for leg in legs:
+                legs_io.create_leg_file(Path(leg["path"]), disk.size)
+                made.append(Path(leg["path"]))
+            state["disks"][disk.name] = {"size": disk.size, "slot": slot, "generation": 0, "legs": legs}
+        save(driver._run_dir(definition.name), state)  # noqa: SLF001 - the driver's own run directory
+    except BaseException:
+        for path in made:
+            legs_io.remove_leg(path)
+        raise
+    return entries
+
+
+async def before_launch(driver: Any, name: str, incoming: str | None) -> None:
+    """Serve every leg whose server is not running (a restart, or after a host power-off)."""
+    run_dir = driver._run_dir(name)  # noqa: SLF001
+    state = load(run_dir)
+    if not state["disks"]:
+        return
+    if incoming is not None:
+        from nonstop.drivers.qemu_runtime import RuntimeFailure
+
+        raise RuntimeFailure("a VM with mirrored disks does not live-migrate: its legs are this host's drives")
+    async with lock(run_dir):
+        for disk, entry in state["disks"].items():
+            kept = []
+            for leg in entry["legs"]:
+                path = Path(leg["path"])
+                if legs_io.server_alive(path):
+                    kept.append(leg)
+                elif path.exists() and not legs_io.drive_failed(path.parent):
+                    await asyncio.to_thread(legs_io.serve_leg, path, leg["socket"])
+                    kept.append(leg)
+                else:
+                    log.warning("%s/%s: leg on %s is gone (drive failed or replaced)", name, disk, leg["drive"])
+            if not kept:
+                from nonstop.drivers.qemu_runtime import RuntimeFailure
+
+                raise RuntimeFailure(f"mirrored disk {disk}: no leg left on any drive")
+            entry["legs"] = kept
+        save(run_dir, state)
+
+
+async def after_launch(driver: Any, name: str) -> None:
+    """Plug each mirrored disk (quorum over its legs) into the just-started QEMU."""
+    run_dir = driver._run_dir(name)  # noqa: SLF001
+    state = load(run_dir)
+    if not state["disks"]:
+        return
+    qmp = MirrorQmp(run_dir / "qmp.sock")
+    async with lock(run_dir):
+        for disk, entry in sorted(state["disks"].items(), key=lambda kv: int(kv[1]["slot"])):
+            await qmp.attach(disk, tuple(leg_of(leg) for leg in entry["legs"]), slot=int(entry["slot"]))
+
+
+def legs_of(driver: Any, name: str) -> list[Path]:
+    return [Path(leg["path"]) for entry in load(driver._run_dir(name))["disks"].values()  # noqa: SLF001
+            for leg in entry["legs"]]
+
+
+def remove_legs(paths: list[Path]) -> None:
+    for path in paths:
+        legs_io.remove_leg(path)
+
+
+# ---------------------------------------------------------------------- reconciler
+
+
+class MirrorReconciler:
+    """Keeps every mirrored disk of this host's VMs on two working drives."""
+
+    def __init__(self, store: Any, cluster: str, host: str, qemu_state_dir: Path, disk_root: Path) -> None:
+        from nonstop.controller.events import EventLog
+
+        self.store, self.cluster, self.host = store, cluster, host
+        self.qemu_state_dir, self.disk_root = Path(qemu_state_dir), Path(disk_root)
+        self.events = EventLog(store, cluster)
+        self.ok_since: dict[str, float | None] = {}
+        self.window = 30.0
+        self.timings: list[dict[str, Any]] = []
+
+    async def drive_states(self, now: float) -> dict[str, bool | None]:
+        from nonstop.store import keys
+        from nonstop.store.state import get_spec
+
+        stored = await get_spec(self.store, self.cluster)
+        drives = list(legs_io.DEFAULT_DRIVES)
+        if stored is not None:
+            with contextlib.suppress(KeyError):
+                drives = [d.name for d in stored.spec.host(self.host).drives]
+            self.window = float(stored.spec.policies.components.stability_window)
+        await asyncio.to_thread(legs_io.write_host_drives, self.disk_root, self.host, drives)
+        record = await self.store.get_json(keys.host_components(self.cluster, self.host)) or {}
+        storage = (record.get("groups") or {}).get("storage") or {}
+        fresh = now - float(record.get("read_at") or 0) < STALE_READING
+        if not fresh or storage.get("state") in (None, "unknown") or record.get("health") == "unknown":
+            return {d: None for d in drives}
+        failed = set(storage.get("failed") or [])
+        return {d: d in failed for d in drives}
+
+    async def pass_once(self, now: float | None = None) -> list[MirrorAction]:
+        now = time.time() if now is None else now
+        states = await self.drive_states(now)
+        self.ok_since = track_ok_since(self.ok_since, states, now)
+        drives = tuple(DriveView(d, s, self.ok_since.get(d)) for d, s in states.items())
+        done: list[MirrorAction] = []
+        for state_file in sorted(self.qemu_state_dir.glob(f"*/{STATE_FILE}")):
+            run_dir = state_file.parent
+            if not (run_dir / "qmp.sock").exists():
+                continue  # not running: the next launch serves what is left
+            async with lock(run_dir):
+                state = load(run_dir)
+                for disk, entry in state["disks"].items():
+                    legs = tuple(LegView(leg["drive"], legs_io.server_alive(Path(leg["path"]))) for leg in entry["legs"])
+                    for action in plan_mirror(disk, legs, drives, now, self.window):
+                        await self._act(run_dir, state, entry, action)
+                        done.append(action)
+        return done
+
+    async def _act(self, run_dir: Path, state: dict[str, Any], entry: dict[str, Any], action: MirrorAction) -> None:
+        guest, qmp = run_dir.name, MirrorQmp(run_dir / "qmp.sock")
+        subject = f"{self.host}/{guest}/{action.disk}"
+        if action.kind == DROP:
+            leg = next(leg for leg in entry["legs"] if leg["drive"] == action.drive)
+            try:
+                await qmp.drop_leg(action.disk, leg_of(leg))
+            except MirrorError as exc:
+                log.warning("%s: %s (forgetting the leg)", subject, exc)
+            entry["legs"].remove(leg)
+            save(run_dir, state)
+            await asyncio.to_thread(legs_io.remove_leg, Path(leg["path"]))
+            await self._emit("mirror-leg-dropped", subject, f"leg on {action.drive} dropped: {action.reason}",
+                             drive=action.drive)
+            return
+        entry["generation"] = int(entry["generation"]) + 1
+        save(run_dir, state)
+        leg = _new_leg(self.disk_root, self.host, guest, action.disk, action.drive, entry["generation"])
+        path = Path(leg["path"])
+        try:
+            await asyncio.to_thread(legs_io.create_leg_file, path, int(entry["size"]))
+            await asyncio.to_thread(legs_io.serve_leg, path, leg["socket"])
+            timings = await qmp.remirror(action.disk, leg_of(leg))
+        except Exception as exc:  # noqa: BLE001 - a failed copy is retried on a later pass
+            await asyncio.to_thread(legs_io.remove_leg, path)
+            await self._emit("mirror-failed", subject, f"re-mirror onto {action.drive} failed: {exc}",
+                             drive=action.drive)
+            return
+        entry["legs"].append(leg)
+        save(run_dir, state)
+        rounded = {k: round(v, 3) for k, v in timings.items()}
+        self.timings.append({"guest": guest, "disk": action.disk, "drive": action.drive, **rounded})
+        await self._emit("mirror-remirrored", subject, f"re-mirrored onto {action.drive} ({action.reason}); "
+                         f"copy {timings.get('copy', 0):.2f} s, guest paused {timings.get('paused', 0):.3f} s",
+                         drive=action.drive, **rounded)
+
+    async def _emit(self, kind: str, subject: str, reason: str, **data: Any) -> None:
+        log.info("%s %s: %s", kind, subject, reason)
+        with contextlib.suppress(Exception):
+            await self.events.emit(kind, subject, reason, source="mirror", host=self.host, **data)
+
+
+async def run_mirror_reconciler(store: Any, cluster: str, host: str, state_dir: Path, options: dict[str, Any],
+                                stop: asyncio.Event, drivers: Any = None, interval: float = 0.5) -> None:
+    """The agent's call: reconcile mirrored disks every ``interval`` until ``stop`` (only on a
+    host that runs VMs)."""
+    if drivers is not None and "vm" not in drivers:
+        return
+    from nonstop.drivers.qemu_core import DEFAULT_DISK_DIR
+
+    reconciler = MirrorReconciler(store, cluster, host, Path(state_dir) / "qemu",
+                                  Path(options.get("disk_dir", DEFAULT_DISK_DIR)) / cluster)
+    while not stop.is_set():
+        try:
+            await reconciler.pass_once()
+        except Exception:  # noqa: BLE001 - the next pass looks again
+            log.exception("mirror reconcile pass failed")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

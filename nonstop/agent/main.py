@@ -84,10 +84,15 @@ async def run_agent(
     from nonstop.agent.patch import run_patch_service  # issue 8: patch/self-test requests (docs/patching.md)
 
     patch_task = asyncio.create_task(run_patch_service(store, cluster, host, state_dir, stop, options))
+    from nonstop.components.mirror_host import run_mirror_reconciler  # issue 9: mirrored VM disks
+
+    mirror_task = asyncio.create_task(run_mirror_reconciler(store, cluster, host, state_dir, options or {}, stop,
+                                                            drivers=built))
     try:
         await agent.run(stop)
     finally:
         patch_task.cancel()
+        mirror_task.cancel()
         if ha_task is not None:
             ha_task.cancel()
         await store.close()

@@ -45,7 +45,7 @@ def build_drivers(cluster: str, host: str, state_dir: Path, names: list[str], op
 async def run_agent(
     *, store_url: str, cluster: str, host: str, state_dir: Path, drivers: list[str], interval: float = 1.0,
     lease_ttl: int = 10, options: dict[str, Any] | None = None, stop: asyncio.Event | None = None,
-    ha_key: Path | None = None,
+    ha_key: Path | None = None, team_status: Path | None = None,
 ) -> None:
     from nonstop.store import open_store
 
@@ -88,11 +88,18 @@ async def run_agent(
 
     mirror_task = asyncio.create_task(run_mirror_reconciler(store, cluster, host, state_dir, options or {}, stop,
                                                             drivers=built))
+    team_task = None
+    if team_status is not None:  # issue 7: the team daemon's view (active member, links) into hosts/<h>/observed
+        from nonstop.agent.team_report import run_team_report
+
+        team_task = asyncio.create_task(run_team_report(store, cluster, host, team_status, stop))
     try:
         await agent.run(stop)
     finally:
         patch_task.cancel()
         mirror_task.cancel()
+        if team_task is not None:
+            team_task.cancel()
         if ha_task is not None:
             ha_task.cancel()
         await store.close()
@@ -112,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ha-key", type=Path, default=None, help="cluster HMAC key file: send heartbeats, self-fence")
     p.add_argument("--migration-address", default=None,
                    help="this host's address other hosts reach for incoming live migrations (the lab's management address)")
+    p.add_argument("--team-status", type=Path, default=None,
+                   help="the host's team daemon status file: report team and NIC state into the store")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -134,5 +143,5 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(run_agent(
         store_url=args.store, cluster=args.cluster, host=args.host, state_dir=state_dir,
         drivers=[d.strip() for d in args.drivers.split(",") if d.strip()], interval=args.interval,
-        lease_ttl=args.lease_ttl, options=options, ha_key=args.ha_key,
+        lease_ttl=args.lease_ttl, options=options, ha_key=args.ha_key, team_status=args.team_status,
     ))

@@ -98,7 +98,7 @@ async def status(request: Request) -> dict[str, Any]:
     rt = _rt(request)
     summary = status_summary(await rt.snapshot())
     # Hosts at different patch levels are a cluster half old, half new: say so until a rollout ends it.
-    warning = await patch_level_warning(rt.store, rt.cluster) if summary["has_spec"] else None
+    warning = await patch_level_warning(rt.store, rt.cluster) if summary["has_spec"] and rt.store else None
     summary["warnings"] = [warning] if warning else []
     return summary
 
@@ -126,6 +126,11 @@ async def networks(request: Request) -> list[dict[str, Any]]:
 @router.get("/teams", summary="NIC teams of every host")
 async def teams(request: Request) -> list[dict[str, Any]]:
     return list((await _rt(request).snapshot())["teams"])
+
+
+@router.get("/components", summary="Hardware health per host: each component group (power, network, storage, cooling) and its redundancy")
+async def components(request: Request) -> list[dict[str, Any]]:
+    return list((await _rt(request).snapshot())["components"])
 
 
 @router.get("/switches", summary="Lab switches and their ports")

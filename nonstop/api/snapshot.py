@@ -2,7 +2,7 @@
 
 Role: list everything under ``/nonstop/<cluster>/`` once (one revision) and join it into plain
 JSON-able records — hosts (state, NICs, teams, components, physical / effective / allocated /
-used capacity, guests), guests (desired vs observed), services (backends, health and request
+used capacity, guests), per-host component groups (power, network, storage, cooling), guests (desired vs observed), services (backends, health and request
 rates from the balancers' admin APIs when known), networks (with IPAM use), teams, switches,
 operations and the latest events. Host state is derived level-wise from what the store holds:
 a failover operation for a host whose agent is gone → ``failed``; an operator's maintenance
@@ -152,13 +152,18 @@ def down_links(raw: RawCluster) -> dict[str, set[str]]:
     return out
 
 
+DEAD_STATES = ("failed", "dead", "down")
+
+
 def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any], state: str,
-                    silent: set[str]) -> tuple[list[Any], list[Any]]:
-    """NIC state: the agent's report when it has one; else the heartbeat evidence — a link of a host
-    the controller hears is up unless it is among the silent ones; every link of a failed host is down."""
+                    silent: set[str], alive: bool = True) -> tuple[list[Any], list[Any]]:
+    """NIC and team state: the agent's report (``nics``/``teams``, from the host's team daemon) while the
+    host is alive; else the heartbeat evidence — a link of a host the controller hears is up unless it
+    is among the silent ones; every link of a failed host is down (its last report is history)."""
     host = next((h for h in spec.hosts if h.name == name), None) if spec else None
-    obs_nics = _dict(observed.get("nics"))
-    obs_teams = _dict(observed.get("teams"))
+    believed = alive and state not in DEAD_STATES
+    obs_nics = _dict(observed.get("nics")) if believed else {}
+    obs_teams = _dict(observed.get("teams")) if believed else {}
     nics: list[dict[str, Any]] = []
     teams: list[dict[str, Any]] = []
     if host is None or spec is None:
@@ -169,14 +174,15 @@ def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any
         seen = _dict(obs_nics.get(nic.name))
         if "state" in seen:
             nic_state = str(seen["state"])
-        elif state in ("failed", "dead", "down"):
+        elif state in DEAD_STATES:
             nic_state = "down"
         elif state in HEARD_STATES:
             nic_state = "down" if nic.name in silent or switch in silent else "up"
         else:
             nic_state = "unknown"
         by_name[nic.name] = nic_state
-        nics.append({"name": nic.name, "switch": switch, "state": nic_state})
+        nics.append({"name": nic.name, "switch": switch, "state": nic_state,
+                     "source": "agent" if "state" in seen else "heartbeats"})
     for team in host.teams:
         seen = _dict(obs_teams.get(team.name))
         members = _dict(seen.get("members"))
@@ -185,10 +191,13 @@ def _nics_and_teams(spec: ClusterSpec | None, name: str, observed: dict[str, Any
         up = [m["name"] for m in member_states if m["state"] == "up"]
         derived = "up" if len(up) == len(member_states) else "degraded" if up else "down"
         active = seen.get("active") or seen.get("active_member")
-        if active is None and up:
+        if active is None and up and not seen:  # no report: the primary carries while it is up
             active = team.primary if team.primary in up else up[0]
         teams.append({"host": name, "name": team.name, "mode": team.mode.value, "members": member_states,
-                      "active": active, "state": seen.get("state", derived)})
+                      "active": active, "state": seen.get("state", derived),
+                      "failovers": seen.get("failovers"), "last_failover_at": seen.get("last_failover_at"),
+                      "reported_at": observed.get("teams_at") if seen else None,
+                      "source": "agent" if seen else "heartbeats"})
     return nics, teams
 
 
@@ -239,7 +248,7 @@ def host_records(raw: RawCluster, guests: list[dict[str, Any]]) -> list[dict[str
         records = raw.hosts.get(name, {})
         observed = _dict(records.get("observed"))
         on_host = [g for g in guests if g["host"] == name]
-        nics, teams = _nics_and_teams(raw.spec, name, observed, state, silent.get(name, set()))
+        nics, teams = _nics_and_teams(raw.spec, name, observed, state, silent.get(name, set()), "alive" in records)
         usage = _dict(observed.get("usage"))
         out.append({
             "name": name, "state": state, "state_reason": why, "alive": "alive" in records,
@@ -298,6 +307,28 @@ def switch_records(raw: RawCluster, hosts: list[dict[str, Any]], faults: Mapping
             for s in names]
 
 
+COMPONENT_GROUPS = ("power", "network", "storage", "cooling")
+
+
+def component_records(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per host, each hardware component group as the hardware watcher last recorded it
+    (``hosts/<h>/components``, nonstop/components/watcher.py); ``unknown`` before its first read."""
+    out = []
+    for h in hosts:
+        comp = _dict(h.get("components"))
+        groups = _dict(comp.get("groups"))
+        names = [g for g in COMPONENT_GROUPS if g in groups] + [g for g in groups if g not in COMPONENT_GROUPS]
+        out.append({
+            "host": h["name"], "health": comp.get("health", "unknown"), "reason": comp.get("reason"),
+            "power_state": comp.get("power_state"), "placement": comp.get("placement"), "policy": comp.get("policy"),
+            "watched": bool(comp),
+            "groups": [{"group": g, "state": _dict(groups[g]).get("state", "unknown"),
+                        "working": _dict(groups[g]).get("working"), "total": _dict(groups[g]).get("total"),
+                        "failed": list(_dict(groups[g]).get("failed") or [])} for g in names],
+        })
+    return out
+
+
 def build(raw: RawCluster, cluster: str, lb_stats: Mapping[str, Any] | None = None,
           faults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole cluster as one JSON-able document (``GET /api/v1/cluster``)."""
@@ -310,6 +341,7 @@ def build(raw: RawCluster, cluster: str, lb_stats: Mapping[str, Any] | None = No
         "services": service_records(raw, lb_stats or {}),
         "networks": network_records(raw),
         "teams": [t for h in hosts for t in h["teams"]],
+        "components": component_records(hosts),
         "switches": switch_records(raw, hosts, faults or {}),
         "ops": sorted(raw.ops.values(), key=lambda o: str(o.get("op_id", ""))),
         "events": raw.events[-EVENTS_IN_SNAPSHOT:],

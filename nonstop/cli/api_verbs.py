@@ -36,10 +36,11 @@ ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name (default: 
 TokenOpt = typer.Option(None, "--token-file", envvar="NONSTOP_TOKEN_FILE", help="Token file (default: the server's).")
 JsonOpt = typer.Option(False, "--json", help="Print the API's answer as JSON.")
 
-KINDS = ("hosts", "guests", "services", "networks", "teams", "events", "switches")
+KINDS = ("hosts", "guests", "services", "networks", "teams", "components", "events", "switches")
 FAIL_TARGETS = ("host", "link", "guest", "switch", "psu", "drive", "nic")
 STATE_STYLE = {"up": "green", "running": "green", "maintenance": "blue", "failed": "red", "dead": "red",
-               "down": "red", "suspect": "yellow", "link-degraded": "yellow", "pending": "yellow"}
+               "down": "red", "suspect": "yellow", "link-degraded": "yellow", "pending": "yellow",
+               "healthy": "green", "redundant": "green", "degraded": "yellow", "lost": "red", "unknown": "white"}
 
 
 def _client(api: str | None, cluster: str | None, token_file: str | None) -> ApiClient:
@@ -105,11 +106,24 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Table:
             t.add_row(n["name"], n["mode"], n["subnet"], str(n["gateway"] or "-"), str(n["uplink"] or "-"),
                       f"{n['addresses_used']}/{n['addresses_total']}")
     elif kind == "teams":
-        for col in ("host", "team", "mode", "state", "active", "members"):
+        for col in ("host", "team", "mode", "state", "active", "members", "failovers", "source"):
             t.add_column(col)
         for tm in rows:
             t.add_row(tm["host"], tm["name"], tm["mode"], _state(tm["state"]), str(tm["active"] or "-"),
-                      ", ".join(f"{m['name']}:{m['state']}" for m in tm["members"]))
+                      ", ".join(f"{m['name']}:{m['state']}" for m in tm["members"]),
+                      "-" if tm.get("failovers") is None else str(tm["failovers"]), str(tm.get("source") or "-"))
+    elif kind == "components":
+        for col in ("host", "health", "power", "network", "storage", "cooling", "placement"):
+            t.add_column(col)
+        for c in rows:
+            groups = {g["group"]: g for g in c["groups"]}
+
+            def cell(name: str, groups: dict[str, Any] = groups) -> str:
+                g = groups.get(name)
+                return "-" if g is None else f"{_state(g['state'])} {g['working']}/{g['total']}" + (
+                    f" (failed {', '.join(g['failed'])})" if g["failed"] else "")
+            t.add_row(c["host"], _state(c["health"]), cell("power"), cell("network"), cell("storage"), cell("cooling"),
+                      str(c.get("placement") or "-"))
     elif kind == "switches":
         t.add_column("switch")
         t.add_column("state")
@@ -173,7 +187,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
     @app.command("get")
     def get(kind: str = typer.Argument(..., help="|".join(KINDS)), as_json: bool = JsonOpt, api: str = ApiOpt,
             cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
-        """List hosts, guests, services, networks, teams, switches or events."""
+        """List hosts, guests, services, networks, teams, components, switches or events."""
         if kind not in KINDS:
             err.print(f'[red]error:[/] unknown kind "{kind}"; expected one of: {", ".join(KINDS)}')
             raise typer.Exit(EXIT_BAD_INPUT)

@@ -5,7 +5,8 @@ Role: a prometheus-client custom collector over the API's cluster snapshot (``no
 - hosts: ``nonstop_host_up`` / ``nonstop_host_state{state}``, physical, effective (× allocation
   ratio − reserved) and allocated vCPUs and memory, observed usage, guests per host;
 - guests: ``nonstop_guest_state{state}``, vCPUs, memory, CPU and memory use, fencing epoch;
-- teams: ``nonstop_team_member_up``; NICs: ``nonstop_nic_up``;
+- teams: ``nonstop_team_member_up``, ``nonstop_team_member_active``, ``nonstop_team_failovers``
+  (from the agents' reports of their team daemons); NICs: ``nonstop_nic_up``;
 - balancer: ``nonstop_service_backends``, ``nonstop_backend_healthy``, request counters and rates;
 - controller: events by kind, failover operations by step, heartbeats by verdict, reconcile passes
   and balancer sync errors from the leader record, and histograms of heartbeat gaps at
@@ -127,13 +128,20 @@ class ClusterCollector:
         member = GaugeMetricFamily("nonstop_team_member_up", "1 while the team member's link is up",
                                    labels=["host", "team", "member"])
         nic = GaugeMetricFamily("nonstop_nic_up", "1 while the NIC is up", labels=["host", "nic", "switch"])
+        active = GaugeMetricFamily("nonstop_team_member_active", "1 for the member carrying the team's traffic "
+                                   "(active-backup), as the host's team daemon reports it", labels=["host", "team", "member"])
+        failovers = CounterMetricFamily("nonstop_team_failovers", "Team failovers since the team daemon started",
+                                        labels=["host", "team"])
         for h in hosts:
             for t in h["teams"]:
                 for m in t["members"]:
                     member.add_metric([h["name"], t["name"], m["name"]], 1.0 if m["state"] == "up" else 0.0)
+                    active.add_metric([h["name"], t["name"], m["name"]], 1.0 if t.get("active") == m["name"] else 0.0)
+                if t.get("failovers") is not None:
+                    failovers.add_metric([h["name"], t["name"]], float(t["failovers"]))
             for n in h["nics"]:
                 nic.add_metric([h["name"], n["name"], n["switch"]], 1.0 if n["state"] == "up" else 0.0)
-        yield from (member, nic)
+        yield from (member, nic, active, failovers)
 
     def _services(self, services: list[dict[str, Any]]) -> Iterator[Metric]:
         count = GaugeMetricFamily("nonstop_service_backends", "Backends the controller gave the balancer",

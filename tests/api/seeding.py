@@ -59,14 +59,20 @@ async def seed(store: Store) -> dict[str, str]:
                                "members": {m: {"state": "up"} for m in t.members}} for t in h.teams},
             "usage": {"cpu_usage": 0.3, "memory_used": 900 * 1024**2},
         })
-    for h in spec.hosts:  # what the hardware watcher records (host3 has lost a PSU)
+    for h in spec.hosts:  # what the hardware watcher records (HostAssessment.to_dict + policy): host3 lost a PSU
         psu_failed = ["PSU2"] if h.name == "host3" else []
+
+        def group(state: str, working: int, total: int, failed: list[str]) -> dict[str, Any]:
+            return {"state": state, "working": working, "total": total, "failed": failed}
+
         await store.put_json(keys.host_components(CLUSTER, h.name), {
-            "host": h.name, "health": "degraded" if psu_failed else "ok", "power_state": "On", "reason": "",
+            "host": h.name, "health": "degraded" if psu_failed else "healthy", "power_state": "On",
+            "reason": "power: 1 of 2 working (failed PSU2)" if psu_failed else "", "policy": "normal",
             "placement": "normal", "groups": {
-                "psu": {"state": "degraded" if psu_failed else "redundant", "working": 2 - len(psu_failed),
-                        "total": 2, "failed": psu_failed},
-                "drive": {"state": "redundant", "working": 2, "total": 2, "failed": []}}})
+                "power": group("degraded" if psu_failed else "redundant", 2 - len(psu_failed), 2, psu_failed),
+                "cooling": group("redundant", 2, 2, []),
+                "network": group("redundant", 2, 2, []),
+                "storage": group("redundant", 2, 2, [])}})
     for s in spec.services:
         members = [g for g in placed if s.backends and g.startswith(s.backends.group + "-")]
         await store.put_json(keys.service_backends(CLUSTER, s.name), {"backends": [

@@ -68,8 +68,14 @@ def test_reads_agree_with_seeded_state(client: TestClient, token_file: Path) -> 
     host1 = hosts[0]
     assert host1["capacity"]["cpus"] == 2 and host1["capacity"]["effective_cpus"] == 8.0
     assert host1["allocated"]["vcpus"] == sum(g["vcpus"] for g in guests if g["host"] == "host1")
-    assert hosts[2]["components"]["groups"]["psu"] == {"state": "degraded", "working": 1, "total": 2,
-                                                       "failed": ["PSU2"]}
+    assert hosts[2]["components"]["groups"]["power"] == {"state": "degraded", "working": 1, "total": 2,
+                                                         "failed": ["PSU2"]}
+    components = client.get("/api/v1/components", headers=h(token_file)).json()
+    assert [(c["host"], c["health"]) for c in components] == [("host1", "healthy"), ("host2", "healthy"),
+                                                               ("host3", "degraded")]
+    assert [(g["group"], g["state"], g["working"], g["total"]) for g in components[2]["groups"]] == [
+        ("power", "degraded", 1, 2), ("network", "redundant", 2, 2), ("storage", "redundant", 2, 2),
+        ("cooling", "redundant", 2, 2)]
     teams = client.get("/api/v1/teams", headers=h(token_file)).json()
     assert {(t["host"], t["name"], t["active"]) for t in teams} == {(f"host{i}", "team0", "eth0") for i in (1, 2, 3)}
     services = client.get("/api/v1/services", headers=h(token_file)).json()
@@ -200,7 +206,7 @@ def test_metrics_text(client: TestClient) -> None:
                  "nonstop_failover_duration_seconds_bucket"):
         assert name in text, name
     assert 'nonstop_host_allocated{host="host1",resource="cpu"}' in text
-    assert 'nonstop_host_component_working{group="psu",host="host3"} 1.0' in text
+    assert 'nonstop_host_component_working{group="power",host="host3"} 1.0' in text
 
 
 def test_status_warns_while_patch_levels_differ(client: TestClient, token_file: Path, store_url: str) -> None:

@@ -42,9 +42,11 @@ def test_read_verbs(server: RunningServer, token_file: Path) -> None:
     assert code == 0 and "healthy" in text and "6/6 guests running" in text
     code, text = run(server, token_file, "get", "hosts", "--json")
     assert code == 0 and [h["name"] for h in json.loads(text)] == ["host1", "host2", "host3"]
-    for kind in ("hosts", "guests", "services", "networks", "teams", "events", "switches"):
+    for kind in ("hosts", "guests", "services", "networks", "teams", "components", "events", "switches"):
         code, text = run(server, token_file, "get", kind)
         assert code == 0, (kind, text)
+    code, text = run(server, token_file, "get", "components")
+    assert "PSU2" in text and "degraded" in text  # host3's power group, as the hardware watcher recorded it
     assert run(server, token_file, "get", "planets")[0] == 2
     code, text = run(server, token_file, "describe", "guest", "web-0")
     assert code == 0 and "HostStateFilter" in text and "would place on" in text

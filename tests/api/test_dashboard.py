@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium driven by Playwright) against the real API
 server (uvicorn on 127.0.0.1) over a seeded store: hosts and guests show, "Fail host" (served by
 the in-process StoreLab, which changes the store as the controller's failover would) turns the host
-failed and its guests reappear on the other hosts — through the SSE stream, with no reload.
+failed and its guests reappear on the other hosts — through the SSE stream, with no reload. Each
+host's hardware component groups and its NICs and team (active member, failover) show too.
 A screenshot goes to test-artifacts/dashboard-failover.png."""
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ def test_dashboard_shows_failover_live(store_url: str, token_file: Path, browser
         httpx.post(f"{server.url}/api/v1/hosts/{other}/maintenance", json={"action": "exit"},
                    headers={"Authorization": f"Bearer {tokens(token_file)['admin']}"})
         page.wait_for_selector(f'.host[data-host="{other}"][data-state="up"]', timeout=5_000)
+        # Hardware health per host (the hardware watcher's record): each component group and its state.
+        assert page.locator('.host[data-host="host3"] .hw').get_attribute("data-health") == "degraded"
+        assert page.locator('.host[data-host="host3"] .hw [data-group="power"]').get_attribute("data-state") == "degraded"
+        for host in ("host1", "host2", "host3"):
+            for group in ("network", "storage"):
+                assert page.locator(f'.host[data-host="{host}"] .hw [data-group="{group}"][data-state="redundant"]').count() == 1
+        # NICs and team state (the agent's report of its team daemon); a team failover shows without a reload.
+        assert page.locator('.host[data-host="host2"] .team[data-team="team0"]').get_attribute("data-active") == "eth0"
+        t0 = time.monotonic()
+        report_team_failover(store_url, "host2")
+        page.wait_for_selector('.host[data-host="host2"] .team[data-team="team0"][data-active="eth1"][data-state="degraded"]',
+                               timeout=5_000)
+        page.wait_for_selector('.host[data-host="host2"] .nic[data-nic="eth0"][data-state="down"]', timeout=2_000)
+        assert time.monotonic() - t0 < 1.5
         victim = max(before, key=lambda h: len(before[h]))
         assert before[victim]
         assert page.locator(f'.host[data-host="{victim}"]').get_attribute("data-state") == "up"
@@ -90,6 +105,32 @@ def test_dashboard_shows_failover_live(store_url: str, token_file: Path, browser
         page.wait_for_selector("#detail:not(.hidden) table.expl", timeout=5_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard-describe.png"))
         assert not errors, errors
+
+
+def report_team_failover(store_url: str, host: str) -> None:
+    """What host's agent writes when its team daemon moved team0 from eth0 (cable cut) to eth1."""
+    import asyncio
+
+    from nonstop.agent.team_report import merge_observed, team_view
+    from nonstop.store import open_store
+
+    status = {"updated_at": time.time(), "teams": {"team0": {
+        "kind": "team", "mode": "active-backup", "active": "eth1", "transmit": ["eth1"], "failovers": 1,
+        "members": {"eth0": {"state": "down", "carrier": False}, "eth1": {"state": "up", "carrier": True}}}}}
+
+    async def go() -> None:
+        store = open_store(store_url)
+        try:
+            assert await merge_observed(store, CLUSTER, host, team_view(status, time.time()))
+        finally:
+            await store.close()
+
+    # Playwright's sync API holds an event loop in this thread: write from another one.
+    import threading
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),))
+    thread.start()
+    thread.join(10)
 
 
 def test_viewer_sees_no_admin_buttons(store_url: str, token_file: Path, browser) -> None:

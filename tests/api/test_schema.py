@@ -79,7 +79,7 @@ def test_openapi_lists_every_verb(live) -> None:
     server, _ = live
     paths = httpx.get(f"{server.url}/api/v1/openapi.json").json()["paths"]
     for path in ("/api/v1/status", "/api/v1/hosts", "/api/v1/guests", "/api/v1/services", "/api/v1/networks",
-                 "/api/v1/teams", "/api/v1/events", "/api/v1/describe/{kind}/{name}", "/api/v1/apply",
+                 "/api/v1/teams", "/api/v1/components", "/api/v1/events", "/api/v1/describe/{kind}/{name}", "/api/v1/apply",
                  "/api/v1/hosts/{host}/maintenance", "/api/v1/guests/{guest}/migrate",
                  "/api/v1/guests/{guest}/console", "/api/v1/logs", "/api/v1/chaos/fail",
                  "/api/v1/chaos/partition", "/api/v1/chaos/heal", "/api/v1/events/stream"):

@@ -145,8 +145,9 @@ function renderHosts(c) {
   const html = c.hosts.map((h) => {
     const cap = h.capacity || {};
     const team = h.teams[0];
-    const nics = h.nics.map((n) => `<span class="nic ${esc(n.state)}${team && team.active === n.name ? " active" : ""}" data-action="cut-link" data-link="${esc(h.name)}/${esc(n.name)}" title="${esc(n.name)} → ${esc(n.switch)}: ${esc(n.state)}${role === "admin" ? " (click to cut this cable)" : ""}">${esc(n.name)}→${esc(n.switch)}</span>`).join("") +
-      h.teams.map((t) => `<span class="nic ${esc(t.state)}" title="team members: ${esc(t.members.map((m) => m.name + " " + m.state).join(", "))}">${esc(t.name)} · ${esc(t.mode)}</span>`).join("");
+    const nics = `<span class="muted rowlabel">net</span>` + h.nics.map((n) => `<span class="nic ${esc(n.state)}${team && team.active === n.name ? " active" : ""}" data-nic="${esc(n.name)}" data-state="${esc(n.state)}" data-action="cut-link" data-link="${esc(h.name)}/${esc(n.name)}" title="${esc(n.name)} → ${esc(n.switch)}: ${esc(n.state)} (from ${esc(n.source || "?")})${team && team.active === n.name ? " · the team's active member" : ""}${role === "admin" ? " (click to cut this cable)" : ""}">${esc(n.name)}→${esc(n.switch)}</span>`).join("") +
+      h.teams.map((t) => `<span class="team ${esc(t.state)}" data-team="${esc(t.name)}" data-state="${esc(t.state)}" data-active="${esc(t.active || "")}" title="${esc(t.name)} (${esc(t.mode)}): ${esc(t.members.map((m) => m.name + " " + m.state).join(", "))}${t.failovers != null ? " · " + t.failovers + " failover(s)" : ""}${t.last_failover_at ? " · last " + clock(t.last_failover_at) : ""} · from ${esc(t.source || "?")}">` +
+        `${esc(t.name)} <span class="muted">${esc(t.mode)}</span> active <b>${esc(t.active || "none")}</b> <span class="chip ${esc(t.state)}">${esc(t.state)}</span>${t.failovers ? ` <span class="muted">${t.failovers}× failover</span>` : ""}</span>`).join("");
     const guests = h.guests.map((name) => {
       const g = byName[name] || {}; const moved = lastHosts[name] && lastHosts[name] !== h.name;
       const memPct = cap.memory ? Math.min(100, (100 * (g.memory || 0)) / cap.memory) : 0;
@@ -155,12 +156,11 @@ function renderHosts(c) {
         `<div class="gmeta">${esc(g.kind === "vm" ? "VM" : "proc")} ${g.vcpus ?? "?"}vCPU ${size(g.memory)}</div>` +
         `<div class="mini"><div style="width:${memPct}%"></div></div></div>`;
     }).join("") || `<div class="empty">${h.state === "failed" ? "no guests — failed over" : "no guests"}</div>`;
-    const comp = h.components || {};
-    const groups = Object.entries(comp.groups || {});
-    const hw = groups.length || comp.health ? `<div class="nics hw" title="${esc(comp.reason || "")}"><span class="muted">hw</span>` +
-      (comp.health ? `<span class="chip ${esc(comp.health)}">${esc(comp.health)}</span>` : "") +
-      groups.map(([g, v]) => `<span class="chip ${esc(v.state)}" title="${esc(g)}: ${esc(v.state)}${v.failed && v.failed.length ? " — failed: " + esc(v.failed.join(", ")) : ""}">${esc(g)} ${v.working}/${v.total}</span>`).join("") +
-      (comp.placement && comp.placement !== "normal" ? `<span class="chip degraded">${esc(comp.placement)}</span>` : "") + `</div>` : "";
+    const comp = (c.components || []).find((x) => x.host === h.name) || { health: "unknown", groups: [], watched: false };
+    const hw = `<div class="nics hw" data-health="${esc(comp.health)}" title="${esc(comp.reason || (comp.watched ? "" : "no hardware reading yet"))}"><span class="muted rowlabel">hw</span>` +
+      `<span class="chip ${esc(comp.health)}" data-role="health">${esc(comp.health)}</span>` +
+      comp.groups.map((g) => `<span class="chip ${esc(g.state)}" data-group="${esc(g.group)}" data-state="${esc(g.state)}" title="${esc(g.group)}: ${esc(g.state)}, ${g.working}/${g.total} working${g.failed.length ? " — failed: " + esc(g.failed.join(", ")) : ""}">${esc(g.group)} ${esc(g.state)} ${g.working}/${g.total}</span>`).join("") +
+      (comp.placement && comp.placement !== "normal" ? `<span class="chip degraded">${esc(comp.placement)}</span>` : "") + `</div>`;
     const usedMem = h.usage && (h.usage.memory_used ?? h.usage.memory_usage);
     const usedCpu = h.usage && (h.usage.cpu_usage ?? h.usage.cpu_used);
     const maint = h.state === "maintenance";

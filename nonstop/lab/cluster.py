@@ -10,7 +10,8 @@ of on one Linux machine, and takes it down again:
 5. one ``nonstop lb`` per service in the out namespace (admin API on out's sw0 address so the
    controller reaches it; listener on 127.0.0.1 there) with a forwarder from 127.0.0.1 in the
    root namespace (the spec's listen port, or a free one);
-6. the controller in the ctl namespace (heartbeat endpoint on every switch leg);
+6. the controller in the ctl namespace (heartbeat endpoint on every switch leg), and the
+   hardware watcher beside it (``python -m nonstop.components``: every BMC over Redfish);
 7. one agent per host inside its namespace and its own cgroup (heartbeats on every link).
 
 Every process is recorded in the lab state, so ``nonstop lab down`` removes it too.
@@ -118,6 +119,8 @@ class LabCluster:
         # self-fence timeout after its start fences itself.
         say("controller in the ctl namespace")
         self._start_controller()
+        say("hardware watcher (Redfish) in the ctl namespace")
+        self._start_hardware_watcher()
         for host in self.spec.hosts:
             say(f"agent of {host.name}")
             self._record(f"agent:{host.name}", procs.launch_agent(cfg, host.name))
@@ -197,6 +200,17 @@ class LabCluster:
         proc = netns.spawn(names.ctl_ns(self.cluster), self.controller_argv(),
                            log_path=str(self.run_dir / "controller.log"))
         self._record("controller", proc.pid)
+
+    HARDWARE_WATCH_INTERVAL = 1.0
+    """Redfish polling of every BMC, seconds; the BMCs' events make detection immediate."""
+
+    def _start_hardware_watcher(self) -> None:
+        """The one hardware watcher of the cluster (issue 9, docs/components.md)."""
+        argv = [sys.executable, "-m", "nonstop.components", "--store", self.store_url, "--cluster", self.cluster,
+                "--bmc-password-file", str(self.password_file), "--interval", str(self.HARDWARE_WATCH_INTERVAL)]
+        argv += [f"--bmc={host}=127.0.0.1:{port}" for host, port in self.bmc_ports.items()]
+        proc = netns.spawn(names.ctl_ns(self.cluster), argv, log_path=str(self.run_dir / "components.log"))
+        self._record("components", proc.pid)
 
     def restart_controller(self, kill: bool = True) -> int:
         """Kill -9 (or stop) the controller and start a new one; its new pid."""

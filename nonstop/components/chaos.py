@@ -8,7 +8,9 @@ path (``nonstop.bmc.client.set_component``), so the BMC's own consequences follo
 failure changes PowerSubsystem, the last PSU powers the host off for real, a NIC failure
 makes the Port ``LinkDown``. With a ``LabCluster`` a NIC failure (repair) also cuts
 (restores) that NIC's cable in the lab fabric, so the host's team fails over for real —
-idempotent with a BMC whose ``on_nic`` hook already does it.
+idempotent with a BMC whose ``on_nic`` hook already does it. Likewise a drive failure in a lab
+that runs VMs kills the servers of the mirror legs on that drive (a repair brings a blank
+drive): nonstop/components/mirror.py ``lab_set_drive``.
 
 Must not: be pointed at a real BMC (the admin path exists only in the lab BMC).
 """
@@ -58,6 +60,11 @@ def fail_component(target: _Lab | str, kind: str, host: str, name: str, failed: 
         result = thread.call(set_component, url, kind, name, failed, username=user, password=secret, timeout=timeout)
     if kind == "nic" and result.get("power") != "Off":
         (faults.cut if failed else faults.restore)(lab.spec, host, name)
+    if kind == "drive" and "qemu" in str(getattr(lab, "drivers", "")):
+        # The lab's drives are directories; the drive dies for real: its mirror legs' servers.
+        from nonstop.components.mirror import lab_set_drive
+
+        lab_set_drive(lab.cluster, host, name, failed)
     return result
 
 

@@ -118,7 +118,8 @@ async def _serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         bmcs = dict(item.split("=", 1) for item in args.bmc)
         await run_hardware_watcher(store, stored.spec, bmcs, password=Path(args.bmc_password_file).read_text().strip(),
-                                   stop=stop, interval=args.interval, netns=args.netns, registry=registry)
+                                   stop=stop, interval=args.interval, netns=args.netns, registry=registry,
+                                   follow_spec=True)
     finally:
         await store.close()
 

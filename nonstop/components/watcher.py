@@ -237,8 +237,28 @@ class HardwareWatcher:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, self.interval - (time.monotonic() - started)))
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def follow_spec(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Pick up ``policies.components`` changes from the stored spec (``nonstop apply``)."""
+        from nonstop.store.state import get_spec
+
+        while not stop.is_set():
+            with contextlib.suppress(StoreError, ValueError):
+                stored = await get_spec(self.store, self.spec.cluster)
+                if stored is not None:
+                    policy = stored.spec.policies.components
+                    on_degraded, window = OnDegraded(policy.on_degraded), float(policy.stability_window)
+                    if (on_degraded, window) != (self.on_degraded, self.stability_window):
+                        log.info("component policy now %s, stability window %g s", on_degraded.value, window)
+                        self.on_degraded, self.stability_window = on_degraded, window
+                        for w in self.hosts.values():
+                            w.written = ""  # rewrite the record with the new policy
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    async def run(self, stop: asyncio.Event, *, follow_spec: bool = False) -> None:
         self._tasks = [asyncio.create_task(self._host_loop(h, stop), name=f"components-{h}") for h in self.hosts]
+        if follow_spec:
+            self._tasks.append(asyncio.create_task(self.follow_spec(stop), name="components-spec"))
         try:
             await asyncio.gather(*self._tasks)
         finally:
@@ -261,9 +281,11 @@ class HardwareWatcher:
 async def run_hardware_watcher(store: Store, spec: ClusterSpec, bmc_urls: dict[str, str], *,
                                password: str | Callable[[str], str], stop: asyncio.Event,
                                interval: float = 0.5, netns: str | None = None, registry: Any = None,
-                               watcher_ready: Callable[[HardwareWatcher], None] | None = None) -> None:
+                               watcher_ready: Callable[[HardwareWatcher], None] | None = None,
+                               follow_spec: bool = False) -> None:
     """Run the watcher until ``stop`` is set. ``registry``: a prometheus_client registry to
-    export component metrics into (nonstop/components/metrics.py)."""
+    export component metrics into (nonstop/components/metrics.py). ``follow_spec``: take
+    policy changes from the stored spec (the process does; a test's own spec does not)."""
     watcher = HardwareWatcher(store, spec, bmc_urls, password=password, interval=interval, netns=netns)
     if registry is not None:
         from nonstop.components.metrics import ComponentCollector
@@ -271,4 +293,4 @@ async def run_hardware_watcher(store: Store, spec: ClusterSpec, bmc_urls: dict[s
         registry.register(ComponentCollector(watcher))
     if watcher_ready is not None:
         watcher_ready(watcher)
-    await watcher.run(stop)
+    await watcher.run(stop, follow_spec=follow_spec)

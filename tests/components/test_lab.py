@@ -13,6 +13,7 @@ from the ctl namespace. Tests run in file order; each leaves the cluster whole a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -25,9 +26,8 @@ from cluster.conftest import running_cluster
 from cluster.harness import ClusterProbe, Load
 
 from nonstop.components.chaos import fail_component
-from nonstop.components.runner import WatcherThread, with_policy
+from nonstop.components.runner import with_policy
 from nonstop.core.spec import ClusterSpec
-from nonstop.lab import names
 from nonstop.lab.cluster import LabCluster
 from nonstop.lab.fabric import team_status_path
 from nonstop.store import keys
@@ -64,11 +64,18 @@ def cluster() -> Iterator[tuple[LabCluster, ClusterProbe]]:
         print("\ncomponent failures:", json.dumps(REPORT, indent=1))
 
 
-def watcher(lab: LabCluster, on_degraded: str, window: float = 1.0) -> WatcherThread:
-    return WatcherThread(lab.store_url, with_policy(lab.spec, on_degraded, window),
-                         {h: f"127.0.0.1:{p}" for h, p in lab.bmc_ports.items()},
-                         password=lab.password_file.read_text().strip(), interval=0.25,
-                         netns=names.ctl_ns(lab.cluster))
+@contextlib.contextmanager
+def policy(lab: LabCluster, probe: ClusterProbe, on_degraded: str, window: float = 1.0) -> Iterator[None]:
+    """The cluster's own watcher (LabCluster starts one) under ``on_degraded``: the policy goes
+    into the stored spec, as ``nonstop apply`` would put it, and the watcher follows it."""
+    put_spec(probe, with_policy(lab.spec, on_degraded, window))
+    try:
+        for host in lab.bmc_ports:
+            probe.wait_for(f"{host} under {on_degraded}", lambda h=host: components(probe, h).get("on_degraded")
+                           == on_degraded and components(probe, h).get("health") == "healthy", timeout=10)
+        yield
+    finally:
+        put_spec(probe, lab.spec)
 
 
 def components(probe: ClusterProbe, host: str) -> dict[str, Any]:
@@ -80,31 +87,30 @@ def host_with_guests(probe: ClusterProbe) -> str:
     return max(sorted(set(running.values())), key=lambda h: list(running.values()).count(h))
 
 
-def test_watcher_process_in_ctl_writes_every_host(cluster: tuple[LabCluster, ClusterProbe]) -> None:
-    """``python -m nonstop.components`` as the lab would start it (in ctl, like the controller)."""
-    import sys
-
+def test_the_lab_runs_one_watcher_that_writes_every_host(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+    """``python -m nonstop.components`` started by the LabCluster (in ctl, like the controller),
+    and no other watcher of this cluster."""
     from nonstop.net import netns
 
     lab, probe = cluster
-    argv = [sys.executable, "-m", "nonstop.components", "--store", lab.store_url, "--cluster", lab.cluster,
-            "--bmc-password-file", str(lab.password_file), "--interval", "0.25"]
-    argv += [f"--bmc={h}=127.0.0.1:{p}" for h, p in lab.bmc_ports.items()]
-    proc = netns.spawn(names.ctl_ns(lab.cluster), argv, log_path=str(lab.run_dir / "components.log"))
-    try:
-        for host in lab.bmc_ports:
-            probe.wait_for(f"{host} record", lambda h=host: components(probe, h).get("health") == "healthy", timeout=15)
-        assert components(probe, "h1")["groups"]["power"]["total"] == 2
-    finally:
-        netns.stop_pids([proc.pid])
-        proc.wait(timeout=5)
+    assert netns.alive(lab.pids["components"])
+    for host in lab.bmc_ports:
+        probe.wait_for(f"{host} record", lambda h=host: components(probe, h).get("health") == "healthy", timeout=15)
+    assert components(probe, "h1")["groups"]["power"]["total"] == 2
+    watchers = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"nonstop.components" in argv and lab.cluster.encode() in argv:
+                watchers.append(int(proc.name))
+    assert watchers == [lab.pids["components"]]
 
 
 def test_one_psu_alert_only_degrades_and_moves_nothing(cluster: tuple[LabCluster, ClusterProbe]) -> None:
     lab, probe = cluster
     host = host_with_guests(probe)
     before = probe.running()
-    with watcher(lab, "alert"):
+    with policy(lab, probe, "alert"):
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
         start = time.time()
         t0 = time.monotonic()
@@ -136,7 +142,7 @@ def test_nic_failure_cuts_cable_team_fails_over_nothing_moves(cluster: tuple[Lab
             return {}
 
     assert team().get("active") == "eth0"
-    with watcher(lab, "no-new-guests"), Load(lab.services["api"]["port"]) as load:
+    with policy(lab, probe, "no-new-guests"), Load(lab.services["api"]["port"]) as load:
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
         probe.wait_for("the service answers", lambda: load.ok >= 20, timeout=15)
         load.failures.clear()
@@ -165,7 +171,7 @@ def test_one_psu_evacuate_moves_guests_with_zero_failed_requests(cluster: tuple[
     lab, probe = cluster
     host = host_with_guests(probe)
     moving = sorted(g for g, h in probe.running().items() if h == host)
-    with watcher(lab, "evacuate", window=1.0), Load(lab.services["api"]["port"]) as load:
+    with policy(lab, probe, "evacuate", window=1.0), Load(lab.services["api"]["port"]) as load:
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
         probe.wait_for("the service answers", lambda: load.ok >= 20, timeout=15)
         load.failures.clear()  # only the evacuation counts (a fresh lab's balancer may still be syncing)
@@ -210,14 +216,13 @@ def test_no_new_guests_keeps_a_new_guest_off_the_degraded_host(cluster: tuple[La
     counts = {h.name: list(probe.running().values()).count(h.name) for h in lab.spec.hosts}
     empty = min(sorted(counts), key=lambda h: counts[h])
     assert counts[empty] < min(c for h, c in counts.items() if h != empty), counts
-    policy = with_policy(lab.spec, "no-new-guests", 1.0)
-    put_spec(probe, policy)
+    restricted = with_policy(lab.spec, "no-new-guests", 1.0)
     try:
-        with watcher(lab, "no-new-guests"):
+        with policy(lab, probe, "no-new-guests"):
             fail_component(lab, "psu", empty, "PSU1")
             probe.wait_for("restricted", lambda: components(probe, empty).get("placement") == "no-new-guests",
                            timeout=3, every=0.02)
-            put_spec(probe, scaled(policy, 4))
+            put_spec(probe, scaled(restricted, 4))
             probe.wait_for("4 replicas running", lambda: len(probe.running()) == 4, timeout=30)
             placed_on = probe.running().get("api-3")
             assert placed_on is not None and placed_on != empty, probe.running()
@@ -233,7 +238,7 @@ def test_second_psu_powers_off_fences_and_fails_over(cluster: tuple[LabCluster, 
     lab, probe = cluster
     host = host_with_guests(probe)
     moving = sorted(g for g, h in probe.running().items() if h == host)
-    with watcher(lab, "alert"):
+    with policy(lab, probe, "alert"):
         probe.wait_for("first reading", lambda: components(probe, host).get("health") == "healthy", timeout=5)
         start, t0 = time.time(), time.monotonic()
         fail_component(lab, "psu", host, "PSU1")

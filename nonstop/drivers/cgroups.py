@@ -240,10 +240,27 @@ class CgroupV2(Cgroup):
         with contextlib.suppress(OSError):
             _write(self._dir / "memory.swap.max", 0)
 
+    def controllers(self) -> set[str]:
+        """Controllers this group has (its ``cgroup.controllers``); empty if it does not exist."""
+        try:
+            return set(_read(self._dir / "cgroup.controllers").split())
+        except FileNotFoundError:
+            return set()
+
+    def _require(self, controller: str, file: str) -> None:
+        # A v2 tree whose controllers are bound to v1 hierarchies (this machine) has groups
+        # without cpu.max/memory.max: say so instead of a bare "No such file".
+        if not (self._dir / file).exists():
+            have = ", ".join(sorted(self.controllers())) or "none"
+            raise CgroupError(f"cgroup v2 group {self._dir} has no {controller} controller "
+                              f"(controllers here: {have}); cannot set {file}")
+
     def set_cpu(self, vcpus: float) -> None:
+        self._require("cpu", "cpu.max")
         _write(self._dir / "cpu.max", f"{int(vcpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
 
     def set_memory(self, limit: int) -> None:
+        self._require("memory", "memory.max")
         try:
             _write(self._dir / "memory.max", limit)
         except OSError as exc:
@@ -302,8 +319,9 @@ def detect() -> int:
     raise CgroupError("no usable cgroup: need v1 cpu+memory controllers or v2 with cpu and memory enabled")
 
 
-def for_guest(name: str, version: int | None = None) -> Cgroup:
-    return CgroupV1.for_guest(name) if (version or detect()) == 1 else CgroupV2.for_guest(name)
+def for_guest(name: str, version: int | None = None, v2_root: Path | None = None) -> Cgroup:
+    """The guest's group; ``v2_root`` = where the unified tree is mounted (default /sys/fs/cgroup)."""
+    return CgroupV1.for_guest(name) if (version or detect()) == 1 else CgroupV2.for_guest(name, v2_root)
 
 
 def from_record(version: int, paths: dict[str, str]) -> Cgroup:

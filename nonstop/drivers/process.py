@@ -14,7 +14,8 @@ Per guest, under ``state_dir/<guest>/``: ``definition.json`` (as currently appli
 A stopped guest holds no kernel resources: its cgroup and namespace exist only while it runs.
 
 Options: ``host_netns`` (alias ``netns``, as the QEMU driver calls it) — the namespace holding the host's virtual switch (default: the agent's
-own); ``cgroup_version`` (default: detected); ``pids_max`` (default 1024).
+own); ``cgroup_version`` (default: detected); ``cgroup_v2_root`` (where the unified tree is
+mounted, default /sys/fs/cgroup); ``pids_max`` (default 1024).
 
 Must not: decide when to start or stop (the agent does), talk to the store, or signal any pid it
 has not verified as its own guest.
@@ -134,6 +135,8 @@ class ProcessDriver(Driver):
         super().__init__(cluster=cluster, host=host, state_dir=state_dir, **options)
         self.host_netns: str | None = options.get("host_netns") or options.get("netns")
         self.cgroup_version: int = options.get("cgroup_version") or cgroups.detect()
+        root = options.get("cgroup_v2_root")
+        self.cgroup_v2_root: Path | None = Path(root) if root else None
         self.pids_max: int = int(options.get("pids_max", 1024))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._guests: dict[str, _Guest] = {}
@@ -233,7 +236,7 @@ class ProcessDriver(Driver):
         """Namespace, vNICs, cgroup with limits, then the launcher; raises GuestStartError."""
         d = guest.definition
         ns = process_net.netns_name(self.cluster, d.name)
-        cg = cgroups.for_guest(self._cgroup_name(d.name), self.cgroup_version)
+        cg = cgroups.for_guest(self._cgroup_name(d.name), self.cgroup_version, self.cgroup_v2_root)
         guest.netns, guest.cgroup = ns, cg
         try:
             process_net.create_netns(ns)
@@ -403,7 +406,7 @@ class ProcessDriver(Driver):
                 guest = _Guest(definition=GuestDefinition.from_dict(json.loads(definition_file.read_text())))
             except (FileNotFoundError, ValueError, TypeError, KeyError):
                 guest = _Guest(definition=GuestDefinition(name=name, cluster=self.cluster, host=self.host))
-            guest.cgroup = cgroups.for_guest(self._cgroup_name(name), self.cgroup_version)
+            guest.cgroup = cgroups.for_guest(self._cgroup_name(name), self.cgroup_version, self.cgroup_v2_root)
             self._load_runtime(guest)
         await asyncio.to_thread(self._release, guest)
         directory = self._dir(name)

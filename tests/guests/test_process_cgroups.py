@@ -1,15 +1,25 @@
-"""The cgroup layer's file formats: v2 (not available on this machine's kernel configuration, so its
-files are laid out in a temporary directory as the kernel formats them) and v1 against the real tree."""
+"""The cgroup layer: v2 file formats (laid out in a temporary directory as the kernel formats them,
+since this machine's cpu/memory controllers are bound to v1), v2 for real on a temporary cgroup2
+mount (group, join, accounting, PSI, kill, removal; limits refused clearly without controllers),
+and v1 against the real tree."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nonstop.drivers import cgroups
+from nonstop.drivers.base import GuestDefinition, GuestStartError
 from nonstop.drivers.cgroups import CgroupV1, CgroupV2
+from nonstop.drivers.process import LAUNCHER, ProcessDriver
+from nonstop.drivers.process_net import netns_exists, netns_name
 
 
 def fake_v2(tmp_path: Path) -> CgroupV2:
@@ -73,3 +83,80 @@ def test_v1_group_on_this_machine_reads_back_what_was_set() -> None:
     finally:
         cg.remove()
     assert not cg.exists()
+
+
+# ------------------------------------------------------------------ v2 on a real kernel mount
+#
+# This machine binds cpu/memory/pids to v1 hierarchies, so the unified (v2) tree has none of
+# them. A cgroup2 mount under /tmp is the same kernel hierarchy: the v2 code path runs for
+# real there (mkdir, join, cpu.stat accounting, PSI, kill, rmdir); what it cannot do here is
+# set cpu.max/memory.max, and the driver must say so instead of failing obscurely.
+
+
+@pytest.fixture
+def cgroup2_mount() -> Iterator[Path]:
+    mount = Path(f"/tmp/nonstop-cg2-{secrets.token_hex(3)}")
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "cgroup2", "none", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount cgroup2 here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        for group in mount.glob("nonstop.*"):
+            with contextlib.suppress(cgroups.CgroupError):
+                CgroupV2({"unified": str(group)}).remove()
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+@pytest.mark.root
+def test_v2_group_on_a_real_cgroup2_mount(cgroup2_mount: Path) -> None:
+    cg = cgroups.for_guest(f"nonstop.gcg{secrets.token_hex(3)}.v2", 2, cgroup2_mount)
+    assert isinstance(cg, CgroupV2) and cg.paths["unified"].parent == cgroup2_mount
+    cg.create()
+    burner = subprocess.Popen([sys.executable, "-S", "-E", str(LAUNCHER), *sum((["--procs", p] for p in cg.procs_files()), []),
+                               "--", sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while burner.pid not in cg.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cg.pids() == [burner.pid], "the launcher joined the v2 group before exec"
+        # The machine is shared: wait (bounded) for the burner to get 0.1 s of CPU time.
+        while cg.stats().cpu_seconds < 0.1 and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        stats = cg.stats()
+        assert stats.cpu_seconds >= 0.1, "cpu.stat accounts the group's CPU time"
+        assert stats.memory_pressure is not None, "PSI memory.pressure is read"
+        if "cpu" in cg.controllers():  # a machine with cpu on v2 gets a real quota
+            cg.set_cpu(1.5)
+            assert cg.stats().quota_vcpus == 1.5
+        else:
+            with pytest.raises(cgroups.CgroupError, match="no cpu controller"):
+                cg.set_cpu(1)
+        if "memory" not in cg.controllers():
+            with pytest.raises(cgroups.CgroupError, match="no memory controller"):
+                cg.set_memory(64 * 2**20)
+    finally:
+        cg.remove()
+        burner.wait(timeout=5)
+    assert not cg.exists() and burner.returncode == -9
+
+
+@pytest.mark.root
+async def test_process_driver_on_v2_without_controllers_fails_clearly(cgroup2_mount: Path, tmp_path: Path) -> None:
+    probe = CgroupV2({"unified": str(cgroup2_mount)})
+    if {"cpu", "memory"} <= probe.controllers():
+        pytest.skip("cpu and memory are on v2 here: the regular process tests cover it")
+    cluster = f"gcg{secrets.token_hex(3)}"
+    driver = ProcessDriver(cluster=cluster, host="h1", state_dir=tmp_path / "state", cgroup_version=2,
+                           cgroup_v2_root=str(cgroup2_mount))
+    definition = GuestDefinition(name="g0", cluster=cluster, host="h1", vcpus=1, max_vcpus=1, memory=64 * 2**20,
+                                 max_memory=64 * 2**20, port=8080)
+    with pytest.raises(GuestStartError, match="no cpu controller") as info:
+        await driver.spawn(definition)
+    assert "cgroup v2" in info.value.reason
+    assert await driver.list_guests() == []
+    assert not list(cgroup2_mount.glob(f"nonstop.{cluster}.*")), "no group left behind"
+    assert not netns_exists(netns_name(cluster, "g0"))

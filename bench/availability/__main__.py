@@ -47,6 +47,10 @@ def markdown(report: dict, spec: str, rate: float, started: str, name: str) -> s
                      f"{f('p99_ms')} | {'-' if detected is None else detected} | {f('fence_s')} | {f('failover_s')} | "
                      f"{f('serving_full_s')} | {f('team_failover_s')} | {f('host_up_s') if 'host_up_s' in e else f('restored_s')} | "
                      f"{f('failback_s')} |")
+    for settle in report.get("settles") or []:
+        if settle.get("powered_on") or settle.get("seconds", 0) > 1:
+            lines.append(f"- steady {settle['why']}: {settle['seconds']} s"
+                         + (f"; powered on {', '.join(settle['powered_on'])} (left off by a fence)" if settle.get("powered_on") else ""))
     lines += ["", "Times are seconds after the fault was injected (heal-relative for 'host up' and failback), "
               "read from the controller's event log. Event windows run from the injection to recovery + 2 s.", "",
               "Peers (their documented defaults, not run here):", ""]
@@ -58,7 +62,8 @@ def markdown(report: dict, spec: str, rate: float, started: str, name: str) -> s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.availability")
     parser.add_argument("--spec", default="examples/lab.yaml")
-    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="requests/s (default: 40 for process replicas, 10 for VM replicas under TCG)")
     parser.add_argument("--service", default="api", help="service to load (api: process replicas; web: VMs)")
     parser.add_argument("--name", default="availability", help="result file name (without extension)")
     parser.add_argument("--out", default=str(RESULTS))
@@ -78,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                       rate=args.rate, service=args.service,
                       plot=out / f"{args.name}.png")
     report["spec"] = args.spec
-    report["rate"] = args.rate
+    report["rate"] = report.get("rate", args.rate)
     report["run_at"] = started
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     if report.get("completed"):
-        (out / f"{args.name}.md").write_text(markdown(report, args.spec, args.rate, started, args.name))
+        (out / f"{args.name}.md").write_text(markdown(report, args.spec, float(report["rate"]), started, args.name))
     print(f"wrote {out / args.name}.json" + (f", {out / args.name}.md" if report.get("completed") else ""))
     return 0 if report.get("completed") else 1
 

@@ -120,7 +120,8 @@ def register(app: typer.Typer) -> None:
              json_out: Path = typer.Option(None, "--json", help="write the report as JSON here"),
              plot: Path = typer.Option(Path("demo.png"), "--plot", help="PNG of request rate and latency"),
              non_interactive: bool = typer.Option(False, "--non-interactive", help="no pauses between steps"),
-             rate: float = typer.Option(40.0, "--rate", help="requests per second through the balancer"),
+             rate: float = typer.Option(None, "--rate", help="requests per second through the balancer "
+                                        "(default: 40 for process replicas, 10 for VM replicas under TCG)"),
              service: str = typer.Option(None, "--service", help="service to load (default: the first)"),
              keep: bool = typer.Option(False, "--keep", help="leave a lab the demo started running")) -> None:
         """A scripted availability tour: load through the balancer while a host dies, a link is cut,

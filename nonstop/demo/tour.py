@@ -30,6 +30,18 @@ from nonstop.up import runfiles
 
 Say = Callable[[str], None]
 UP_TIMEOUT = 400.0
+STEADY_TIMEOUT = 180.0
+RATE_PROCESS = 40.0
+RATE_VM = 10.0
+"""Default load: 40 new connections/s for process replicas; 10/s for VM replicas, which run under
+emulation (TCG) on the lab machine — busybox httpd forks per request and three emulated VMs on a
+shared 2-core machine time out at 40/s before any fault (docs/demo.md)."""
+
+
+def default_rate(spec: ClusterSpec, service: str) -> float:
+    group = next((s.backends.group for s in spec.services if s.name == service and s.backends), None)
+    kind = next((g.kind.value for g in spec.guests if g.name == group), "process")
+    return RATE_VM if kind == "vm" else RATE_PROCESS
 
 
 class TourError(RuntimeError):
@@ -83,6 +95,7 @@ class Tour:
         self.rate = rate
         self.interactive = interactive
         self.steps: list[dict[str, Any]] = []
+        self.settles: list[dict[str, Any]] = []
         group = next(s.backends.group for s in spec.services if s.name == service and s.backends)
         self.group = group
         self.replicas = next(g.replicas for g in spec.guests if g.name == group)
@@ -147,6 +160,37 @@ class Tour:
                 return time.time()
             await asyncio.sleep(0.2)
         return None
+
+    async def steady(self, why: str, timeout: float = STEADY_TIMEOUT) -> dict[str, Any]:
+        """Wait until every host is ``up`` and the service holds every replica; a host left off (a
+        fence — also a false one while the lab started on a loaded machine) is powered on through
+        its BMC first. What it took goes into the report."""
+        began = time.monotonic()
+        powered: list[str] = []
+        not_up: dict[str, str] = {}
+        while time.monotonic() - began < timeout:
+            hosts = await asyncio.to_thread(self.api.get, "/hosts")
+            not_up = {h["name"]: h["state"] for h in hosts if h["state"] != "up"}
+            for name in not_up:
+                if name not in powered and await asyncio.to_thread(self._power_on_if_off, name):
+                    powered.append(name)
+                    self.say(f"  {name} was off ({not_up[name]}): powered on through its BMC")
+            if not not_up and await self.serving_backends() >= self.replicas:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise TourError(f"the cluster is not steady {why} after {timeout:.0f} s: hosts {not_up}")
+        if powered and self.spec.policies.ha.failback.value != "manual":
+            # Its guests come home after the failback stability window: let that happen now, not
+            # in the middle of the next fault's window.
+            for name in powered:
+                await self.wait_event(("failback",), name, time.time() - 5,
+                                      float(self.spec.policies.ha.failback_stability) + 30)
+            await self.wait_full(60)
+        took = round(time.monotonic() - began, 2)
+        if powered or took > 1:
+            self.say(f"  steady {why} after {took} s" + (f" (powered on {', '.join(powered)})" if powered else ""))
+        return {"why": why, "seconds": took, "powered_on": powered}
 
     # ------------------------------------------------------------------ steps
 
@@ -277,12 +321,15 @@ class Tour:
         task = asyncio.create_task(load.run())
         try:
             await asyncio.sleep(4)
+            self.settles.append(await self.steady("before the first fault"))
             fail_host, cut_host, part_host = self.choose_hosts(await self.placement())
             self.steps.append(await self.host_failure(fail_host))
+            self.settles.append(await self.steady(f"after {fail_host} came back"))
             teams = self.spec.host(cut_host).teams
             # With a team, cut its active member (the primary) so the team's failover shows.
             nic = (teams[0].primary or teams[0].members[0]) if teams else self.spec.host(cut_host).nics[-1].name
             self.steps.append(await self.link_cut(cut_host, nic))
+            self.settles.append(await self.steady(f"after the cable of {cut_host} was restored"))
             self.steps.append(await self.partition(part_host))
             await asyncio.sleep(3)
         finally:
@@ -291,7 +338,7 @@ class Tour:
         return samples, await self.events(began - 1), began
 
 
-def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool, rate: float = 40.0,
+def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool, rate: float | None = None,
              service: str | None = None, plot: Path | None = None, keep: bool = False,
              budget: float = 600.0) -> dict[str, Any]:
     """The whole tour; the report (also printed)."""
@@ -313,9 +360,15 @@ def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool,
             say(f"using the running cluster {cluster} (pid {record['pid']})")
         names = [s.name for s in spec.services if s.backends is not None]
         chosen = service or names[0]
+        if rate is None:
+            rate = default_rate(spec, chosen)
         tour = Tour(spec, record, chosen, say, rate, interactive)
-        samples, events, began = asyncio.run(tour.run(budget))
-        report = build_report(cluster, chosen, samples, tour.steps, events, began)
+        try:
+            samples, events, began = asyncio.run(tour.run(budget))
+        finally:
+            report["settles"] = tour.settles
+        report = {**build_report(cluster, chosen, samples, tour.steps, events, began), "settles": tour.settles,
+                  "rate": rate}
         report["up_seconds"] = round(up_seconds, 2) if up_seconds is not None else None
         report["completed"] = True
     except TourError as exc:

@@ -165,6 +165,9 @@ class UpSession:
         for row in self.watch.summary_rows():
             table.add_row(*row)
         console.print(table)
+        if self.watch.moved():
+            console.print(f"[yellow]moved while starting (a host failed over):[/] {', '.join(self.watch.moved())} "
+                          "— see `nonstop get events`")
         console.print(f"dashboard:  {self.api.url}/")
         console.print(f"API:        {self.api.url}/api/v1   (OpenAPI: {self.api.url}/api/v1/docs)")
         console.print(f"API tokens: {self.api.token_file}   (admin and viewer; mode 0600)")

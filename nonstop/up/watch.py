@@ -32,6 +32,8 @@ class GuestBoot:
     running_at: float | None = None
     serving_at: float | None = None
     state: str = "pending"
+    placements: int = 0
+    """How often the controller placed it; more than one during ``up`` = a failover moved it."""
 
     @property
     def boot_seconds(self) -> float | None:
@@ -77,7 +79,9 @@ class BootWatch:
         for name, want in desired.items():
             boot = self.guests.setdefault(name, GuestBoot(name, "?"))
             if want.get("host") != boot.host:
-                boot.host, boot.placed_at, boot.running_at = want.get("host"), now, None
+                # A new placement starts the clock again: running and serving count on the new host.
+                boot.host, boot.placed_at, boot.running_at, boot.serving_at = want.get("host"), now, None, None
+                boot.placements += 1
                 self.say(f"{name} placed on {boot.host}")
             seen = observed.get(name, {})
             state = str(seen.get("state", "pending")) if seen.get("host") == boot.host else "pending"
@@ -90,7 +94,8 @@ class BootWatch:
             members = {b.get("name") for b in doc.get("backends", [])}
             for name in members:
                 member = self.guests.get(str(name))
-                if member is not None and member.serving_at is None and member.placed_at is not None:
+                if (member is not None and member.serving_at is None and member.running_at is not None
+                        and member.placed_at is not None):
                     member.serving_at = now
                     self.say(f"{name} serving (in the balancer) {now - member.placed_at:.1f} s after placement")
             n = len(members)
@@ -109,6 +114,10 @@ class BootWatch:
         return (all(g.state == "running" for g in self.guests.values())
                 and all(self.backends.get(s) == n for s, n in expected.items())
                 and all(self.answering.get(s) for s in expected if s in self.service_ports))
+
+    def moved(self) -> list[str]:
+        """Guests placed more than once while starting (a host failed over during ``up``)."""
+        return sorted(g.name for g in self.guests.values() if g.placements > 1)
 
     def summary_rows(self) -> list[tuple[str, str, str, str, str, str]]:
         rows = []

@@ -1,12 +1,16 @@
 """The README's main command (root, QEMU under TCG): `nonstop up examples/lab.yaml` brings the whole
 example cluster up — 3 VM web replicas and 3 process api replicas, each answering real HTTP through
-its balancer's forwarded 127.0.0.1 port — and `nonstop down` removes all of it."""
+its balancer's forwarded 127.0.0.1 port; the hardware watcher reports every host's component groups;
+cutting the cable of a team's active member shows the team's new active member in the API within
+3 s — and `nonstop down` removes all of it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +51,29 @@ def test_example_lab_up_serves_every_replica_and_down_removes_it(tmp_path: Path)
             if all(len(v) == 3 for v in seen.values()):
                 break
         assert seen == {"web": {"web-0", "web-1", "web-2"}, "api": {"api-0", "api-1", "api-2"}}
+        # The hardware watcher started with the lab: every host's power, network and storage groups.
+        components = json.loads(nonstop("get", "components", "--cluster", "lab", "--json").stdout)
+        assert {c["host"] for c in components} == {"host1", "host2", "host3"}
+        for c in components:
+            assert {g["group"]: g["state"] for g in c["groups"]}.keys() >= {"power", "network", "storage"}, c
+        # Cut the cable of host2's active team member: the team daemon fails over to eth1, the agent
+        # reports it, and the API's team view says so within a couple of seconds.
+        teams = {t["host"]: t for t in json.loads(nonstop("get", "teams", "--cluster", "lab", "--json").stdout)}
+        assert (teams["host2"]["active"], teams["host2"]["source"]) == ("eth0", "agent"), teams["host2"]
+        cut = nonstop("fail", "link", "host2/eth0", "--cluster", "lab")
+        began = time.monotonic()
+        assert cut.returncode == 0, cut.stdout + cut.stderr
+        team: dict[str, object] = {}
+        while time.monotonic() - began < 10:
+            team = next(t for t in json.loads(nonstop("get", "teams", "--cluster", "lab", "--json").stdout)
+                        if t["host"] == "host2")
+            if team["active"] == "eth1":
+                break
+        took = time.monotonic() - began
+        assert team["active"] == "eth1" and team["state"] == "degraded", team
+        assert took < 3.0, f"the team failover took {took:.1f} s to reach the API"
+        assert {m["name"]: m["state"] for m in team["members"]} == {"eth0": "down", "eth1": "up"}  # type: ignore[union-attr]
+        assert nonstop("heal", "--cluster", "lab").returncode == 0
         res = nonstop("down", "--cluster", "lab", timeout=90)
         assert res.returncode == 0, res.stdout + res.stderr
         assert proc.wait(timeout=10) == 0

@@ -107,6 +107,10 @@ def launch_agent(cfg: dict[str, Any], host: str) -> int:
     # the host namespace's private loopback, which no other host reaches).
     spec = ClusterSpec.model_validate_json(Path(cfg["spec_file"]).read_text())
     argv += ["--migration-address", names.host_addresses(spec, spec.host(host))[0][1].split("/")[0]]
+    if spec.host(host).teams:  # the agent reports its team daemon's view (active member, links) into the store
+        from nonstop.lab.fabric import team_status_path
+
+        argv += ["--team-status", team_status_path(cfg["cluster"], host)]
     proc = netns.spawn(ns, argv, log_path=str(Path(cfg["run_dir"]) / f"agent-{host}.log"))
     join_host_cgroup(cfg["cluster"], host, proc.pid)
     return proc.pid

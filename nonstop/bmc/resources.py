@@ -14,6 +14,7 @@ Layout (one system, one chassis, one manager per BMC, all named after the host):
     /redfish/v1/Chassis/<host>/NetworkAdapters/<nic>/Ports/1
     /redfish/v1/Chassis/<host>/ThermalSubsystem     Fans/<fan>, ThermalMetrics; Sensors/<sensor>
     /redfish/v1/Managers/BMC, SessionService, AccountService
+    /redfish/v1/EventService                        Subscriptions/<id> (push events)
 
 Must not: do I/O or change the model; server.py serves what this renders.
 """
@@ -64,7 +65,13 @@ TYPES: dict[str, str] = {
     "ManagerAccount": "v1_10_0",
     "RoleCollection": "",
     "Role": "v1_3_1",
+    "EventService": "v1_10_0",
+    "EventDestinationCollection": "",
+    "EventDestination": "v1_14_0",
+    "Event": "v1_10_0",
 }
+EVENTS = f"{ROOT}/EventService"
+SUBSCRIPTIONS = f"{EVENTS}/Subscriptions"
 MANAGER_ID = "BMC"
 
 
@@ -98,8 +105,10 @@ def collection(kind: str, uri: str, name: str, members: list[str]) -> dict[str, 
     }
 
 
-def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[str, dict[str, Any]]:
-    """Every resource of the BMC: URI (no trailing slash) → payload. ``sessions``: id → user."""
+def render(hw: HostHardware, sessions: dict[str, str], username: str,
+           subscriptions: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every resource of the BMC: URI (no trailing slash) → payload. ``sessions``: id → user;
+    ``subscriptions``: id → {"Destination", "Context"} (EventService)."""
     h = hw.host
     system = f"{ROOT}/Systems/{h}"
     chassis = f"{ROOT}/Chassis/{h}"
@@ -119,7 +128,7 @@ def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[st
         RedfishVersion=REDFISH_VERSION, UUID=hw.uuid, Vendor="nonstop", Product="nonstop lab BMC",
         Systems=link(f"{ROOT}/Systems"), Chassis=link(f"{ROOT}/Chassis"), Managers=link(f"{ROOT}/Managers"),
         SessionService=link(f"{ROOT}/SessionService"), AccountService=link(f"{ROOT}/AccountService"),
-        Links={"Sessions": link(f"{ROOT}/SessionService/Sessions")},
+        EventService=link(EVENTS), Links={"Sessions": link(f"{ROOT}/SessionService/Sessions")},
     ))
 
     # ------------------------------------------------------------- system
@@ -259,7 +268,37 @@ def render(hw: HostHardware, sessions: dict[str, str], username: str) -> dict[st
         RoleId="Administrator", IsPredefined=True,
         AssignedPrivileges=["Login", "ConfigureManager", "ConfigureUsers", "ConfigureSelf", "ConfigureComponents"],
     ))
+    _events(subscriptions or {}, put)
     return tree
+
+
+def _events(subscriptions: dict[str, dict[str, str]], put: Any) -> None:
+    """EventService: push subscriptions (server.py delivers an Event on every component or
+    power change to each destination)."""
+    put(resource(
+        "EventService", EVENTS, "EventService", "Event service",
+        ServiceEnabled=True, DeliveryRetryAttempts=3, DeliveryRetryIntervalSeconds=1,
+        EventFormatTypes=["Event"], Subscriptions=link(SUBSCRIPTIONS), Status=status(Health.OK),
+    ))
+    put(collection("EventDestinationCollection", SUBSCRIPTIONS, "Event subscriptions",
+                   [f"{SUBSCRIPTIONS}/{sid}" for sid in subscriptions]))
+    for sid, sub in subscriptions.items():
+        put(resource(
+            "EventDestination", f"{SUBSCRIPTIONS}/{sid}", sid, f"Subscription {sid}",
+            Destination=sub["Destination"], Context=sub.get("Context", ""), Protocol="Redfish",
+            SubscriptionType="RedfishEvent", EventFormatType="Event", Status=status(Health.OK),
+        ))
+
+
+def event_payload(event_id: int, context: str, origin: str, message: str, severity: Health,
+                  timestamp: str) -> dict[str, Any]:
+    """One Redfish Event (``ResourceEvent.1.3.ResourceChanged``) about ``origin``."""
+    return {
+        "@odata.type": odata_type("Event"), "Id": str(event_id), "Name": "Resource changed", "Context": context,
+        "Events": [{"EventId": str(event_id), "EventTimestamp": timestamp, "Message": message,
+                    "MessageId": "ResourceEvent.1.3.ResourceChanged", "MessageSeverity": severity.value,
+                    "OriginOfCondition": link(origin)}],
+    }
 
 
 def _thermal(hw: HostHardware, chassis: str, put: Any) -> None:
@@ -324,7 +363,7 @@ def metadata_xml() -> str:
 
 
 def service_document() -> dict[str, Any]:
-    names = ["Systems", "Chassis", "Managers", "SessionService", "AccountService"]
+    names = ["Systems", "Chassis", "Managers", "SessionService", "AccountService", "EventService"]
     return {
         "@odata.context": f"{ROOT}/$metadata",
         "value": [{"name": "Service", "kind": "Singleton", "url": f"{ROOT}/"}]

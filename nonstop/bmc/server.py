@@ -9,6 +9,11 @@ SessionService), and carry out actions:
   reads "Off" can rely on it. ``GracefulShutdown`` sends SIGTERM, waits, then kills. ``On``
   calls the ``on_power_on`` hook (the lab restarts the host's agent). ``ForceRestart``,
   ``GracefulRestart`` and ``PowerCycle`` are off-then-on.
+- EventService: ``POST .../EventService/Subscriptions`` with a ``Destination`` (http on
+  127.0.0.0/8 or the lab's 198.18.0.0/15 only) makes the BMC push a Redfish ``Event``
+  (``ResourceEvent.1.3.ResourceChanged``, OriginOfCondition = the changed resource) on every
+  component failure or repair and every power change; a destination that fails 3 deliveries
+  is dropped, as BMCs do.
 - Component failure and repair for tests and chaos, on a private path outside Redfish
   (``POST /nonstop/v1/components/{psu|nic|drive|fan}/{name}/{fail|repair}``): a NIC calls the
   ``on_nic`` hook (the lab cuts or restores that NIC's cable); losing the last PSU powers
@@ -24,11 +29,16 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import ipaddress
+import json
 import logging
 import secrets
 import signal
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -36,8 +46,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from nonstop.bmc import power
-from nonstop.bmc.model import ComponentKind, HostHardware, PowerState
-from nonstop.bmc.resources import RESET_TYPES, ROOT, metadata_xml, render, service_document
+from nonstop.bmc.model import ComponentKind, Health, HostHardware, PowerState
+from nonstop.bmc.resources import (
+    RESET_TYPES,
+    ROOT,
+    SUBSCRIPTIONS,
+    event_payload,
+    metadata_xml,
+    render,
+    service_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +63,10 @@ PUBLIC_GETS = {"/redfish", f"{ROOT}", f"{ROOT}/odata", f"{ROOT}/$metadata"}
 SESSIONS = f"{ROOT}/SessionService/Sessions"
 HEADERS = {"OData-Version": "4.0", "Cache-Control": "no-cache"}
 MAX_SESSIONS = 64
+MAX_SUBSCRIPTIONS = 16
+EVENT_ATTEMPTS = 3
+ALLOWED_DESTINATIONS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
+"""Where the lab BMC pushes events: this machine and the lab's own addresses, nowhere else."""
 
 
 @dataclass
@@ -90,6 +112,41 @@ class Bmc:
         self.sessions: dict[str, tuple[str, str]] = {}  # id -> (user, token)
         self.lock = asyncio.Lock()
         self.last_kill: power.KillReport | None = None
+        self.subscriptions: dict[str, dict[str, str]] = {}  # id -> {"Destination", "Context"}
+        self.event_seq = 0
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ events
+    def notify(self, origin: str, message: str, severity: Health = Health.OK) -> None:
+        """Push one Event to every subscriber (in the background; never blocks the change)."""
+        if not self.subscriptions:
+            return
+        self.event_seq += 1
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        for sid, sub in list(self.subscriptions.items()):
+            body = event_payload(self.event_seq, sub.get("Context", ""), origin, message, severity, stamp)
+            task = asyncio.get_running_loop().create_task(self._deliver(sid, sub["Destination"], body))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, sid: str, destination: str, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+
+        def post() -> None:
+            req = urllib.request.Request(destination, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 - checked destination
+                resp.read()
+
+        for attempt in range(EVENT_ATTEMPTS):
+            try:
+                await asyncio.to_thread(post)
+                return
+            except OSError as exc:
+                log.info("BMC %s: event to %s failed (%s), attempt %d", self.hw.host, destination, exc, attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        # A destination that never answers is dropped, as BMCs do after their retry attempts.
+        self.subscriptions.pop(sid, None)
 
     # -------------------------------------------------------------- auth
     def authorized(self, request: Request) -> bool:
@@ -134,6 +191,7 @@ class Bmc:
         if report.complete:
             self.hw.power = PowerState.OFF
             self.hw.power_off_reason = reason
+            self.notify(f"{ROOT}/Systems/{self.hw.host}", f"power off: {reason}", Health.CRITICAL)
             await self._call(self.hooks.on_power_off, report)
         else:
             log.error("BMC %s: processes survived power-off: %s", self.hw.host, report.remaining)
@@ -147,6 +205,7 @@ class Bmc:
             await self._call(self.hooks.on_power_on)
             self.hw.power = PowerState.ON
             self.hw.power_off_reason = ""
+            self.notify(f"{ROOT}/Systems/{self.hw.host}", "power on")
         return True
 
     async def reset(self, reset_type: str) -> str | None:
@@ -176,11 +235,29 @@ class Bmc:
             if part.failed == failed:
                 return
             part.failed = failed
+            self.notify(component_uri(self.hw.host, kind, name), f"{kind.value} {name} {'failed' if failed else 'repaired'}",
+                        Health.CRITICAL if failed else Health.OK)
             if kind is ComponentKind.NIC:
                 await self._call(self.hooks.on_nic, name, not failed)
             await self._call(self.hooks.on_component, kind, name, failed)
             if kind is ComponentKind.PSU and not self.hw.has_power and self.hw.power is not PowerState.OFF:
                 await self.power_off(reason="all power supplies lost")
+
+
+def component_uri(host: str, kind: ComponentKind, name: str) -> str:
+    chassis = f"{ROOT}/Chassis/{host}"
+    return {ComponentKind.PSU: f"{chassis}/PowerSubsystem/PowerSupplies/{name}",
+            ComponentKind.NIC: f"{chassis}/NetworkAdapters/{name}", ComponentKind.DRIVE: f"{chassis}/Drives/{name}",
+            ComponentKind.FAN: f"{chassis}/ThermalSubsystem/Fans/{name}"}[kind]
+
+
+def allowed_destination(url: str) -> bool:
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        address = ipaddress.ip_address(parsed.hostname or "")
+    except ValueError:
+        return False
+    return parsed.scheme == "http" and any(address in net for net in ALLOWED_DESTINATIONS)
 
 
 def build_app(bmc: Bmc) -> FastAPI:
@@ -189,7 +266,7 @@ def build_app(bmc: Bmc) -> FastAPI:
 
     def tree() -> dict[str, dict[str, Any]]:
         users = {sid: user for sid, (user, _) in bmc.sessions.items()}
-        return render(bmc.hw, users, bmc.config.username)
+        return render(bmc.hw, users, bmc.config.username, bmc.subscriptions)
 
     def normal(path: str) -> str:
         return path.rstrip("/") or "/"
@@ -226,7 +303,14 @@ def build_app(bmc: Bmc) -> FastAPI:
         if method == "DELETE" and uri.startswith(SESSIONS + "/"):
             bmc.sessions.pop(uri.rsplit("/", 1)[1], None)
             return Response(status_code=204, headers=HEADERS)
-        allow = "GET, HEAD, POST" if uri == SESSIONS else ("GET, HEAD, DELETE" if uri.startswith(SESSIONS) else "GET, HEAD")
+        if method == "POST" and uri == SUBSCRIPTIONS:
+            return await subscribe(request)
+        if method == "DELETE" and uri.startswith(SUBSCRIPTIONS + "/"):
+            bmc.subscriptions.pop(uri.rsplit("/", 1)[1], None)
+            return Response(status_code=204, headers=HEADERS)
+        collections = (SESSIONS, SUBSCRIPTIONS)
+        allow = ("GET, HEAD, POST" if uri in collections
+                 else "GET, HEAD, DELETE" if any(uri.startswith(c + "/") for c in collections) else "GET, HEAD")
         response = redfish_error(405, f"{method} not allowed on {uri}", "Base.1.8.OperationNotAllowed")
         response.headers["Allow"] = allow
         return response
@@ -249,6 +333,21 @@ def build_app(bmc: Bmc) -> FastAPI:
         bmc.sessions[sid] = (user, token)
         uri = f"{SESSIONS}/{sid}"
         return JSONResponse(tree()[uri], status_code=201, headers={**HEADERS, "X-Auth-Token": token, "Location": uri})
+
+    async def subscribe(request: Request) -> Response:
+        data = await body(request)
+        destination = str(data.get("Destination", ""))
+        if not allowed_destination(destination):
+            return redfish_error(400, "Destination must be an http URL on 127.0.0.0/8 or the lab network",
+                                 "Base.1.8.PropertyValueNotInList")
+        if data.get("Protocol", "Redfish") != "Redfish":
+            return redfish_error(400, "Protocol must be Redfish", "Base.1.8.PropertyValueNotInList")
+        if len(bmc.subscriptions) >= MAX_SUBSCRIPTIONS:
+            return redfish_error(409, "too many subscriptions", "Base.1.8.ResourceInUse")
+        sid = secrets.token_hex(4)
+        bmc.subscriptions[sid] = {"Destination": destination, "Context": str(data.get("Context", ""))}
+        uri = f"{SUBSCRIPTIONS}/{sid}"
+        return JSONResponse(tree()[uri], status_code=201, headers={**HEADERS, "Location": uri})
 
     async def reset(request: Request) -> Response:
         reset_type = (await body(request)).get("ResetType")

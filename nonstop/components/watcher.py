@@ -14,8 +14,11 @@ Role: one asyncio task per host reads the host's hardware through sushy
   placement and live migration), ``release`` (the maintenance request is withdrawn, only if it
   is still ours), ``hand-over`` (same withdrawal when the host failed, so HA fails it over).
 
-Redfish events: the lab BMC and sushy-emulator have no EventService subscriptions, so the
-watcher polls; a 0.5 s interval bounds detection at ~0.5 s plus one read (~50 ms).
+Redfish events: where a BMC offers an EventService (the lab BMC does), the watcher subscribes
+with a listener of its own (nonstop/components/events.py) and an Event wakes that host's loop
+at once — detection is one read (~20–60 ms) after the change. Polling every ``interval``
+stays underneath (sushy-emulator has no events; an event may be lost); the subscription is
+checked every ``RESUBSCRIBE`` seconds and made again if the BMC forgot it (a BMC restart).
 
 Blocking sushy calls run in one worker thread per host; with ``netns`` that thread lives in
 the namespace where the BMCs listen (the lab's ctl namespace). A BMC that cannot be read
@@ -48,6 +51,7 @@ log = logging.getLogger("nonstop.components")
 
 OWNER = "components"
 """Marks maintenance requests this watcher wrote (``by`` in ``hosts/<h>/desired``)."""
+RESUBSCRIBE = 30.0
 
 
 @dataclass
@@ -64,6 +68,11 @@ class HostWatch:
     errors: int = 0
     written: str = ""
     events: list[ComponentEvent] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    subscription: str | None = None
+    """URI of our event subscription on the BMC; None = polling only."""
+    subscription_checked: float = 0.0
+    redfish_events: int = 0
 
 
 def _read_blocking(url: str, username: str, password: str, system: str, timeout: float) -> HardwareInventory:
@@ -79,8 +88,11 @@ class HardwareWatcher:
     def __init__(self, store: Store, spec: ClusterSpec, bmc_urls: dict[str, str], *,
                  password: str | Callable[[str], str], interval: float = 0.5, netns: str | None = None,
                  timeout: float = 2.0, on_event: Callable[[dict[str, Any]], None] | None = None,
-                 system_ids: dict[str, str] | None = None) -> None:
-        """``system_ids``: the Redfish system Id of a host when it is not the host's name."""
+                 system_ids: dict[str, str] | None = None, redfish_events: bool = True,
+                 event_address: str = "127.0.0.1") -> None:
+        """``system_ids``: the Redfish system Id of a host when it is not the host's name.
+        ``redfish_events``: subscribe to BMC events where offered, with a listener on
+        ``event_address`` (in ``netns`` when given: where the BMCs are)."""
         from nonstop.controller.events import EventLog
 
         self.store, self.spec, self.interval, self.netns, self.timeout = store, spec, interval, netns, timeout
@@ -97,6 +109,8 @@ class HardwareWatcher:
             self.hosts[name] = HostWatch(name, url if "://" in url else f"http://{url}", host.bmc.username, pw)
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.redfish_events, self.event_address = redfish_events, event_address
+        self.listener: Any = None
 
     # ------------------------------------------------------------------ reading
 
@@ -146,12 +160,67 @@ class HardwareWatcher:
                              host=host, before=event.before, after=event.after)
         if after.health is not HostHealth.UNKNOWN or w.assessment is None:
             w.assessment = after
+        if inventory is not None:
+            await self._ensure_subscription(w)
         decision = step(w.policy, after.health, now, self.on_degraded, self.stability_window)
         w.policy = decision.policy
         for action in decision.actions:
             await self._apply(w, action, decision.reason)
         await self._write(w, after)
         return after
+
+    async def _ensure_subscription(self, w: HostWatch) -> None:
+        """Subscribe to the host's BMC events (again, if the BMC forgot us); never fatal."""
+        if self.listener is None or time.monotonic() - w.subscription_checked < RESUBSCRIBE:
+            return
+        from nonstop.components import events
+
+        w.subscription_checked = time.monotonic()
+        pool = self._pool(w.host)
+        try:
+            if w.subscription is not None and await asyncio.wrap_future(pool.submit(
+                    events.subscription_alive, w.url, w.username, w.password, w.subscription, self.timeout)):
+                return
+            w.subscription = await asyncio.wrap_future(pool.submit(
+                events.subscribe, w.url, w.username, w.password, self.listener.destination(w.host),
+                f"nonstop-watcher-{self.spec.cluster}", self.timeout))
+        except Exception as exc:  # noqa: BLE001 - no events: polling still covers the host
+            log.info("no event subscription on the BMC of %s: %s: %s", w.host, type(exc).__name__, exc)
+            w.subscription = None
+        if w.subscription is not None:
+            log.info("BMC of %s: events subscribed (%s)", w.host, w.subscription)
+
+    def _on_redfish_event(self, host: str, payload: dict[str, Any]) -> None:
+        w = self.hosts.get(host)
+        if w is not None:
+            w.redfish_events += 1
+            w.wake.set()
+
+    async def _start_listener(self) -> None:
+        from nonstop.components import events
+
+        if not self.redfish_events or not self.hosts:
+            return
+        try:
+            sock = await asyncio.wrap_future(self._pool(next(iter(self.hosts))).submit(
+                events.listening_socket, self.event_address))
+            self.listener = await events.EventListener(sock, self._on_redfish_event).start()
+        except OSError as exc:
+            log.warning("no Redfish event listener (%s): polling only", exc)
+            self.listener = None
+
+    async def _stop_listener(self) -> None:
+        from nonstop.components import events
+
+        if self.listener is None:
+            return
+        futures = [asyncio.wrap_future(self._pool(w.host).submit(
+            events.unsubscribe, w.url, w.username, w.password, w.subscription))
+            for w in self.hosts.values() if w.subscription is not None]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 3.0)
+        await self.listener.close()
+        self.listener = None
 
     async def _emit(self, kind: str, subject: str, reason: str, **data: Any) -> None:
         record = await self.events.emit(kind, subject, reason, source=OWNER, **data)
@@ -169,6 +238,7 @@ class HardwareWatcher:
         record = {**assessment.to_dict(), "policy": w.policy.state.value, "policy_since": w.policy.since,
                   "on_degraded": self.on_degraded.value, "placement": self.placement(w),
                   "read_at": w.last_read, "read_seconds": round(w.read_seconds, 4), "bmc_errors": w.errors,
+                  "events": "subscribed" if w.subscription is not None else "polling",
                   "missing": list(w.inventory.missing) if w.inventory is not None else ["BMC unreadable"]}
         text = json.dumps({k: v for k, v in record.items() if k not in ("read_at", "read_seconds")}, sort_keys=True)
         if text == w.written:
@@ -228,14 +298,22 @@ class HardwareWatcher:
     # ------------------------------------------------------------------ loop
 
     async def _host_loop(self, host: str, stop: asyncio.Event) -> None:
+        w = self.hosts[host]
         while not stop.is_set():
             started = time.monotonic()
+            w.wake.clear()  # an event from now on means: read again
             try:
                 await self.poll_once(host)
             except StoreError as exc:
                 log.warning("watching %s: store: %s", host, exc)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, self.interval - (time.monotonic() - started)))
+                await asyncio.wait_for(w.wake.wait(), max(0.0, self.interval - (time.monotonic() - started)))
+
+    @staticmethod
+    async def _wake_on_stop(stop: asyncio.Event, hosts: list[HostWatch]) -> None:
+        await stop.wait()
+        for w in hosts:
+            w.wake.set()
 
     async def follow_spec(self, stop: asyncio.Event, every: float = 1.0) -> None:
         """Pick up ``policies.components`` changes from the stored spec (``nonstop apply``)."""
@@ -256,7 +334,11 @@ class HardwareWatcher:
                 await asyncio.wait_for(stop.wait(), every)
 
     async def run(self, stop: asyncio.Event, *, follow_spec: bool = False) -> None:
+        for w in self.hosts.values():
+            w.wake = asyncio.Event()  # bound to this loop
+        await self._start_listener()
         self._tasks = [asyncio.create_task(self._host_loop(h, stop), name=f"components-{h}") for h in self.hosts]
+        self._tasks.append(asyncio.create_task(self._wake_on_stop(stop, list(self.hosts.values()))))
         if follow_spec:
             self._tasks.append(asyncio.create_task(self.follow_spec(stop), name="components-spec"))
         try:
@@ -265,6 +347,7 @@ class HardwareWatcher:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._stop_listener()
             for pool in self._pools.values():
                 pool.shutdown(wait=False, cancel_futures=True)
             self._pools.clear()
@@ -274,7 +357,8 @@ class HardwareWatcher:
         out = {}
         for name, w in self.hosts.items():
             base = w.assessment.to_dict() if w.assessment is not None else {"host": name, "health": "unknown"}
-            out[name] = {**base, "policy": w.policy.state.value, "placement": self.placement(w), "bmc_errors": w.errors}
+            out[name] = {**base, "policy": w.policy.state.value, "placement": self.placement(w), "bmc_errors": w.errors,
+                         "events": "subscribed" if w.subscription is not None else "polling"}
         return out
 
 

@@ -132,6 +132,8 @@ async def test_service_validator_zero_failures(csdl_dir: Path, tmp_path: Path) -
     if not VALIDATOR.exists():
         pytest.skip("redfish-service-validator is not installed (pip install -e '.[dev]')")
     healthy = await start_bmc(BmcConfig(host_hardware(), None))
+    # An event subscription, so EventDestination is validated too (nothing changes: no delivery).
+    healthy.bmc.subscriptions["1a2b"] = {"Destination": "http://127.0.0.1:9/events/h1", "Context": "validator"}
     # A second BMC degraded and powered off: other health words, states and link status.
     degraded = await start_bmc(BmcConfig(host_hardware(), None))
     try:
@@ -148,10 +150,56 @@ async def test_service_validator_zero_failures(csdl_dir: Path, tmp_path: Path) -
         assert counts["warn"] == 0, text[-4000:]
         assert counts["pass"] > 300
         validated = {u.rstrip("/") for u in re.findall(r"^Validating (\S+?)\.\.\.$", text, re.M)}
-        expected = set(render(healthy.bmc.hw, {}, "admin")) - {"/redfish/v1"}
+        expected = set(render(healthy.bmc.hw, {}, "admin", healthy.bmc.subscriptions)) - {"/redfish/v1"}
         # every resource we serve was reached and checked (sessions come and go)
         assert expected - validated == set()
         assert degraded_counts["fail"] == 0, degraded_text[-4000:]
     finally:
         await healthy.stop()
         await degraded.stop()
+
+
+async def test_event_subscriptions_push_component_changes(running_bmc: RunningBmc) -> None:
+    """EventService: a subscriber gets a ResourceChanged Event naming the failed part; only
+    local/lab destinations are accepted; DELETE unsubscribes; a dead destination is dropped."""
+    from nonstop.components.events import EventListener, listening_socket
+
+    got: list[tuple[str, dict[str, Any]]] = []
+    arrived = asyncio.Event()
+
+    def on_event(path: str, payload: dict[str, Any]) -> None:
+        got.append((path, payload))
+        arrived.set()
+
+    listener = await EventListener(listening_socket(), on_event).start()
+    subs = f"{running_bmc.url}/redfish/v1/EventService/Subscriptions"
+    try:
+        status, _, service = await call("GET", f"{running_bmc.url}/redfish/v1/EventService")
+        assert status == 200 and service["Subscriptions"]["@odata.id"] == "/redfish/v1/EventService/Subscriptions"
+        status, _, _ = await call("POST", subs, {"Destination": "http://192.0.2.1/events/h1", "Protocol": "Redfish"})
+        assert status == 400  # nowhere but this machine and the lab network
+        status, headers, made = await call("POST", subs, {"Destination": listener.destination("h1"),
+                                                          "Protocol": "Redfish", "Context": "test"})
+        assert status == 201 and made["Destination"] == listener.destination("h1") and made["Context"] == "test"
+        location = headers["location"]
+        status, _, listing = await call("GET", subs)
+        assert listing["Members"] == [{"@odata.id": location}]
+        await call("POST", f"{running_bmc.url}/nonstop/v1/components/psu/PSU1/fail")
+        await asyncio.wait_for(arrived.wait(), 5)
+        path, event = got[0]
+        assert path == "h1" and event["Context"] == "test"
+        record = event["Events"][0]
+        assert record["MessageId"] == "ResourceEvent.1.3.ResourceChanged" and record["MessageSeverity"] == "Critical"
+        assert record["OriginOfCondition"]["@odata.id"].endswith("/PowerSubsystem/PowerSupplies/PSU1")
+        status, _, _ = await call("DELETE", f"{running_bmc.url}{location}")
+        assert status == 204 and running_bmc.bmc.subscriptions == {}
+        # A destination nobody listens on: dropped after the retry attempts.
+        status, _, _ = await call("POST", subs, {"Destination": "http://127.0.0.1:9/events/h1"})
+        assert status == 201
+        await call("POST", f"{running_bmc.url}/nonstop/v1/components/psu/PSU1/repair")
+        deadline = asyncio.get_running_loop().time() + 10
+        while running_bmc.bmc.subscriptions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        assert running_bmc.bmc.subscriptions == {}
+    finally:
+        await listener.close()

@@ -114,7 +114,11 @@ async def test_psu_failure_degrades_evacuates_and_repair_releases_after_window(s
         await until("maintenance request", lambda: _state(store, dkey, "maintenance"))
         await asyncio.to_thread(fail_component, bmc.url, "psu", "h1", "PSU2")
         failed = await until("failed", lambda: _health(store, ckey, "failed"))
-        assert failed["reason"] == "powered off" and failed["placement"] == "failed"
+        assert failed["placement"] == "failed"
+        # A walk that straddles the power-off may first see the ports go down (network lost);
+        # the next reading (the BMC's power-off event wakes it) says why.
+        failed = await until("powered off", lambda: _reason(store, ckey, "powered off"))
+        assert failed["health"] == "failed" and failed["events"] == "subscribed"
         await until("hand-over", lambda: _state(store, dkey, "up"))
     finally:
         stop.set()
@@ -124,6 +128,11 @@ async def test_psu_failure_degrades_evacuates_and_repair_releases_after_window(s
 async def _health(store: Store, key: str, want: str) -> dict[str, Any] | None:
     data = await record(store, key)
     return data if data.get("health") == want else None
+
+
+async def _reason(store: Store, key: str, want: str) -> dict[str, Any] | None:
+    data = await record(store, key)
+    return data if data.get("reason") == want else None
 
 
 async def _state(store: Store, key: str, want: str) -> bool:
@@ -176,6 +185,52 @@ async def test_sushy_emulator_answers_and_gaps(store: Store, sushy_emulator: str
     data = await store.get_json(keys.host_components("tcomp", "emu"))
     assert data["groups"]["power"]["state"] == "unknown" and data["missing"]
     assert len(list(ComponentCollector(watcher).collect())) == 6  # metrics render with gaps too
+    # Run with Redfish events on: the emulator offers no subscription, so the watcher polls.
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        await until("a polled record", lambda: _field(store, keys.host_components("tcomp", "emu"), "events",
+                                                       "polling"), timeout=10)
+        assert watcher.hosts["emu"].subscription is None
+    finally:
+        stop.set()
+        await task
+
+
+async def _field(store: Store, key: str, name: str, want: str) -> bool:
+    return (await record(store, key)).get(name) == want
+
+
+async def test_redfish_events_wake_the_watcher_long_before_its_poll(store: Store, bmc: RunningBmc) -> None:
+    """A 30 s polling interval: only the BMC's pushed Event can make the watcher see a failure
+    within seconds. A BMC that forgot the subscription (restart) gets it again; stopping the
+    watcher removes it."""
+    stop = asyncio.Event()
+    box: dict[str, HardwareWatcher] = {}
+    task = asyncio.create_task(run_hardware_watcher(
+        store, spec("alert"), {"h1": bmc.url}, password="password", stop=stop, interval=30.0,
+        watcher_ready=lambda w: box.setdefault("w", w)))
+    ckey = keys.host_components("tcomp", "h1")
+    try:
+        first = await until("first reading", lambda: record(store, ckey))
+        assert first["events"] == "subscribed" and len(bmc.bmc.subscriptions) == 1
+        sub = next(iter(bmc.bmc.subscriptions.values()))
+        assert sub["Context"] == "nonstop-watcher-tcomp" and sub["Destination"].endswith("/events/h1")
+        t0 = time.monotonic()
+        await asyncio.to_thread(fail_component, bmc.url, "psu", "h1", "PSU1")
+        await until("degraded", lambda: _health(store, ckey, "degraded"), timeout=10)
+        took = time.monotonic() - t0
+        w = box["w"].hosts["h1"]
+        assert took < 10 and w.redfish_events >= 1
+        bmc.bmc.subscriptions.clear()
+        w.subscription_checked = 0.0
+        await box["w"].poll_once("h1")
+        assert len(bmc.bmc.subscriptions) == 1 and w.subscription is not None
+        print(f"\nevent-driven detection: {took:.3f} s (interval 30 s)")
+    finally:
+        stop.set()
+        await task
+    assert bmc.bmc.subscriptions == {}
 
 
 def test_parse_target() -> None:

@@ -12,11 +12,79 @@ Must not: touch sockets or the event loop.
 
 from __future__ import annotations
 
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
 REQUEST_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 RESPONSE_HOP_BY_HOP = (b"connection:", b"keep-alive:", b"proxy-connection:", b"upgrade:", b"trailer:")
 _RESPONSE_HOP_MARKERS = tuple(b"\n" + name for name in RESPONSE_HOP_BY_HOP)
+
+PLAIN_PASS_EXCLUDED = REQUEST_HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"via", b"expect", b"content-length"}
+"""Request headers (lowercase) that keep a request off the fast path: framing, hop-by-hop
+names, forwarding headers the proxy rewrites, and Expect. A head without any of these
+(and with Host, within the limits) goes upstream byte for byte plus our forwarding
+headers."""
+
+
+
+class _HeadProbe:
+    """The fast path's validator: an httptools parser whose callbacks are C builtins (a
+    dict's ``__setitem__`` collects the headers, a list's ``pop`` notes the end of the
+    message), so validating a head runs no Python code per header."""
+
+    __slots__ = ("headers", "on_header", "pending", "on_message_complete", "parser")
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.on_header = self.headers.__setitem__
+        self.pending: list[bool] = []
+        self.on_message_complete = self.pending.pop  # a second message in one read raises: not plain
+        self.parser = HttpRequestParser(self)
+
+
+_probe = _HeadProbe()
+
+
+def plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes] | None:
+    """If ``data`` (ending in a blank line) is exactly one plain request head — valid by
+    httptools, HTTP/1.1, keep-alive, with Host, at most ``max_headers`` fields and none of
+    PLAIN_PASS_EXCLUDED except ``Connection: keep-alive`` (cut out) — return (method, the
+    head without its blank line) to go upstream as is. Otherwise None: the caller parses
+    ``data`` with its general parser, which answers every error. The caller checks the size
+    limit first."""
+    global _probe
+    probe = _probe
+    line_end = data.find(b"\r\n")
+    # header names (and values) lowercased for the lookups; the request line stays as sent
+    lowered = data[:line_end] + data[line_end:].lower()
+    headers = probe.headers
+    headers.clear()
+    probe.pending.append(True)
+    parser = probe.parser
+    try:
+        parser.feed_data(lowered)
+    except (HttpParserError, HttpParserUpgrade):
+        _probe = _HeadProbe()  # its state is unknown now
+        return None
+    connection = headers.get(b"connection")
+    if probe.pending or data[line_end - 9 : line_end] != b" HTTP/1.1" or (connection is not None and connection.strip() != b"keep-alive"):
+        # mid-message, or a message after which httptools refuses more (Connection: close,
+        # HTTP/1.0; it forgets that flag by the time the message completes): start afresh
+        _probe = _HeadProbe()
+        return None
+    if b"host" not in headers or data.count(b"\n") > max_headers + 2:
+        return None
+    if not headers.keys().isdisjoint(PLAIN_PASS_EXCLUDED):
+        # browsers and most libraries send "Connection: keep-alive": hop-by-hop, cut it out
+        if connection is None or len(headers.keys() & PLAIN_PASS_EXCLUDED) > 1:
+            return None
+        at = lowered.find(b"\r\nconnection:")
+        if lowered.find(b"\r\nconnection:", at + 2) >= 0:
+            return None
+        data = data[:at] + data[lowered.find(b"\r\n", at + 2) :]
+    return parser.get_method(), data[:-2]
+
 
 REASONS = {
     400: b"Bad Request",
@@ -101,18 +169,31 @@ def response_head(head: bytes, *, close: bool, http10_keep_alive: bool, no_body:
     return head + b"\r\n", body, reusable
 
 
-_HEAD_CACHE: dict[tuple[bytes, bool, bool, bool], tuple[bytes, int, bool]] = {}
+RESPONSE_CLOSE, RESPONSE_HEAD, RESPONSE_HTTP10_KEEP_ALIVE = 1, 2, 4
+"""Bits of a response-rewrite variant: close the client connection after this response;
+the request was HEAD (no body follows whatever the head says); an HTTP/1.0 client asked
+for keep-alive (so we say it explicitly)."""
+
+RESPONSE_HEAD_CACHES: list[dict[bytes, tuple[bytes, int, bool, int]]] = [{} for _ in range(8)]
+"""Per variant: backend head -> (head for the client, body length or BODY_*, reusable, status)."""
 _HEAD_CACHE_MAX = 512
 
 
-def response_head_cached(head: bytes, close: bool, http10_keep_alive: bool, no_body: bool) -> tuple[bytes, int, bool]:
-    """``response_head`` memoized: a backend sends the same head (Date changes once a second)
-    over and over, and one dict lookup is far cheaper than re-reading it in Python."""
-    key = (head, close, http10_keep_alive, no_body)
-    hit = _HEAD_CACHE.get(key)
+def response_head_cached(head: bytes, flags: int) -> tuple[bytes, int, bool, int]:
+    """``response_head`` memoized per variant (``flags``: RESPONSE_* bits): a backend sends the
+    same head (Date changes once a second) over and over, and one dict lookup is far cheaper
+    than re-reading it in Python. Returns (rewritten head, body, reusable, status)."""
+    cache = RESPONSE_HEAD_CACHES[flags]
+    hit = cache.get(head)
     if hit is None:
-        hit = response_head(head, close=close, http10_keep_alive=http10_keep_alive, no_body=no_body)
-        if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
-            _HEAD_CACHE.clear()
-        _HEAD_CACHE[key] = hit
+        code = head[9:12]
+        status = int(code) if code.isdigit() and head[12:13] in (b" ", b"\r") else 0
+        no_body = bool(flags & RESPONSE_HEAD) or status in (204, 304) or 100 <= status < 200
+        rewritten, body, reusable = response_head(
+            head, close=bool(flags & RESPONSE_CLOSE), http10_keep_alive=bool(flags & RESPONSE_HTTP10_KEEP_ALIVE), no_body=no_body
+        )
+        hit = (rewritten, body, reusable, status)
+        if len(cache) >= _HEAD_CACHE_MAX:
+            cache.clear()
+        cache[head] = hit
     return hit

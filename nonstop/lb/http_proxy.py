@@ -33,8 +33,13 @@ from nonstop.lb.http_head import (
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     REQUEST_HOP_BY_HOP,
+    RESPONSE_CLOSE,
+    RESPONSE_HEAD,
+    RESPONSE_HEAD_CACHES,
+    RESPONSE_HTTP10_KEEP_ALIVE,
     BadResponse,
     error_response,
+    plain_request,
     response_head_cached,
 )
 
@@ -75,28 +80,34 @@ class ClientError(Exception):
 
 
 class Exchange:
-    """One request: its head for upstream, body bookkeeping, and where it is."""
+    """One request: its head for upstream, body bookkeeping, and where it is.
+
+    Created once per request, so only the fields every request needs get a fresh object;
+    body and retry bookkeeping start as shared empty tuples and become lists only when a
+    body or a retry appears."""
 
     __slots__ = (
         "client", "method", "head", "keep_alive", "http10", "is_head", "chunked", "chunks", "unsent",
         "unsent_bytes", "body_bytes", "complete", "tried", "backend", "upstream", "sent", "started",
-        "answered", "cancelled", "queued_at", "url",
+        "answered", "cancelled", "queued_at", "response_flags",
     )  # fmt: skip
 
-    def __init__(self, client: HttpClient, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, url: bytes) -> None:
+    def __init__(
+        self, client: HttpClient, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, complete: bool
+    ) -> None:
         self.client = client
         self.method = method
         self.head = head
         self.keep_alive = keep_alive
         self.http10 = http10
-        self.is_head = method == b"HEAD"
+        self.is_head = is_head = method == b"HEAD"
         self.chunked = chunked
-        self.chunks: list[bytes] | None = []  # replay buffer; None once the body outgrew it
-        self.unsent: list[bytes] = []
+        self.chunks: list[bytes] | tuple[()] | None = ()  # replay buffer; None once the body outgrew it
+        self.unsent: list[bytes] | tuple[()] = ()
         self.unsent_bytes = 0
         self.body_bytes = 0
-        self.complete = False
-        self.tried: list[str] = []
+        self.complete = complete
+        self.tried: tuple[str, ...] = ()
         self.backend: Backend | None = None
         self.upstream: HttpUpstream | None = None
         self.sent = False
@@ -104,7 +115,11 @@ class Exchange:
         self.answered = False  # some response bytes went to the client
         self.cancelled = False
         self.queued_at = 0.0
-        self.url = url
+        self.response_flags = (0 if keep_alive else RESPONSE_CLOSE) | (RESPONSE_HEAD if is_head else 0) | (
+            RESPONSE_HTTP10_KEEP_ALIVE if http10 and keep_alive else 0
+        )
+        """Which rewrite of a backend's response head this client needs (with
+        RESPONSE_CLOSE added at answer time when the client connection is closing)."""
 
 
 class HttpUpstream(asyncio.Protocol):
@@ -153,6 +168,24 @@ class HttpUpstream(asyncio.Protocol):
             return
         self.received = True
         if not self.head_done:
+            if not self.head_buf:
+                # the common case first: a final response whose head and whole body are in
+                # this one read, with a head seen before (one dict lookup)
+                end = data.find(b"\r\n\r\n")
+                if end > 0:
+                    hit = RESPONSE_HEAD_CACHES[ex.response_flags | ex.client.closing].get(data[: end + 2])
+                    if hit is not None and hit[3] >= 200 and hit[1] == len(data) - end - 4:
+                        self.head_done = True
+                        self.done = True
+                        self.status = hit[3]
+                        if not hit[2]:
+                            self.reusable = False
+                        ex.answered = True
+                        t = ex.client.transport
+                        if t is not None:
+                            t.write(hit[0] + data[end + 4 :])
+                        self.svc.http_exchange_done(self, ex)
+                        return
             data = self._head(ex, data)
             if not self.head_done:
                 if data:
@@ -204,16 +237,9 @@ class HttpUpstream(asyncio.Protocol):
                 self.head_buf = buf
                 return b"".join(out)
             head, rest = buf[: end + 2], buf[end + 4 :]
-            code = head[9:12]
-            status = int(code) if code.isdigit() else 0
             client = ex.client
             try:
-                rewritten, body, reusable = response_head_cached(
-                    head,
-                    not ex.keep_alive or client.closing,
-                    ex.http10 and ex.keep_alive,
-                    ex.is_head or status in (204, 304) or 100 <= status < 200,
-                )
+                rewritten, body, reusable, status = response_head_cached(head, ex.response_flags | client.closing)
             except BadResponse as exc:
                 self.head_buf = b""
                 self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, str(exc))
@@ -382,6 +408,11 @@ class HttpClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if not self.in_head and self.parsing is None and data[-4:] == b"\r\n\r\n" and len(data) <= self.max_header_bytes:
+            plain = plain_request(data, self.max_headers)
+            if plain is not None:
+                self._plain(plain[0], plain[1])
+                return
         try:
             try:
                 self.parser.feed_data(data)
@@ -395,6 +426,19 @@ class HttpClient(asyncio.Protocol):
             self.reject(exc)
         except HttpParserError as exc:
             self.reject(self.error or ClientError(400, f"malformed HTTP request ({exc})"))
+
+    def _plain(self, method: bytes, head: bytes) -> None:
+        """The fast path: a whole plain request (no body, keep-alive) arrived in one read."""
+        ex = Exchange(self, method, head + self.tail, True, False, False, True)
+        queue = self.queue
+        queue.append(ex)
+        svc = self.svc
+        svc.stats.requests += 1
+        self.deadline_kind = DEADLINE_NONE
+        if len(queue) == 1:
+            svc.http_dispatch(ex)
+        else:
+            self.pause(_PAUSE_PIPELINE)
 
     def _after_upgrade(self, data: bytes, exc: HttpParserUpgrade) -> None:
         # Upgrade/CONNECT heads are proxied as plain requests (Upgrade is hop-by-hop);
@@ -511,15 +555,12 @@ class HttpClient(asyncio.Protocol):
         else:
             parts.append(self.tail)
         head = method + b" " + self.url + b" HTTP/1.1\r\n" + b"".join(parts)
-        ex = Exchange(self, method, head, parser.should_keep_alive(), version == "1.0", self.te, self.url)
+        ex = Exchange(self, method, head, parser.should_keep_alive(), version == "1.0", self.te, False)
         self.parsing = ex
         self.queue.append(ex)
         svc = self.svc
         svc.stats.requests += 1
-        budget = svc.budget  # RetryBudget.on_request, inlined (hot path)
-        tokens = budget.tokens + budget.ratio
-        budget.tokens = tokens if tokens < budget.cap else budget.cap
-        self.deadline = svc.clock + svc.spec.client_timeout
+        self.deadline = svc.clock + svc.client_timeout
         self.deadline_kind = DEADLINE_BODY
         if len(self.queue) == 1:
             svc.http_dispatch(ex)
@@ -547,15 +588,20 @@ class HttpClient(asyncio.Protocol):
     def _body(self, ex: Exchange, data: bytes) -> None:
         ex.body_bytes += len(data)
         if ex.chunks is not None:
-            if ex.body_bytes <= REPLAY_LIMIT:
+            if ex.body_bytes > REPLAY_LIMIT:
+                ex.chunks = None
+            elif ex.chunks:
                 ex.chunks.append(data)
             else:
-                ex.chunks = None
+                ex.chunks = [data]
         up = ex.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
             return
-        ex.unsent.append(data)
+        if ex.unsent:
+            ex.unsent.append(data)
+        else:
+            ex.unsent = [data]
         ex.unsent_bytes += len(data)
         if ex.unsent_bytes > PAUSE_BUFFER:
             self.pause(_PAUSE_UNSENT)
@@ -581,7 +627,7 @@ class HttpClient(asyncio.Protocol):
             self.resume(_PAUSE_PIPELINE)
             self.svc.http_dispatch(nxt)
         elif not self.in_head:
-            self.deadline = self.svc.clock + self.svc.spec.client_timeout
+            self.deadline = self.svc.clock + self.svc.client_timeout
             self.deadline_kind = DEADLINE_IDLE
 
     def send_error(self, ex: Exchange, status: int, detail: str) -> None:

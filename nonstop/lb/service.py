@@ -75,6 +75,15 @@ class ServiceRuntime:
         self._sweeper: asyncio.Task[None] | None = None
         self.clock = loop.time()
         """A coarse clock for deadlines, advanced by the sweeper (saves a clock read per request)."""
+        self.client_timeout = spec.client_timeout
+        self.server_timeout = spec.server_timeout
+        """Copies of spec settings the hot path reads (plain attributes; ``update`` refreshes them)."""
+        self._budget_counted = 0
+        """Requests already credited to the retry budget (the sweeper credits in batches)."""
+        self._parkable: set[Backend] = set()
+        self._parkable_version = -1
+        """Backends whose idle connections may be kept (ready, serving, still members),
+        recomputed when the pool's version moves."""
         for server in spec.servers:
             self.add_server(server, ramp=False)
 
@@ -164,6 +173,8 @@ class ServiceRuntime:
         """Apply a reloaded spec (same name and mode): settings, algorithm, servers."""
         old = self.spec
         self.spec = spec
+        self.client_timeout = spec.client_timeout
+        self.server_timeout = spec.server_timeout
         if spec.algorithm != old.algorithm:
             self.pool.balancer = make_balancer(spec.algorithm.value)
             self.uses_key = self.pool.balancer.uses_key
@@ -229,36 +240,40 @@ class ServiceRuntime:
     def http_dispatch(self, ex: Exchange) -> None:
         pool = self.pool
         now = self.clock
-        backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried or None)
+        backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried)
         if backend is None:
-            if pool.last_refusal == ALL_FULL and len(self.waiters) < self.spec.queue_size:
-                ex.queued_at = now
-                self.waiters.append(ex)
-                return
-            if ex.tried:
-                ex.client.send_error(ex, 502, f"no backend could answer (tried {', '.join(ex.tried)})")
-            elif pool.last_refusal == ALL_FULL:
-                ex.client.send_error(ex, 503, "every backend is at its connection limit and the queue is full")
-            else:
-                ex.client.send_error(ex, 503, f"no backend of service {self.spec.name} is serving")
+            self._no_backend(ex, now)
             return
         backend.active += 1
         ex.backend = backend
-        self.backend_stats[backend.name].requests += 1
+        name = backend.name
+        self.backend_stats[name].requests += 1
         ex.started = perf_counter()  # uvloop's loop.time() has millisecond resolution
-        idle = self.idle.get(backend.name)
-        if idle:
-            fresh_only = ex.method not in IDEMPOTENT_METHODS
-            while idle:
-                up = idle.pop()
-                if up.transport is None or up.transport.is_closing():
-                    continue
-                if fresh_only and now - up.idle_since > NON_IDEMPOTENT_MAX_IDLE_AGE:
-                    up.transport.close()
-                    continue
-                self._attach(ex, up, now)
-                return
+        idle = self.idle.get(name)
+        while idle:
+            up = idle.pop()  # LIFO: the connection used last is the one surely still open
+            t = up.transport
+            if t is None or t.is_closing():
+                continue
+            if now - up.idle_since > NON_IDEMPOTENT_MAX_IDLE_AGE and ex.method not in IDEMPOTENT_METHODS:
+                t.close()
+                continue
+            self._attach(ex, up, now)
+            return
         self.loop.create_task(self._connect(ex, backend))
+
+    def _no_backend(self, ex: Exchange, now: float) -> None:
+        pool = self.pool
+        if pool.last_refusal == ALL_FULL and len(self.waiters) < self.spec.queue_size:
+            ex.queued_at = now
+            self.waiters.append(ex)
+            return
+        if ex.tried:
+            ex.client.send_error(ex, 502, f"no backend could answer (tried {', '.join(ex.tried)})")
+        elif pool.last_refusal == ALL_FULL:
+            ex.client.send_error(ex, 503, "every backend is at its connection limit and the queue is full")
+        else:
+            ex.client.send_error(ex, 503, f"no backend of service {self.spec.name} is serving")
 
     async def _connect(self, ex: Exchange, backend: Backend) -> None:
         try:
@@ -277,29 +292,21 @@ class ServiceRuntime:
         self._attach(ex, up, self.loop.time())
 
     def _attach(self, ex: Exchange, up: HttpUpstream, now: float) -> None:
+        """Send ``ex`` on ``up`` (fresh, or parked clean by ``http_exchange_done``)."""
         up.exchange = ex
         ex.upstream = up
-        up.head_buf = b""
-        up.head_done = False
-        up.received = False
-        up.done = False
-        up.status = 0
-        up.parser = None
-        up.remaining = 0
-        up.framed = True
-        up.deadline = now + self.spec.server_timeout
+        up.deadline = now + self.server_timeout
         self.busy.add(up)
         if ex.sent:  # a retry: replay everything received so far
             data = ex.head + b"".join(ex.chunks or ())
         elif ex.unsent:
             data = ex.head + b"".join(ex.unsent)
+            ex.unsent = ()
+            ex.unsent_bytes = 0
         else:
             data = ex.head
-        ex.unsent = []
-        ex.unsent_bytes = 0
         ex.sent = True
-        assert up.transport is not None
-        up.transport.write(data)
+        up.transport.write(data)  # type: ignore[union-attr]
         client = ex.client
         if client.paused:
             client.resume(4)
@@ -310,21 +317,23 @@ class ServiceRuntime:
         backend = up.backend
         if up.reading_paused:
             up.set_reading(True)  # an idle connection must notice the backend closing it
-        if (
-            up.reusable
-            and up.transport is not None
-            and not up.transport.is_closing()
-            and backend.admin is AdminState.READY
-            and backend.health.state in SERVING
-            and self.pool.backends.get(backend.name) is backend
-        ):
-            idle = self.idle.setdefault(backend.name, [])
+        pool = self.pool
+        if self._parkable_version != pool.version:
+            self._parkable = {
+                b for b in pool.backends.values() if b.admin is AdminState.READY and b.health.state in SERVING
+            }
+            self._parkable_version = pool.version
+        t = up.transport
+        if up.reusable and t is not None and backend in self._parkable and not t.is_closing():
+            idle = self.idle.get(backend.name)
+            if idle is None:
+                idle = self.idle[backend.name] = []
             if len(idle) < MAX_IDLE_PER_BACKEND:
                 up.idle_since = now
                 idle.append(up)
                 return
-        if up.transport is not None:
-            up.transport.close()
+        if t is not None:
+            t.close()
 
     def http_exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
         up.exchange = None
@@ -335,9 +344,7 @@ class ServiceRuntime:
         ex.backend = None
         now = self.clock
         status = up.status
-        responses = self.stats.responses  # ServiceStats.count_response, inlined (hot path)
-        code = status // 100
-        responses[code] = responses.get(code, 0) + 1
+        self.stats.by_class[status // 100 if 0 < status < 600 else 0] += 1
         bst = self.backend_stats.get(backend.name)
         if bst is not None:
             latency = perf_counter() - ex.started
@@ -349,9 +356,14 @@ class ServiceRuntime:
             event = self.pool.report_failure(backend, now)
             if event is not None:
                 self.on_pool_event(event)
-        else:
-            backend.outlier.streak = 0
+        elif backend.outlier.streak or backend.outlier.level:
+            self.pool.report_success(backend, now)
         if ex.complete:
+            # ready for the next exchange (head_buf, parser and framing are clean after a
+            # finished response; a connection that is not never gets here reusable)
+            up.head_done = up.received = up.done = False
+            up.parser = None
+            up.remaining = 0
             self._park(up, now)
         elif up.transport is not None:
             up.transport.close()
@@ -425,7 +437,7 @@ class ServiceRuntime:
             max_retries=self.spec.retries,
             budget_ok=self.budget.tokens >= 1.0,
         )
-        ex.tried.append(backend.name)
+        ex.tried += (backend.name,)
         if decision.retry and not ex.answered:
             self.budget.try_spend()
             self.stats.retries += 1
@@ -530,6 +542,10 @@ class ServiceRuntime:
                 log.exception("%s: sweeper failed", self.spec.name)
 
     def sweep(self, now: float) -> None:
+        requests = self.stats.requests
+        if requests != self._budget_counted:  # retry budget: deposits for the requests since the last sweep
+            self.budget.on_requests(requests - self._budget_counted)
+            self._budget_counted = requests
         for client in [c for c in self.clients if c.deadline_kind and now > c.deadline]:
             client.on_deadline(now)
         drain = self.spec.drain_timeout

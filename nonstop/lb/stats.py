@@ -49,25 +49,24 @@ class BackendStats:
 
 
 class ServiceStats:
-    __slots__ = ("requests", "responses", "retries", "client_errors", "connections", "active_connections")
+    __slots__ = ("requests", "by_class", "retries", "client_errors", "connections", "active_connections")
 
     def __init__(self) -> None:
         self.requests = 0
-        self.responses: dict[int, int] = {}
-        """Count by status class: 2, 3, 4, 5 (status // 100)."""
+        self.by_class = [0] * 6
+        """Responses by status class, indexed by status // 100 (0: no valid status)."""
         self.retries = 0
         self.client_errors = 0
         self.connections = 0
         self.active_connections = 0
 
     def count_response(self, status: int) -> None:
-        key = status // 100
-        self.responses[key] = self.responses.get(key, 0) + 1
+        self.by_class[status // 100 if 0 < status < 600 else 0] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
-            "responses": {f"{k}xx": v for k, v in sorted(self.responses.items())},
+            "responses": {f"{k}xx": v for k, v in enumerate(self.by_class) if v},
             "retries": self.retries,
             "client_errors": self.client_errors,
             "connections": self.connections,

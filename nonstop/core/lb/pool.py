@@ -258,7 +258,9 @@ class Pool:
         return self._primary or self._backup
 
     def choose(self, now: float, key: bytes = b"", exclude: Iterable[str] | None = None) -> Backend | None:
-        candidates = self.serving(now)
+        if self._dirty or self._ramp_until:  # ``serving``, inlined: this runs once per request
+            self._rebuild(now)
+        candidates = self._primary or self._backup
         if exclude:
             # a retry: backends already tried are out; when that leaves no primary, the
             # backups stand in (as when every primary is down)

@@ -78,7 +78,11 @@ class RetryBudget:
         self.tokens = floor
 
     def on_request(self) -> None:
-        tokens = self.tokens + self.ratio
+        self.on_requests(1)
+
+    def on_requests(self, count: int) -> None:
+        """Deposit for ``count`` requests at once (the proxy credits a batch a few times a second)."""
+        tokens = self.tokens + self.ratio * count
         self.tokens = tokens if tokens < self.cap else self.cap
 
     def try_spend(self) -> bool:

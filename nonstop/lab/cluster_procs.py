@@ -8,12 +8,15 @@ Role: two things the ``LabCluster`` (cluster.py) and the BMCs share.
   machine never share a guest cgroup, and a power-off can find everything the host runs.
 - ``python -m nonstop.lab.cluster_procs --config CFG``: every host's Redfish BMC
   (``nonstop.bmc.server.start_bmc``) in one event loop, run inside the ctl namespace so the
-  controller reaches them on 127.0.0.1. Power-off kills the host's namespace (the BMC's own
-  behaviour) and, through the ``on_power_off`` hook, every process in the host's cgroup tree
-  (its process guests live in namespaces of their own), then removes those guest namespaces
-  and the agent's per-guest runtime state — the machine's RAM is gone — and its cables lose
-  link (the switches flush what they learned there). Power-on plugs them back and starts the
-  agent again. Ports go to the ready file as ``{host: port}``.
+  controller reaches them on 127.0.0.1. Power-off (``LabHostBmc``) kills the host's namespace
+  (the BMC's own behaviour) and every process in the host's cgroup tree (its process guests
+  live in namespaces of their own), then removes those guest namespaces and the agent's
+  per-guest runtime state — the machine's RAM is gone — all *before* PowerState reads Off: a
+  fence that reads Off restarts the guests elsewhere at once, and a guest's namespace has the
+  same name on every lab host, so a late clean-up would tear down the new instance. Then,
+  through the ``on_power_off`` hook, its cables lose link (the switches flush what they
+  learned there). Power-on plugs them back and starts the agent again. Ports go to the ready
+  file as ``{host: port}``.
 
 Must not: decide anything about guests; it emulates hardware and boots agents.
 """
@@ -133,14 +136,37 @@ def kill_host_guests(cfg: dict[str, Any], host: str) -> list[int]:
                 killed.append(pid)
         time.sleep(0.01)
     process_dir = agent_state_dir(cfg, host) / "process"
+    # A guest that runs on another host now (its runtime state is there) keeps its namespace:
+    # the name is per guest, not per host.
+    elsewhere = {d.name for d in agent_state_dir(cfg, host).parent.glob("*/process/*")
+                 if d.is_dir() and d.parent.parent.name != host}
     if process_dir.is_dir():
         for guest_dir in process_dir.iterdir():
-            if guest_dir.is_dir():
+            if guest_dir.is_dir() and guest_dir.name in elsewhere:
+                shutil.rmtree(guest_dir, ignore_errors=True)
+            elif guest_dir.is_dir():
                 ns = process_net.netns_name(cfg["cluster"], guest_dir.name)
                 power.kill_namespace(ns, timeout=2.0)
                 process_net.remove_netns(ns)
                 shutil.rmtree(guest_dir, ignore_errors=True)
     return killed
+
+
+def lab_host_bmc(cfg: dict[str, Any], host: str, config: Any, hooks: Any) -> Any:
+    """A lab host's ``Bmc`` whose power-off also kills the host's process guests (and removes
+    their namespaces) before PowerState turns Off, so "Off" means the guests are gone."""
+    from nonstop.bmc import power
+    from nonstop.bmc.server import Bmc
+
+    class LabHostBmc(Bmc):
+        async def _kill(self, graceful: bool) -> power.KillReport:
+            report = await super()._kill(graceful)
+            if report.complete:
+                killed = await asyncio.to_thread(kill_host_guests, cfg, host)
+                log.info("BMC %s: power off: %d process(es) in guests", host, len(killed))
+            return report
+
+    return LabHostBmc(config, hooks)
 
 
 async def serve_bmcs(cfg: dict[str, Any]) -> None:
@@ -160,8 +186,7 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
             # A powered-off server's NICs lose link: the switches forget the MACs they learned
             # there, so a guest restarted elsewhere is reachable at once (no stale FDB entry).
             await asyncio.to_thread(faults.isolate, spec, name)
-            killed = await asyncio.to_thread(kill_host_guests, cfg, name)
-            log.info("BMC %s: power off: %d process(es) in the namespace, %d in guests", name, len(report.killed), len(killed))
+            log.info("BMC %s: power off: %d process(es) in the namespace; cables down", name, len(report.killed))
 
         async def on_power_on(name: str = name) -> None:
             await asyncio.to_thread(faults.rejoin, spec, name)
@@ -170,7 +195,8 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
 
         config = BmcConfig(HostHardware.from_spec(host), names.host_ns(spec.cluster, name), username=host.bmc.username,
                            password=password, port=0)
-        running[name] = await start_bmc(config, BmcHooks(on_power_on=on_power_on, on_power_off=on_power_off))
+        hooks = BmcHooks(on_power_on=on_power_on, on_power_off=on_power_off)
+        running[name] = await start_bmc(config, hooks, bmc=lab_host_bmc(cfg, name, config, hooks))
     ready = Path(cfg["bmc_ready_file"])
     tmp = ready.with_suffix(".tmp")
     tmp.write_text(json.dumps({name: r.port for name, r in running.items()}))

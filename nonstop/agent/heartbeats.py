@@ -9,7 +9,9 @@ device, so a cut cable silences exactly that link. The endpoints are re-read eve
 sender is rebuilt when they (or the host's addresses) change. Interval from the spec
 (``policies.ha.heartbeat_interval``).
 
-It also reports, for self-fencing, when the controller last acknowledged anything.
+It also reports, for self-fencing, when the controller last acknowledged anything, and since
+when the current leader record (id, pid, lease) has been seen — a restarted controller gets a
+fresh self-fence timeout to answer (nonstop/core/ha/selffence.py says why that is safe).
 
 Must not: stop guests (selffence.py does) or decide liveness (the controller does).
 """
@@ -75,6 +77,9 @@ class AgentHeartbeats:
         self._task: asyncio.Task[None] | None = None
         self._acked_before: float | None = None
         self.incarnation = time.time_ns()
+        self._leader: tuple[object, ...] | None = None
+        self.leader_since: float | None = None
+        """Monotonic time the current leader record was first seen (refreshed while there is none)."""
 
     def _status(self) -> tuple[str, bytes]:
         return self.state(), guests_digest(self.status())
@@ -93,9 +98,18 @@ class AgentHeartbeats:
             self.self_fence_timeout = spec.spec.policies.ha.self_fence_timeout
         kv = await self.store.get(keys.leader(self.cluster))
         endpoints = []
+        leader: tuple[object, ...] | None = None
         if kv is not None:
             with contextlib.suppress(ValueError, TypeError):
-                endpoints = list(json.loads(kv.value).get("heartbeat", []))
+                record = json.loads(kv.value)
+                endpoints = list(record.get("heartbeat", []))
+                leader = (record.get("id"), record.get("pid"), kv.lease)
+        if leader is None or leader != self._leader:
+            # No controller (nobody can declare us dead), or a new one (it has not heard us yet).
+            self.leader_since = time.monotonic()
+            if leader is not None and self._leader is not None:
+                log.info("a new controller leads (%s, pid %s): its acknowledgements are awaited afresh", *leader[:2])
+        self._leader = leader
         links = match_links(endpoints, await asyncio.to_thread(local_addresses)) if endpoints else []
         if links == self._links and (self.sender is None or self.sender.interval == self.interval):
             return

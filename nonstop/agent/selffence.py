@@ -111,7 +111,8 @@ class SelfFence:
             while True:
                 now = time.monotonic()
                 decision = self_fence_decision(now, started_at=self.started_at, last_ack=self.heartbeats.last_ack(),
-                                               last_lease=self.last_lease, timeout=self.heartbeats.self_fence_timeout)
+                                               last_lease=self.last_lease, timeout=self.heartbeats.self_fence_timeout,
+                                               leader_since=self.heartbeats.leader_since)
                 if decision.fence and not self.gate.fenced:
                     self.gate.fenced, self.gate.reason, self.gate.fenced_at = True, decision.reason, time.time()
                     self.gate.count += 1

@@ -37,7 +37,8 @@ from nonstop.controller import view as cv
 from nonstop.controller.events import EventLog
 from nonstop.controller.failover import load_ops, persist, run_failover
 from nonstop.controller.lbsync import LbSync
-from nonstop.core.controller.backends import Backend, GuestFacts, desired_backends
+from nonstop.controller.readiness import ReadinessGate
+from nonstop.core.controller.backends import desired_backends
 from nonstop.core.controller.failback import failback_decision
 from nonstop.core.controller.guestfail import GuestHealth, guest_verdict
 from nonstop.core.controller.ops import FailoverOp, OpEvent, Step, advance
@@ -86,27 +87,19 @@ def host_links(spec: ClusterSpec, endpoints: list[Endpoint]) -> dict[str, list[s
     return out
 
 
-async def _accepts(address: str, timeout: float) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-    except (TimeoutError, OSError, ValueError):
-        return False
-    writer.close()
-    return True
-
-
 class Controller:
     def __init__(self, store: Store, cluster: str, *, key: bytes, endpoints: list[Endpoint],
                  balancers: dict[str, str] | None = None, bmcs: dict[str, str] | None = None,
                  bmc_password_file: Path | None = None, fence_timeout: float = 5.0, tick: float = 0.2,
-                 serving_timeout: float = 60.0, startup_grace: float = 5.0, controller_id: str | None = None) -> None:
+                 serving_timeout: float = 60.0, startup_grace: float = 5.0, controller_id: str | None = None,
+                 step_pause: float = 0.0) -> None:
         self.store, self.cluster, self.key = store, cluster, key
         self.endpoints = endpoints
         self.bmcs = dict(bmcs or {})
         self._bmc_password_file = bmc_password_file
         self.fence_timeout, self.tick, self.serving_timeout = fence_timeout, tick, serving_timeout
         self.startup_grace = startup_grace
+        self.step_pause = step_pause
         self.id = controller_id or f"controller@{socket.gethostname()}"
         self.events = EventLog(store, cluster)
         self.lb = LbSync(store, cluster, balancers or {})
@@ -127,8 +120,7 @@ class Controller:
         self.started_at = time.monotonic()
         self._moved = False
         self.drain_delay = 0.5
-        self.ready: set[tuple[str, int]] = set()
-        self.readiness_timeout = 0.3
+        self.readiness = ReadinessGate(self.wake, give_up_after=serving_timeout)
         self._tasks: list[asyncio.Task[Any]] = []
         self.passes = 0
 
@@ -149,6 +141,14 @@ class Controller:
         if self.monitor is None:
             return "unknown"
         return self.monitor.state(host).value
+
+    async def hear_hosts(self, exclude: str) -> None:
+        """Wait until every host but ``exclude`` (and those in maintenance) has been heard, at most
+        until 2 × startup grace after this controller started."""
+        while time.monotonic() - self.started_at < 2 * self.startup_grace and any(
+                self.host_state(h.name) == "unknown" for h in self.spec.hosts
+                if h.name != exclude and h.name not in self.maintenance):
+            await asyncio.sleep(0.05)
 
     def last_heard(self, host: str) -> float | None:
         if self.monitor is None or host not in self.monitor.reports:
@@ -239,6 +239,7 @@ class Controller:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wait_any(stop), self.tick)
             finally:
+                self.readiness.close()
                 for task in [*self._tasks, *self.op_tasks.values()]:
                     task.cancel()
                 await self.monitor.stop()
@@ -313,6 +314,8 @@ class Controller:
         if t.after is HostState.DEAD and t.host not in self.maintenance:
             if any(op.host == t.host and not op.final for op in self.ops.values()):
                 return
+            if t.before is HostState.UNKNOWN and await self._still_down(t.host):
+                return
             self.failures.setdefault(t.host, []).append(now)
             op = FailoverOp(op_id=f"failover-{t.host}-{int(now * 1000)}", host=t.host, detected_at=now,
                             last_heard=self.last_heard(t.host), times={"detected": now})
@@ -321,6 +324,22 @@ class Controller:
             await self.events.emit("host-dead", t.host, f"every link silent: {t.reason}; fencing before failover",
                                    op=op.op_id)
             self._start_op(op)
+
+    async def _still_down(self, host: str) -> bool:
+        """A host this controller never heard, whose last failover finished (fenced, guests moved)
+        and that holds no guest: the same outage seen again after a controller restart, not a
+        new failure — no second failover, no count against failback's flap memory."""
+        done = [op for op in self.ops.values() if op.host == host and op.step is Step.DONE]
+        if not done:
+            return False
+        view = await cv.read_view(self.store, self.cluster)
+        if any(d.host == host for d in view.desired.values()):
+            return False
+        last = max(done, key=lambda op: op.detected_at)
+        if self._note(f"still-down:{host}", last.op_id):
+            await self.events.emit("host-still-down", host, f"not heard since this controller started; failover "
+                                   f"{last.op_id} finished and no guest is assigned to it: nothing to do", op=last.op_id)
+        return True
 
     def _start_op(self, op: FailoverOp) -> None:
         task = asyncio.get_running_loop().create_task(run_failover(self, op), name=op.op_id)
@@ -548,25 +567,6 @@ class Controller:
             self.failback_done[host] = time.time()
             await self.events.emit("failback", host, decision.reason, moves=[list(m) for m in decision.moves])
 
-    async def _ready(self, want: tuple[Backend, ...], facts: dict[str, GuestFacts]) -> tuple[Backend, ...]:
-        """Readiness gate: a replica joins the balancer once its port accepts a connection (the
-        agent reports a process guest running when it is started, before it listens). Checked
-        once per (guest, epoch); static servers pass as they are."""
-        out, probes = [], {}
-        for b in want:
-            f = facts.get(b.name)
-            if f is None or (b.name, f.epoch) in self.ready:
-                out.append(b)
-            else:
-                probes[b] = (b.name, f.epoch)
-        if probes:
-            results = await asyncio.gather(*(_accepts(b.address, self.readiness_timeout) for b in probes))
-            for (b, token), ok in zip(probes.items(), results, strict=True):
-                if ok:
-                    self.ready.add(token)
-                    out.append(b)
-        return tuple(sorted(out, key=lambda b: b.name))
-
     async def _sync_services(self, view: cv.ClusterView) -> None:
         states = {h.name: self.host_state(h.name) for h in self.spec.hosts}
         for op in self.ops.values():
@@ -574,7 +574,7 @@ class Controller:
                 states[op.host] = "dead"
         facts = view.facts()
         for service in self.spec.services:
-            want = await self._ready(desired_backends(self.spec, service, facts, states), facts)
+            want = await self.readiness.filter(desired_backends(self.spec, service, facts, states), facts)
             if await self.lb.store_backends(service.name, want):
                 await self.events.emit("backends", service.name, f"{len(want)} backend(s): "
                                        f"{', '.join(b.name for b in want) or 'none'}", backends=[b.to_dict() for b in want])

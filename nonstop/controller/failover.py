@@ -13,6 +13,9 @@ Role: run one ``FailoverOp`` (nonstop/core/controller/ops.py) to its end, persis
 3. ``moved`` → ``done`` once every moved guest is observed running on its target (or after
    ``serving_timeout``; the op then records which ones were not).
 
+``--step-pause S`` (tests, demos) holds the op S seconds after each persisted step, so a test
+can kill the controller at a known step and check that its successor resumes there.
+
 Must not: decide liveness (the monitor does) or placement (the core does).
 """
 
@@ -40,6 +43,9 @@ log = logging.getLogger("nonstop.controller.failover")
 
 async def persist(ctl: Controller, op: FailoverOp) -> None:
     await ctl.store.put(keys.op(ctl.cluster, op.op_id), encode_json(op.to_dict()))
+    if ctl.step_pause and not op.final:
+        # --step-pause: hold every persisted step (tests kill the controller at a known step)
+        await asyncio.sleep(ctl.step_pause)
 
 
 async def load_ops(ctl: Controller) -> list[FailoverOp]:
@@ -102,6 +108,9 @@ async def run_failover(ctl: Controller, op: FailoverOp) -> FailoverOp:
                                       attempt=op.attempts)
             await persist(ctl, op)
         elif op.step is Step.FENCED:
+            # Resumed by a fresh controller: hosts it has not heard yet count as failed, so hear
+            # them first, or nothing could be placed.
+            await ctl.hear_hosts(exclude=op.host)
             view = await cv.read_view(ctl.store, ctl.cluster)
             released = await cv.release_dead_host(ctl.store, ctl.cluster, op.host, view)
             conditions = ctl.conditions(view)

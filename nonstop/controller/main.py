@@ -9,7 +9,7 @@ nonstop controller --store URL --cluster NAME --ha-key FILE
     --listen LINK=IP:PORT [--listen ...]      heartbeat endpoints, one per management network
     [--balancer SERVICE=IP:PORT ...]          admin API of each service's balancer
     [--bmc HOST=IP:PORT ...] [--bmc-password-file FILE] [--fence-timeout 5]
-    [--netns NS] [--tick 0.2] [--startup-grace 5]
+    [--netns NS] [--tick 0.2] [--startup-grace 5] [--step-pause 0]
 ```
 
 Must not: hold controller logic.
@@ -60,7 +60,7 @@ async def run_controller(args: argparse.Namespace) -> None:
         store, args.cluster, key=load_key(args.ha_key), endpoints=endpoints_from(args.listen),
         balancers=_pairs(args.balancer, "balancer"), bmcs=_pairs(args.bmc, "bmc"),
         bmc_password_file=args.bmc_password_file, fence_timeout=args.fence_timeout, tick=args.tick,
-        startup_grace=args.startup_grace, controller_id=args.id,
+        startup_grace=args.startup_grace, controller_id=args.id, step_pause=args.step_pause,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fence-timeout", type=float, default=5.0)
     p.add_argument("--tick", type=float, default=0.2)
     p.add_argument("--startup-grace", type=float, default=5.0)
+    p.add_argument("--step-pause", type=float, default=0.0,
+                   help="hold each persisted failover step this long (tests: kill the controller at a known step)")
     p.add_argument("--netns", default=None, help="enter this network namespace first (the lab's ctl)")
     p.add_argument("--id", default=None, help="controller id (default controller@<hostname>; a restart with the "
                    "same id takes over its own leader record at once)")

@@ -168,11 +168,15 @@ async def test_no_false_suspicion_under_cpu_saturation(key: bytes) -> None:
     try:
         await wait_for(lambda: monitor.state("h1") is HostState.UP, 5.0)
         await asyncio.sleep(1.0)
+        # Only the saturation is under test: a sender process slow to start on a loaded machine
+        # may pass through suspect before its first heartbeat (startup grace is 2 s).
+        assert seen[-1].after is HostState.UP and monitor.state("h1") is HostState.UP, seen
+        seen.clear()
         burners = [ctx.Process(target=_burn, args=(time.monotonic() + 5.0,)) for _ in range(os.cpu_count() or 2)]
         for burner in burners:
             burner.start()
         await asyncio.sleep(5.0)
-        assert [t.after for t in seen] == [HostState.UP], seen
+        assert seen == [], seen
     finally:
         for proc in [*burners, sender]:
             proc.join(timeout=15)

@@ -11,6 +11,16 @@ timeout since it last heard the host before restarting the guests (nonstop/fence
 too. The decision also says how long until it would fence, so the agent can sleep exactly
 that long instead of polling.
 
+A controller restart is not a partition: controller silence counts at most from when the agent
+first saw the *current* leader (``leader_since``: a new leader record in the store — another
+process, another lease — or none at all). Safe because a controller can restart guests
+elsewhere only after fencing the host — by its BMC (a real power-off), or by waiting 2 × this
+timeout since it last heard the host, which for a host it never heard counts from its own
+start, i.e. after its leader record appeared. An agent that sees that record within
+``timeout`` (it re-reads it every second) and still hears no acknowledgement fences itself
+``timeout`` later: before that wait ends. Without this, every agent stopped every guest
+whenever a controller restart took longer than the timeout.
+
 Must not: read clocks or stop anything; the agent acts on the decision.
 """
 
@@ -28,13 +38,18 @@ class SelfFenceDecision:
 
 
 def self_fence_decision(
-    now: float, *, started_at: float, last_ack: float | None, last_lease: float | None, timeout: float
+    now: float, *, started_at: float, last_ack: float | None, last_lease: float | None, timeout: float,
+    leader_since: float | None = None,
 ) -> SelfFenceDecision:
     """``last_ack``: when the controller last acknowledged a heartbeat; ``last_lease``: when
-    the store lease was last renewed; both monotonic seconds, ``None`` if never."""
+    the store lease was last renewed; ``leader_since``: when the agent first saw the current
+    leader record (or last saw that there is none); all monotonic seconds, ``None`` if never."""
     if timeout <= 0:
         raise ValueError("timeout must be positive")
-    controller_quiet = now - (last_ack if last_ack is not None else started_at)
+    heard = last_ack if last_ack is not None else started_at
+    if leader_since is not None:
+        heard = max(heard, leader_since)
+    controller_quiet = now - heard
     lease_quiet = now - (last_lease if last_lease is not None else started_at)
     if lease_quiet >= timeout:
         return SelfFenceDecision(True, f"store lease not renewed for {lease_quiet:.1f}s", 0.0)

@@ -66,12 +66,13 @@ def create_app(store_url: str, cluster: str, token_file: str | Path, lab: Any = 
     async def _action_error(request: Request, exc: ActionError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
-    from nonstop.api import routes_read, routes_write
+    from nonstop.api import routes_patch, routes_read, routes_write
     from nonstop.metrics.collector import metrics_text
 
     app.include_router(routes_read.stream_router)
     app.include_router(routes_read.router)
     app.include_router(routes_write.router)
+    app.include_router(routes_patch.router)  # rolling patches: docs/patching.md
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -24,6 +24,7 @@ from typing import Any
 from nonstop.agent.patch import request_key
 from nonstop.controller import view as cv
 from nonstop.controller.lbsync import http_json
+from nonstop.core.patching.planner import placement_conditions
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
 from nonstop.store.base import Compare, Op, Store, encode_json
@@ -55,6 +56,10 @@ class Snapshot:
             else:
                 out[host.name] = str(states.get(host.name, "unknown"))
         return out
+
+    def placement(self) -> dict[str, str]:
+        """``conditions()`` as the placement engine takes them (a dead or suspect host is ``failed``)."""
+        return placement_conditions(self.conditions())
 
     def levels(self) -> dict[str, str | None]:
         return {h.name: self.host_observed.get(h.name, {}).get("patch_level") for h in self.spec.hosts}

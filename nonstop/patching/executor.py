@@ -42,6 +42,7 @@ from nonstop.core.patching.planner import RolloutPlan, check_batch, plan_rollout
 from nonstop.core.patching.steps import (
     Abort,
     Finished,
+    Moved,
     Observation,
     Resume,
     Rollout,
@@ -74,6 +75,11 @@ def rollout_key(cluster: str) -> str:
 
 def lock_key(cluster: str) -> str:
     return keys.op(cluster, "patch-rollout-lock")
+
+
+def abort_key(cluster: str) -> str:
+    """An operator's request to abort the rollout a running patcher holds (it polls for it)."""
+    return keys.op(cluster, "patch-rollout-abort")
 
 
 class Patcher:
@@ -113,6 +119,7 @@ class Patcher:
         if not plan.ok:
             raise RolloutError("the planner refuses: " + "; ".join(plan.refused))
         snap = await pc.snapshot(self.store, self.cluster)
+        await self.store.delete(abort_key(self.cluster))  # a request left over from an earlier rollout
         now = time.time()
         rollout = new_rollout(f"patch-{int(now * 1000)}", target, plan.batches, now, levels=snap.levels(),
                               command=command, restart_agent=restart_agent, timeout=timeout,
@@ -135,20 +142,43 @@ class Patcher:
                                + (f" ({', '.join(failed)} retried)" if failed else ""))
         return rollout
 
-    async def abort(self) -> Rollout:
-        """End the rollout. Hosts that were not patched yet leave maintenance; a host whose patch
-        failed stays in maintenance (its guests are elsewhere, so the cluster keeps serving)."""
+    async def abort(self, wait: float = 60.0) -> Rollout:
+        """End the rollout, leaving the cluster serving. When a patcher is running it (its lock is
+        held), ask it through ``ops/patch-rollout-abort`` and wait until it has stopped its steps and
+        recorded the abort (it may live in another process); otherwise abort the record here."""
         rollout = await self._require()
+        if rollout.status in (RolloutStatus.COMPLETE, RolloutStatus.ABORTED):
+            raise RolloutError(f"rollout {rollout.rollout_id} is already {rollout.status.value}")
+        if await self.store.get(lock_key(self.cluster)) is None:
+            return await self._apply_abort(rollout)
+        await self.store.put_json(abort_key(self.cluster), {"requested_at": time.time()})
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            current = await self._require()
+            if current.status is RolloutStatus.ABORTED:
+                return current
+            if await self.store.get(lock_key(self.cluster)) is None:  # it ended without seeing the request
+                return await self._apply_abort(await self._require())
+        raise RolloutError(f"the patcher running rollout {rollout.rollout_id} did not stop within {wait:.0f} s; "
+                           "the abort stays requested")
+
+    async def _apply_abort(self, rollout: Rollout) -> Rollout:
+        """Hosts that were not patched yet, or are patched and verified, leave maintenance; a host
+        whose patch failed or was cut short stays in maintenance for the operator (its guests are
+        elsewhere, so the cluster keeps serving)."""
         snap = await pc.snapshot(self.store, self.cluster)
+        leave = (Step.PRECHECK, Step.ENTER_MAINTENANCE, Step.DRAIN, Step.EVACUATE, Step.EXIT_MAINTENANCE,
+                 Step.FAILBACK)
         for host, p in rollout.hosts.items():
-            before_patch = p.step in (Step.PRECHECK, Step.ENTER_MAINTENANCE, Step.DRAIN, Step.EVACUATE) or (
-                p.step is Step.FAILED and p.failed_step in (Step.PRECHECK, Step.ENTER_MAINTENANCE, Step.DRAIN,
-                                                           Step.EVACUATE))
-            if before_patch and snap.conditions().get(host) == "maintenance":
+            step = p.failed_step if p.step is Step.FAILED else p.step
+            if step in leave and snap.conditions().get(host) == "maintenance":
                 await pc.set_maintenance(self.store, self.cluster, host, False, f"patch {rollout.rollout_id} aborted")
         rollout, _ = transition(rollout, Abort(), time.time())
         await self._save(rollout)
+        await self.store.delete(abort_key(self.cluster))
         await self.events.emit("patch-aborted", self.cluster, f"rollout {rollout.rollout_id} aborted")
+        self.rollout = rollout
         return rollout
 
     async def _require(self) -> Rollout:
@@ -181,8 +211,15 @@ class Patcher:
             await self._save(self.rollout)
             return self.rollout, actions
 
+    async def _abort_requested(self) -> bool:
+        return await self.store.get(abort_key(self.cluster)) is not None
+
     async def _loop(self) -> Rollout:
         self.rollout = await self._require()
+        if self.rollout.status in (RolloutStatus.COMPLETE, RolloutStatus.ABORTED):
+            return self.rollout
+        if await self._abort_requested():
+            return await self._apply_abort(self.rollout)
         rollout, actions = await self._observe(Tick())
         tasks: dict[str, asyncio.Task[None]] = {}
         finished: Finished | None = None
@@ -197,12 +234,21 @@ class Patcher:
             live = [t for t in tasks.values() if not t.done()]
             if not live:
                 break
-            await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
-            for host, task in list(tasks.items()):
-                if task.done():
-                    tasks.pop(host)
-                    task.result()
-            rollout, actions = await self._observe(Tick())
+            await asyncio.wait(live, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            if await self._abort_requested():
+                # Stop every step where it is (each is idempotent and leaves the cluster serving:
+                # a live migration under way is finished by the agents), then record the abort.
+                for task in live:
+                    task.cancel()
+                await asyncio.gather(*live, return_exceptions=True)
+                self.progress(self.rollout, "abort requested: steps stopped")
+                rollout = await self._apply_abort(self.rollout)
+                self.progress(rollout, "rollout aborted")
+                return rollout
+            ended = [host for host, task in tasks.items() if task.done()]
+            for host in ended:
+                tasks.pop(host).result()
+            actions = (await self._observe(Tick()))[1] if ended else ()
         assert self.rollout is not None
         if finished is not None or self.rollout.status is not RolloutStatus.RUNNING:
             text = finished.reason if finished else self.rollout.status.value
@@ -311,13 +357,19 @@ class Patcher:
         note = f"drained {', '.join(drained) or 'nothing'}" + (f"; {left} request(s) still in flight" if left else "")
         return StepResult(host, Step.DRAIN, ok=True, output=note)
 
-    async def _move_one(self, host: str, guest: str, target: str) -> tuple[str, str, str, str]:
-        """Drain, move, wait until it runs on the target and serves, undrain."""
+    async def _move_one(self, owner: str, step: Step, source: str, guest: str,
+                        target: str) -> tuple[str, str, str, str]:
+        """Drain, move, wait until it runs on the target and serves, undrain. The move is recorded
+        in the rollout (``Moved``) before it is asked for, so a patcher killed meanwhile knows
+        after the resume what to fail back."""
         await self.balancers.set_state([guest], "drain")
         await self.balancers.wait_idle([guest], self.drain_timeout)
         snap = await pc.snapshot(self.store, self.cluster)
+        how = "live" if snap.view.desired[guest].kind == "vm" else "cold"
+        move = (guest, source, target, how)
+        await self._observe(Moved(owner, step, move))
         asked = time.time()
-        how = await pc.move_guest(self.store, self.cluster, snap, guest, target)
+        await pc.move_guest(self.store, self.cluster, snap, guest, target)
         deadline = time.monotonic() + self.step_timeout
         while not (await pc.snapshot(self.store, self.cluster)).running_on(guest, target):
             failure = await pc.migration_failure(self.store, self.cluster, guest, since=asked) if how == "live" else None
@@ -332,7 +384,7 @@ class Patcher:
             while not await self.balancers.serving(guest) and time.monotonic() < deadline:
                 await self.balancers.set_state([guest], "ready")
                 await asyncio.sleep(0.2)
-        return (guest, host, target, how)
+        return move
 
     @staticmethod
     def _in_service(snap: pc.Snapshot, guest: str) -> bool:
@@ -346,14 +398,17 @@ class Patcher:
             guests = snap.guests_on(host)
             if not guests:
                 break
-            decision = move_off(snap.spec, snap.view.assignments(), snap.conditions(), guests[:1], avoid=host)
+            decision = move_off(snap.spec, snap.view.assignments(), snap.placement(), guests[:1], avoid=host)
             if not decision.moves:
                 reason = decision.unplaced[0][1] if decision.unplaced else "no target"
                 return StepResult(host, Step.EVACUATE, ok=False, error=f"cannot move {guests[0]}: {reason}",
                                   moves=tuple(moves))
             guest, target = decision.moves[0]
+            in_flight = snap.view.desired[guest].migrate_to
+            if in_flight and in_flight != host and snap.conditions().get(in_flight) == "up":
+                target = in_flight  # a resumed evacuation: let the live migration asked for finish
             self.progress(self._now(), f"{host}: moving {guest} -> {target}")
-            moves.append(await self._move_one(host, guest, target))
+            moves.append(await self._move_one(host, Step.EVACUATE, host, guest, target))
         return StepResult(host, Step.EVACUATE, ok=True, moves=tuple(moves))
 
     def _now(self) -> Rollout:
@@ -440,14 +495,14 @@ class Patcher:
             wanted = [(g, src) for g, src, dst, _how in self.rollout.hosts[host].moves
                       if src == host and g in snap.view.desired and snap.view.desired[g].host == dst]
         elif policy == "balanced":
-            wanted = list(rebalance_moves(snap.spec, snap.view.assignments(), snap.conditions()).moves)
+            wanted = list(rebalance_moves(snap.spec, snap.view.assignments(), snap.placement()).moves)
         moves = []
         for guest, target in wanted:
             current = (await pc.snapshot(self.store, self.cluster)).view.desired[guest].host
             if current != target:
-                moves.append(await self._move_one(current, guest, target))
+                moves.append(await self._move_one(host, Step.FAILBACK, current, guest, target))
         note = f"policy {policy}: " + (", ".join(f"{g} -> {t} ({how})" for g, _s, t, how in moves) or "nothing moved")
         return StepResult(host, Step.FAILBACK, ok=True, output=note, moves=tuple(moves))
 
 
-__all__ = ["Patcher", "RolloutError", "lock_key", "rollout_key"]
+__all__ = ["Patcher", "RolloutError", "abort_key", "lock_key", "rollout_key"]

@@ -182,7 +182,7 @@ class GuestUpdater:
         if not _is_version(d, fields):
             await self.balancers.set_state([guest], "drain")
             await self.balancers.wait_idle([guest], 10.0)
-            decision = move_off(snap.spec, snap.view.assignments(), snap.conditions(), [guest], avoid=d.host)
+            decision = move_off(snap.spec, snap.view.assignments(), snap.placement(), [guest], avoid=d.host)
             target = decision.moves[0][1] if decision.moves else d.host
             await cv.assign(self.store, self.cluster, d.with_changes(**_definition_fields(fields)), target,
                             max(snap.view.epochs.get(guest, 0), d.fencing_epoch))

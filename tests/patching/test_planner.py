@@ -99,3 +99,13 @@ def test_batches_are_safe_by_construction(hosts_of: list[str], width: int) -> No
 
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("state", ["dead", "suspect", "link-degraded", "unknown", "failed"])
+def test_a_host_in_any_liveness_state_is_a_reason_not_a_crash(state: str) -> None:
+    """The controller reports liveness states the placement engine has no name for; the check
+    must refuse with the reason (it once raised KeyError('DEAD') mid-rollout)."""
+    check = check_batch(spec(), SPREAD, {**UP, "h3": state}, ["h2"])
+    assert not check.ok and any(f"h3 is {state}" in r for r in check.reasons), check.reasons
+    # and nothing lands on it
+    assert all(target != "h3" for _, target in check.moves)

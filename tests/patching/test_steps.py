@@ -14,6 +14,7 @@ from nonstop.core.patching.steps import (
     Abort,
     Finished,
     IllegalTransition,
+    Moved,
     Outcome,
     Resume,
     RolloutStatus,
@@ -138,6 +139,24 @@ def test_round_trip_through_json_shape() -> None:
     r, _ = transition(_rollout((("h1", "h2"), ("h3",))), Tick(), 0.0)
     r, _ = transition(r, StepResult("h1", Step.PRECHECK, ok=True, moves=(("g", "h1", "h2", "live"),)), 1.0)
     assert Rollout.from_dict(r.to_dict()) == r
+
+
+def test_a_move_is_recorded_when_asked_for_and_survives_a_resume() -> None:
+    from nonstop.core.patching.steps import Rollout
+
+    r, _ = transition(_rollout(), Tick(), 0.0)
+    while r.hosts["h1"].step is not Step.EVACUATE:
+        r, _ = _run_ok(r, "h1", 1.0)
+    move = ("web-0", "h1", "h2", "live")
+    r, actions = transition(r, Moved("h1", Step.EVACUATE, move), 2.0)
+    assert actions == () and r.hosts["h1"].step is Step.EVACUATE and r.hosts["h1"].moves == (move,)
+    # the patcher dies here: the record read back still has the move
+    r = Rollout.from_dict(r.to_dict())
+    r, _ = transition(r, Moved("h1", Step.EVACUATE, move), 3.0)  # the resumed step asks again
+    r, _ = transition(r, StepResult("h1", Step.EVACUATE, ok=True, moves=(move, ("api-0", "h1", "h3", "cold"))), 4.0)
+    assert r.hosts["h1"].moves == (move, ("api-0", "h1", "h3", "cold"))
+    with pytest.raises(StaleResult):
+        transition(r, Moved("h1", Step.EVACUATE, move), 5.0)
 
 
 events = st.lists(st.tuples(st.sampled_from(["ok", "fail", "resume", "abort", "tick"]),

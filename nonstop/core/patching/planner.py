@@ -62,6 +62,15 @@ class RolloutPlan:
         }
 
 
+PLACEMENT_CONDITIONS = frozenset({"up", "maintenance", "degraded", "failed"})
+
+
+def placement_conditions(conditions: Mapping[str, str]) -> dict[str, str]:
+    """Host conditions as the placement engine knows them: a liveness state it has no name for
+    (``suspect``, ``dead``, ``link-degraded``, ``unknown``) is ``failed`` — it takes no guests."""
+    return {h: (c if c in PLACEMENT_CONDITIONS else "failed") for h, c in conditions.items()}
+
+
 def _groups_on(spec: ClusterSpec, assignments: Mapping[str, str], host: str) -> set[str]:
     group_of = {name: g.name for g in spec.guests for name in g.guest_names()}
     return {group_of[g] for g, h in assignments.items() if h == host and g in group_of}
@@ -95,7 +104,8 @@ def check_batch(spec: ClusterSpec, assignments: Mapping[str, str], conditions: M
     if not others_up:
         reasons.append(f"HA headroom: no host would be left to run guests while {', '.join(batch)} is patched")
         return BatchCheck(False, tuple(reasons))
-    decision = failover_moves(spec, assignments, {h: c for h, c in conditions.items() if h not in batch}, list(batch))
+    decision = failover_moves(spec, assignments,
+                              placement_conditions({h: c for h, c in conditions.items() if h not in batch}), list(batch))
     for guest, why in decision.unplaced:
         reasons.append(f"HA headroom: {guest} cannot leave {assignments.get(guest)} while "
                        f"{', '.join(batch)} is patched: {why}")
@@ -138,4 +148,4 @@ def plan_rollout(spec: ClusterSpec, assignments: Mapping[str, str], conditions: 
     return RolloutPlan(target, tuple(tuple(b) for b in batches), skipped, tuple(refused), tuple(moves))
 
 
-__all__ = ["BatchCheck", "RolloutPlan", "check_batch", "plan_rollout"]
+__all__ = ["BatchCheck", "PLACEMENT_CONDITIONS", "RolloutPlan", "check_batch", "placement_conditions", "plan_rollout"]

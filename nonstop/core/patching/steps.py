@@ -9,6 +9,10 @@ changes. Every host walks the same table::
     any active step --failed--> failed --resume--> (the step that failed)
     pending | any active step | failed --abort--> aborted
 
+A ``Moved`` observation records a guest move the moment it is asked for (the step does not
+change): a patcher killed between asking for a live migration and seeing it finish still knows,
+after the resume, what it moved and so what to fail back.
+
 Batches run one after the other: a batch starts only when every host of the previous batch is
 ``done``; a ``failed`` host stops the rollout (no further batch starts; hosts of the same batch
 already under way finish their steps). The executor (nonstop/patching) persists the rollout after
@@ -195,6 +199,15 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class Moved:
+    """During ``step`` on ``host``, the executor asked for ``move`` (guest, from, to, how)."""
+
+    host: str
+    step: Step
+    move: tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
 class Tick:
     """Nothing happened but time: start what may start."""
 
@@ -209,7 +222,7 @@ class Abort:
     """End the rollout: hosts not yet finished are aborted (the executor leaves the cluster serving)."""
 
 
-Observation = StepResult | Tick | Resume | Abort
+Observation = StepResult | Moved | Tick | Resume | Abort
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,17 @@ def _move(progress: HostProgress, outcome: Outcome, now: float) -> HostProgress:
                    durations=durations)
 
 
+def _with_moves(moves: tuple[tuple[str, str, str, str], ...],
+                new: tuple[tuple[str, str, str, str], ...]) -> tuple[tuple[str, str, str, str], ...]:
+    """``moves`` plus those of ``new`` not recorded yet (a move recorded when asked for is reported
+    again with the step's result, and a resumed step may ask for the same move again)."""
+    out = list(moves)
+    for move in new:
+        if move not in out:
+            out.append(move)
+    return tuple(out)
+
+
 def _failure(progress: HostProgress) -> str:
     step = progress.failed_step.value if progress.failed_step is not None else "?"
     return f"{progress.host} at {step}: {progress.error}"
@@ -280,12 +304,18 @@ def transition(rollout: Rollout, obs: Observation, now: float) -> tuple[Rollout,
             output=obs.output if obs.output is not None else progress.output,
             level_before=progress.level_before or obs.level_before,
             level_after=obs.level_after or progress.level_after,
-            moves=(*progress.moves, *obs.moves),
+            moves=_with_moves(progress.moves, obs.moves),
             attempt=obs.attempt if obs.attempt is not None else progress.attempt,
         )
         hosts[obs.host] = _move(progress, Outcome.OK if obs.ok else Outcome.FAILED, now)
         if hosts[obs.host].step in ACTIVE:
             actions.append(RunStep(obs.host, hosts[obs.host].step))
+    elif isinstance(obs, Moved):
+        progress = hosts[obs.host]
+        if progress.step is not obs.step:
+            raise StaleResult(f"{obs.host}: move during {obs.step.value}, host is at {progress.step.value}")
+        hosts[obs.host] = replace(progress, moves=_with_moves(progress.moves, (obs.move,)))
+        return replace(rollout, hosts=hosts, updated_at=now), ()
     elif isinstance(obs, Resume):
         for name, progress in hosts.items():
             if progress.step is Step.FAILED:
@@ -345,6 +375,6 @@ def step_medians(rollouts: list[Rollout]) -> dict[str, float]:
 
 __all__ = [
     "ACTIVE", "ACTIVE_ORDER", "FINAL", "TRANSITIONS", "Abort", "Action", "Finished", "HostProgress",
-    "IllegalTransition", "Observation", "Outcome", "Resume", "Rollout", "RolloutStatus", "RunStep", "StaleResult",
+    "IllegalTransition", "Moved", "Observation", "Outcome", "Resume", "Rollout", "RolloutStatus", "RunStep", "StaleResult",
     "Step", "StepResult", "Tick", "new_rollout", "step_medians", "transition",
 ]

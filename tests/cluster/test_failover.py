@@ -5,6 +5,7 @@ leaves the cluster whole again."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -42,7 +43,7 @@ def _busiest(probe: ClusterProbe) -> str:
 
 def _bring_back(lab: LabCluster, probe: ClusterProbe, host: str) -> None:
     lab.power_on(host)
-    probe.wait_for(f"{host} up again", lambda: probe.status().get("hosts", {}).get(host) == "up", timeout=20)
+    probe.wait_for(f"{host} up again", lambda: probe.status().get("hosts", {}).get(host) == "up", timeout=30)
 
 
 @pytest.mark.parametrize("how", ["bmc", "kill"])
@@ -151,13 +152,12 @@ def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, Cl
 @pytest.mark.slow
 def test_no_false_failover_under_cpu_saturation(cluster: tuple[LabCluster, ClusterProbe]) -> None:
     """Both cores saturated by bounded burners (2 per core, nice 0, like the load a tenant makes)
-    for NONSTOP_CPU_SATURATION_SECONDS (default 60 s to keep the area within its 4-minute budget
-    on a loaded machine; the issue asks 120 s: set NONSTOP_CPU_SATURATION_SECONDS=120 for that run)."""
+    for 2 minutes, as the issue asks (NONSTOP_CPU_SATURATION_SECONDS overrides, e.g. for a quick run)."""
     import subprocess
     import sys
 
     lab, probe = cluster
-    seconds = float(os.environ.get("NONSTOP_CPU_SATURATION_SECONDS", "60"))
+    seconds = float(os.environ.get("NONSTOP_CPU_SATURATION_SECONDS", "120"))
     start = time.time()
     burn = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
     burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2 * (os.cpu_count() or 2))]
@@ -186,13 +186,78 @@ def test_controller_restart_takes_over_without_self_fencing(cluster: tuple[LabCl
     old_pid = probe.status()["pid"]
     with Load(lab.services["api"]["port"]) as load:
         lab.restart_controller(kill=True)
-        probe.wait_for("new controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=15)
-        probe.wait_for("every host up", lambda: set(probe.status().get("hosts", {}).values()) == {"up"}, timeout=15)
+        probe.wait_for("new controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=30)
+        probe.wait_for("every host up", lambda: set(probe.status().get("hosts", {}).values()) == {"up"}, timeout=30)
         time.sleep(1.0)
-    takeover = probe.first("controller-takeover", None, start)
+    # It takes its own record over at once, or (slow start on a loaded machine) after the old lease ended.
+    takeover = probe.first("controller-takeover", None, start) or probe.first("controller-started", None, start)
     assert takeover is not None
-    print(f"controller back {takeover['at'] - start:.2f}s after the kill")
+    print(f"controller back {takeover['at'] - start:.2f}s after the kill ({takeover['kind']})")
     assert {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")} == logs_before
     assert [e for e in probe.events(start) if e["kind"] in ("host-dead", "guest-moved")] == []
     assert load.failures == [], load.failures[:3]
     assert len(probe.running()) == 3
+
+
+def _self_fences(lab: LabCluster) -> dict[str, int]:
+    return {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")}
+
+
+def _op_of(probe: ClusterProbe, host: str, since: float) -> dict[str, object] | None:
+    async def read(store: object) -> list[dict[str, object]]:
+        return [json.loads(kv.value) for kv in await store.list(keys.ops_prefix(probe.lab.cluster))]  # type: ignore[attr-defined]
+
+    ops = [op for op in probe._run(read) if op.get("host") == host and float(op.get("detected_at", 0)) >= since]
+    return max(ops, key=lambda op: float(op["detected_at"])) if ops else None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("step", ["fenced", "moved"])
+def test_controller_killed_mid_failover_resumes(cluster: tuple[LabCluster, ClusterProbe], step: str) -> None:
+    """kill -9 of the controller in the middle of a failover — right after the fence (``fenced``:
+    nothing reassigned yet) or while the guests are being restarted (``moved``). The controller
+    runs with ``--step-pause 2`` so the kill lands at that step; its successor must resume the
+    persisted op and finish it, soon enough that no agent self-fences, with never two instances
+    and no failed request."""
+    lab, probe = cluster
+    sft = lab.spec.policies.ha.self_fence_timeout
+    old_pid = probe.status()["pid"]
+    lab.controller_args = ["--step-pause", "2"]
+    try:
+        lab.restart_controller(kill=True)
+        probe.wait_for("pausing controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=30)
+        probe.wait_for("every host up", lambda: set(probe.status().get("hosts", {}).values()) == {"up"}, timeout=30)
+    finally:
+        lab.controller_args = []
+    pausing_pid = probe.status()["pid"]
+    victim = _busiest(probe)
+    fences_before = _self_fences(lab)
+    with InstanceChecker(lab, GUESTS) as checker, Load(lab.services["api"]["port"]) as load:
+        time.sleep(0.5)
+        killed_at = lab.fail_host(victim, "bmc")
+        op = probe.wait_for(f"failover at step {step}", lambda: (o := _op_of(probe, victim, killed_at - 1))
+                            and o["step"] == step and o, timeout=15, every=0.05)
+        ctl_killed_at = time.time()
+        lab.restart_controller(kill=True)  # kill -9; the successor has no step pause
+        resumed = probe.wait_for("failover-resumed", lambda: probe.first("failover-resumed", victim, ctl_killed_at),
+                                 timeout=30)
+        done = probe.wait_for("failover-done", lambda: probe.first("failover-done", victim, ctl_killed_at), timeout=30)
+        probe.wait_for("every replica running", lambda: len(probe.running()) == 3, timeout=20)
+        probe.wait_for("every replica in the balancer", lambda: len(probe.backends("api")) == 3, timeout=10)
+        time.sleep(1.0)
+    final = _op_of(probe, victim, killed_at - 1)
+    takeover = probe.first("controller-started", None, ctl_killed_at)
+    print(f"{step}: op {op['op_id']} at {step} when killed; successor leading {takeover['at'] - ctl_killed_at:.2f}s "
+          f"after the kill, resumed {resumed['at'] - ctl_killed_at:.2f}s, done {done['at'] - ctl_killed_at:.2f}s")
+    assert probe.status()["pid"] not in (old_pid, pausing_pid)
+    assert final is not None and final["op_id"] == op["op_id"] and final["step"] == "done", final
+    assert f"step {step}" in resumed["reason"]
+    assert done["not_running"] == [], done
+    # one op for this outage: the successor did not start a second failover of the victim
+    assert [e for e in probe.events(killed_at) if e["kind"] == "host-dead" and e["subject"] == victim][1:] == []
+    # No agent stopped its guests, however long the successor took to start: a new leader gets a
+    # fresh self-fence timeout to answer (nonstop/core/ha/selffence.py).
+    assert _self_fences(lab) == fences_before, f"successor leading after {takeover['at'] - ctl_killed_at:.1f}s (sft {sft}s)"
+    assert checker.max_instances == 1, checker.worst
+    assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:3]}"
+    assert victim not in probe.running().values()
+    _bring_back(lab, probe, victim)

@@ -1,8 +1,12 @@
-"""A partitioned host (root): its heartbeats and the controller's acknowledgements are dropped
-by nftables while it keeps running, and its BMC does not answer the controller. The agent must
-fence itself (stop its guests) after the self-fence timeout; the controller fences it by
-waiting 2 x that timeout since it last heard the host, then starts its guests elsewhere. A
-checker sampling every guest's instances every 50 ms must never see two."""
+"""A partitioned host (root): its heartbeats, the controller's acknowledgements and its store
+traffic are dropped by nftables while it keeps running, and its BMC does not answer the
+controller. The store is etcd, reached by every lab host through its own namespace (relayed,
+as ``nonstop up --store etcd://`` does), so the drop really cuts the host from the store: its
+agent loses its lease and must fence itself (stop its guests) after the self-fence timeout;
+the controller fences it by waiting 2 x that timeout since it last heard the host, then starts
+its guests elsewhere. A checker sampling every guest's instances every 50 ms must never see two.
+(With the SQLite lab store only heartbeats can be cut; the agent then self-fences on controller
+silence — the same code path minus the lease, covered by tests/ha/test_selffence.py.)"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ SELF_FENCE = 2.0
 def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
     spec = lab_spec(failback="manual", self_fence=SELF_FENCE)
     # The victim's BMC is unreachable for the controller: only self-fencing can make it safe.
-    with running_cluster(spec, controller_args=["--bmc", "h1=127.0.0.1:9"]) as (lab, probe):
+    with running_cluster(spec, store="etcd", controller_args=["--bmc", "h1=127.0.0.1:9"]) as (lab, probe):
         guests = sorted(probe.running())
         on_victim = sorted(g for g, h in probe.running().items() if h == "h1")
         assert on_victim, "soft spread puts one guest on every host"
@@ -39,14 +43,17 @@ def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
             time.sleep(0.5)
             lab.heal("h1")
             probe.wait_for("h1 heard again", lambda: probe.status()["hosts"].get("h1") == "up", timeout=15)
-            time.sleep(1.5)
+            # the agent's store connection recovers (TCP retransmits), it takes a new lease
+            probe.wait_for("self-fence lifted", lambda: "self-fence lifted" in (lab.run_dir / "agent-h1.log").read_text(),
+                           timeout=30)
+            time.sleep(1.0)
         attempt = probe.first("fence-attempt", "h1", start)
         log = (lab.run_dir / "agent-h1.log").read_text()
         assert dead["at"] - start < 1.5
         assert attempt is not None and "unreachable" in attempt["reason"], attempt
         assert "watchdog-wait" in fence["reason"] and "assumed-off" in fence["reason"], fence
         assert fence["at"] - start >= 2 * SELF_FENCE - 0.2, "restarted elsewhere before the host could have self-fenced"
-        assert "SELF-FENCE" in log, log[-2000:]
+        assert "SELF-FENCE: store lease not renewed" in log, log[-2000:]
         assert all(observed.get(g, {}).get("host") != "h1" or observed[g].get("state") != "running" for g in on_victim)
         assert checker.samples > 50
         assert checker.max_instances == 1, checker.worst

@@ -71,8 +71,12 @@ def policy(lab: LabCluster, probe: ClusterProbe, on_degraded: str, window: float
     put_spec(probe, with_policy(lab.spec, on_degraded, window))
     try:
         for host in lab.bmc_ports:
-            probe.wait_for(f"{host} under {on_degraded}", lambda h=host: components(probe, h).get("on_degraded")
-                           == on_degraded and components(probe, h).get("health") == "healthy", timeout=10)
+            try:
+                probe.wait_for(f"{host} under {on_degraded}", lambda h=host: components(probe, h).get("on_degraded")
+                               == on_degraded and components(probe, h).get("health") == "healthy", timeout=20)
+            except AssertionError:
+                print(f"{host} components:", components(probe, host))
+                raise
         yield
     finally:
         put_spec(probe, lab.spec)
@@ -97,6 +101,9 @@ def test_the_lab_runs_one_watcher_that_writes_every_host(cluster: tuple[LabClust
     for host in lab.bmc_ports:
         probe.wait_for(f"{host} record", lambda h=host: components(probe, h).get("health") == "healthy", timeout=15)
     assert components(probe, "h1")["groups"]["power"]["total"] == 2
+    for host in lab.bmc_ports:  # the lab BMCs push Redfish events to it
+        probe.wait_for(f"{host} subscribed", lambda h=host: components(probe, h).get("events") == "subscribed",
+                       timeout=10)
     watchers = []
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):

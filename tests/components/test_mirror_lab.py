@@ -103,7 +103,13 @@ def test_mirrored_vm_disk_survives_drive_failures_and_remirrors_by_itself() -> N
             except OSError:
                 return False
 
-        probe.wait_for("the VM's mirrored disk answering", disk_ready, timeout=120, every=0.5)
+        try:
+            probe.wait_for("the VM's mirrored disk answering", disk_ready, timeout=150, every=0.5)
+        except AssertionError:
+            for tail in (lab.run_dir / f"agent-{host}.log", lab.run_dir / "agents" / host / "qemu" / "db-0" / "console.log",
+                         lab.run_dir / "agents" / host / "qemu" / "db-0" / "qemu.log"):
+                print(f"--- {tail}:", tail.read_text(errors="replace")[-3000:] if tail.exists() else "missing")
+            raise
 
         def storage() -> dict[str, Any]:
             record = probe._run(lambda s: s.get_json(keys.host_components(lab.cluster, host))) or {}  # noqa: SLF001

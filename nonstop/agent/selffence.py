@@ -5,7 +5,9 @@ Role: the agent half of "never two running instances of a guest" (sbd's watchdog
 the controller acknowledged no heartbeat on any link, for ``policies.ha.self_fence_timeout``?
 Then it stops every guest of every driver at once (hard stop) and refuses to start any until
 both are current again — the drivers are wrapped in a ``FenceGate`` whose ``start``/``spawn``
-raise while fenced. The controller counts on this: when no fence device answers it waits
+raise while fenced; while fenced it keeps stopping whatever runs (a start in flight when the
+gate closed may finish later). The gate also answers ``status`` for a guest whose start is in
+flight (STARTING) instead of asking the driver mid-start. The controller counts on this: when no fence device answers it waits
 2 × the timeout after it last heard the host, then restarts the guests elsewhere.
 
 Lease health is read back from the store: our ``hosts/<h>/alive`` key still carries the
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nonstop.agent.heartbeats import AgentHeartbeats
+from nonstop.core.guests.model import GuestState, GuestStatus
 from nonstop.core.ha.selffence import self_fence_decision
 from nonstop.drivers.base import Driver, GuestNotFound, GuestStartError
 from nonstop.ha.keys import load_key
@@ -50,6 +53,8 @@ class FenceGate:
 
 def _gated(driver: Driver, gate: FenceGate) -> Driver:
     cls = type(driver)
+    starting: set[str] = set()
+    """Guests whose start is in flight through this gate."""
 
     class Gated:
         capabilities = cls.capabilities
@@ -61,12 +66,29 @@ def _gated(driver: Driver, gate: FenceGate) -> Driver:
         async def start(self, name: str) -> Any:
             if gate.fenced:
                 raise GuestStartError(f"refused: the host is self-fenced ({gate.reason})")
-            return await driver.start(name)
+            starting.add(name)
+            try:
+                return await driver.start(name)
+            finally:
+                starting.discard(name)
 
         async def spawn(self, definition: Any) -> Any:
             if gate.fenced:
                 raise GuestStartError(f"refused: the host is self-fenced ({gate.reason})")
-            return await driver.spawn(definition)
+            starting.add(definition.name)
+            try:
+                return await driver.spawn(definition)
+            finally:
+                starting.discard(definition.name)
+
+        async def status(self, name: str) -> GuestStatus:
+            if name in starting:
+                # Not asked through the driver mid-start: the process driver takes a STARTING guest
+                # without a process yet for dead and releases its namespace, vNICs and cgroup under
+                # the launch (the agent asks every pass for guests it has no status of; failover
+                # starts then failed and waited out a back-off whenever 2+ started on one host).
+                return GuestStatus(name=name, state=GuestState.STARTING)
+            return await driver.status(name)
 
         async def prepare_incoming(self, definition: Any) -> Any:
             if gate.fenced:
@@ -105,8 +127,17 @@ class SelfFence:
                     await driver.stop(name, timeout=0.2)
                 log.error("self-fence: stopped %s", name)
 
+    async def _stop_running(self) -> None:
+        for driver in self.drivers.values():
+            for name in await driver.list_guests():
+                with contextlib.suppress(GuestNotFound):
+                    if (await driver.status(name)).state in (GuestState.RUNNING, GuestState.STARTING):
+                        await driver.stop(name, timeout=0.2)
+                        log.error("self-fence: stopped %s (it was running while fenced)", name)
+
     async def run(self) -> None:
         checker = asyncio.create_task(self._check_lease(), name="selffence-lease")
+        swept = 0.0
         try:
             while True:
                 now = time.monotonic()
@@ -118,6 +149,12 @@ class SelfFence:
                     self.gate.count += 1
                     log.error("SELF-FENCE: %s: stopping every guest", decision.reason)
                     await self._stop_all()
+                    swept = now
+                elif decision.fence and now - swept >= 0.5:
+                    # Level-triggered while fenced: a start already in flight when the gate closed
+                    # may finish after the first sweep; nothing may keep running here.
+                    await self._stop_running()
+                    swept = now
                 elif not decision.fence and self.gate.fenced:
                     log.warning("self-fence lifted: lease and controller current again")
                     self.gate.fenced, self.gate.reason = False, ""

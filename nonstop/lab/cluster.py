@@ -19,8 +19,10 @@ Faults: ``fail_host`` (Redfish ForceOff through the host's BMC, or kill -9 of ev
 namespace), ``power_on``, ``cut_link`` / ``restore_link``, ``partition`` (an nftables table in
 the host's namespace dropping heartbeats and acknowledgements, host left running) / ``heal``.
 
-The store is SQLite on this machine's file system, so a partition cannot cut store traffic;
-the partitioned agent self-fences on controller silence instead (docs/controller.md).
+With a SQLite store (a file on this machine) a partition cannot cut store traffic and the
+partitioned agent self-fences on controller silence; with an etcd store reached on 127.0.0.1
+(relayed into the namespaces, as ``nonstop up --store etcd://`` does) ``partition`` drops the
+store traffic too and the agent self-fences on its lost lease (docs/controller.md).
 
 Must not: decide anything about guests (the controller does), or touch anything outside the
 cluster's namespaces, cgroups (``nonstop.<cluster>.host-*``) and run directory.
@@ -330,17 +332,32 @@ class LabCluster:
         res = netns.run(ns, ["nft", "-j", "list", "table", "inet", self._partition_table()])
         return res.returncode == 0
 
+    def _store_port(self) -> int | None:
+        """The TCP port of an etcd store the host reaches on its own 127.0.0.1 (relayed into the
+        lab's namespaces, nonstop/up/storelink.py); None for SQLite (no traffic to drop)."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.store_url)
+        return (parsed.port or 2379) if parsed.scheme == "etcd" else None
+
     def partition(self, host: str) -> None:
-        """Drop the host's heartbeats and the controller's acknowledgements (nftables in the
-        host's namespace); the host keeps running."""
+        """Drop the host's heartbeats and the controller's acknowledgements — and, with an etcd
+        store, its store traffic both ways (nftables in the host's namespace); the host keeps
+        running."""
         table = self._partition_table()
+        drops = [("udp", HEARTBEAT_PORT)]
+        if (store_port := self._store_port()) is not None:
+            drops.append(("tcp", store_port))
         rules = []
         for chain, hook, match in (("out", "output", "dport"), ("in", "input", "sport")):
             rules.append({"add": {"chain": {"family": "inet", "table": table, "name": chain, "type": "filter",
                                             "hook": hook, "prio": -10, "policy": "accept"}}})
-            rules.append({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": match}}, "right": HEARTBEAT_PORT}},
-                {"counter": None}, {"drop": None}]}}})
+            for proto, port in drops:
+                # TCP to the store relay runs over the host's loopback: drop both directions
+                for field in ("dport", "sport") if proto == "tcp" else (match,):
+                    rules.append({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": [
+                        {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": field}}, "right": port}},
+                        {"counter": None}, {"drop": None}]}}})
         doc = {"nftables": [{"add": {"table": {"family": "inet", "name": table}}}, *rules]}
         res = netns.run(names.host_ns(self.cluster, host), ["nft", "-j", "-f", "-"], input=json.dumps(doc).encode())
         if res.returncode != 0:

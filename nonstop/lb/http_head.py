@@ -46,7 +46,28 @@ class _HeadProbe:
 _probe = _HeadProbe()
 
 
-def plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes] | None:
+_PLAIN_MEMO: dict[bytes, tuple[bytes, bytes, int]] = {}
+_PLAIN_MEMO_MAX = 256
+_PLAIN_MEMO_HEAD_MAX = 2048
+
+
+def plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes, int] | None:
+    """``_plain_request`` memoized on the head's bytes: a client repeating a request
+    (keep-alive loops, pollers, health checkers, load generators) is validated once; the
+    memo is bounded and holds only heads that passed. Returns (method, head without its
+    blank line, number of header fields) or None."""
+    hit = _PLAIN_MEMO.get(data)
+    if hit is not None:
+        return hit if hit[2] <= max_headers else None
+    plain = _plain_request(data, max_headers)
+    if plain is not None and len(data) <= _PLAIN_MEMO_HEAD_MAX:
+        if len(_PLAIN_MEMO) >= _PLAIN_MEMO_MAX:
+            _PLAIN_MEMO.clear()
+        _PLAIN_MEMO[data] = plain
+    return plain
+
+
+def _plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes, int] | None:
     """If ``data`` (ending in a blank line) is exactly one plain request head — valid by
     httptools, HTTP/1.1, keep-alive, with Host, at most ``max_headers`` fields and none of
     PLAIN_PASS_EXCLUDED except ``Connection: keep-alive`` (cut out) — return (method, the
@@ -73,7 +94,8 @@ def plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes] | None:
         # HTTP/1.0; it forgets that flag by the time the message completes): start afresh
         _probe = _HeadProbe()
         return None
-    if b"host" not in headers or data.count(b"\n") > max_headers + 2:
+    fields = data.count(b"\n") - 2
+    if b"host" not in headers or fields > max_headers:
         return None
     if not headers.keys().isdisjoint(PLAIN_PASS_EXCLUDED):
         # browsers and most libraries send "Connection: keep-alive": hop-by-hop, cut it out
@@ -83,7 +105,7 @@ def plain_request(data: bytes, max_headers: int) -> tuple[bytes, bytes] | None:
         if lowered.find(b"\r\nconnection:", at + 2) >= 0:
             return None
         data = data[:at] + data[lowered.find(b"\r\n", at + 2) :]
-    return parser.get_method(), data[:-2]
+    return parser.get_method(), data[:-2], fields
 
 
 REASONS = {

@@ -411,7 +411,17 @@ class HttpClient(asyncio.Protocol):
         if not self.in_head and self.parsing is None and data[-4:] == b"\r\n\r\n" and len(data) <= self.max_header_bytes:
             plain = plain_request(data, self.max_headers)
             if plain is not None:
-                self._plain(plain[0], plain[1])
+                # the fast path: a whole plain request (no body, keep-alive) in one read
+                ex = Exchange(self, plain[0], plain[1] + self.tail, True, False, False, True)
+                queue = self.queue
+                queue.append(ex)
+                svc = self.svc
+                svc.stats.requests += 1
+                self.deadline_kind = DEADLINE_NONE
+                if len(queue) == 1:
+                    svc.http_dispatch(ex)
+                else:
+                    self.pause(_PAUSE_PIPELINE)
                 return
         try:
             try:
@@ -426,19 +436,6 @@ class HttpClient(asyncio.Protocol):
             self.reject(exc)
         except HttpParserError as exc:
             self.reject(self.error or ClientError(400, f"malformed HTTP request ({exc})"))
-
-    def _plain(self, method: bytes, head: bytes) -> None:
-        """The fast path: a whole plain request (no body, keep-alive) arrived in one read."""
-        ex = Exchange(self, method, head + self.tail, True, False, False, True)
-        queue = self.queue
-        queue.append(ex)
-        svc = self.svc
-        svc.stats.requests += 1
-        self.deadline_kind = DEADLINE_NONE
-        if len(queue) == 1:
-            svc.http_dispatch(ex)
-        else:
-            self.pause(_PAUSE_PIPELINE)
 
     def _after_upgrade(self, data: bytes, exc: HttpParserUpgrade) -> None:
         # Upgrade/CONNECT heads are proxied as plain requests (Upgrade is hop-by-hop);

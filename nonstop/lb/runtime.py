@@ -20,6 +20,7 @@ Must not: parse HTTP or choose backends (the services and the pool do).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -170,6 +171,11 @@ class Balancer:
     async def run_until_signalled(self) -> None:
         """Start, then serve until SIGTERM/SIGINT (graceful stop); SIGHUP reloads."""
         await self.start()
+        # Everything built so far (config models, imports) lives as long as the process:
+        # move it out of the collector's reach, so a full collection under load only walks
+        # the connections and requests of the moment (a shorter pause, a better p99).
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -77,6 +77,7 @@ class ServiceRuntime:
         """A coarse clock for deadlines, advanced by the sweeper (saves a clock read per request)."""
         self.client_timeout = spec.client_timeout
         self.server_timeout = spec.server_timeout
+        self.access_log = spec.access_log
         """Copies of spec settings the hot path reads (plain attributes; ``update`` refreshes them)."""
         self._budget_counted = 0
         """Requests already credited to the retry budget (the sweeper credits in batches)."""
@@ -175,6 +176,7 @@ class ServiceRuntime:
         self.spec = spec
         self.client_timeout = spec.client_timeout
         self.server_timeout = spec.server_timeout
+        self.access_log = spec.access_log
         if spec.algorithm != old.algorithm:
             self.pool.balancer = make_balancer(spec.algorithm.value)
             self.uses_key = self.pool.balancer.uses_key
@@ -367,7 +369,7 @@ class ServiceRuntime:
             self._park(up, now)
         elif up.transport is not None:
             up.transport.close()
-        if self.spec.access_log:
+        if self.access_log:
             access_log.info(
                 "%s %s %s %d %s %.1fms", self.spec.name, ex.client.client_ip.decode(), ex.method.decode(), status,
                 backend.name, (perf_counter() - ex.started) * 1000,

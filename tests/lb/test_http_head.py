@@ -54,7 +54,10 @@ NOT_PLAIN = {
 @pytest.mark.parametrize("name", PLAIN)
 def test_plain_heads_go_upstream_as_sent_minus_hop_by_hop(name):
     data, upstream = PLAIN[name]
-    assert plain_request(data, max_headers=4) == (data.split(b" ", 1)[0], upstream)
+    fields = data.count(b"\n") - 2
+    assert plain_request(data, max_headers=4) == (data.split(b" ", 1)[0], upstream, fields)
+    assert plain_request(data, max_headers=4) == (data.split(b" ", 1)[0], upstream, fields)  # memoized
+    assert plain_request(data, max_headers=fields - 1) is None  # the limit holds for a memoized head too
 
 
 @pytest.mark.parametrize("name", NOT_PLAIN)

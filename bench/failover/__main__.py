@@ -28,6 +28,11 @@ def summary(rounds: list[dict[str, Any]], field: str) -> dict[str, Any] | None:
     return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def fields(rounds: list[dict[str, Any]]) -> list[str]:
+    """Every field any round has (a round that did not recover has fewer)."""
+    return list(dict.fromkeys(k for r in rounds for k in r))
+
+
 def fmt(s: dict[str, Any] | None, unit: str = "s") -> str:
     if s is None:
         return "—"
@@ -38,9 +43,9 @@ def fmt(s: dict[str, Any] | None, unit: str = "s") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     n, p, v = result.get("nonstop"), result.get("peer"), result.get("nonstop_vm")
-    ns = {k: summary(n["rounds"], k) for k in n["rounds"][0]} if n else {}
-    vs = {k: summary(v["rounds"], k) for k in v["rounds"][0]} if v else {}
-    ps = {k: summary(p["rounds"], k) for k in p["rounds"][0]} if p else {}
+    ns = {k: summary(n["rounds"], k) for k in fields(n["rounds"])} if n else {}
+    vs = {k: summary(v["rounds"], k) for k in fields(v["rounds"])} if v else {}
+    ps = {k: summary(p["rounds"], k) for k in fields(p["rounds"])} if p else {}
     rows = [
         ("detection (kill → host declared dead / VIP moved)", fmt(ns.get("detection_s")), fmt(ps.get("detection_s"))),
         ("fence (kill → host verified off)", fmt(ns.get("fence_s")), "— (no fencing)"),
@@ -84,6 +89,12 @@ def markdown(result: dict[str, Any]) -> str:
         "Targets (issue 6): detection ≤ 500 ms; process guests serving again ≤ 2 s; 0 failed requests.",
         "",
     ]
+    failed_rounds = [r for side in ("nonstop", "nonstop_vm") for r in (result.get(side) or {}).get("rounds", [])
+                     if r.get("error")]
+    if failed_rounds:
+        lines += [f"Rounds that did not recover within the bench's wait (kept in failover.json with their events): "
+                  f"{len(failed_rounds)} — " + "; ".join(f"round {r['round']} ({r['host']}): {r['error']}"
+                                                         for r in failed_rounds), ""]
     return "\n".join(lines)
 
 
@@ -122,7 +133,7 @@ def main() -> None:
         result["peer"] = peer.run(args.kills)
     result["loadavg_end"] = round(os.getloadavg()[0], 2)
     (RESULTS / "failover.partial.json").unlink(missing_ok=True)
-    result["summary"] = {side: {k: summary(result[side]["rounds"], k) for k in result[side]["rounds"][0]
+    result["summary"] = {side: {k: summary(result[side]["rounds"], k) for k in fields(result[side]["rounds"])
                                 if k not in ("round", "host", "new_master")}
                          for side in ("nonstop", "nonstop_vm", "peer") if side in result}
     RESULTS.mkdir(parents=True, exist_ok=True)

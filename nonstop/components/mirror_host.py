@@ -49,6 +49,8 @@ log = logging.getLogger("nonstop.components.mirror")
 
 STATE_FILE = "mirror.json"
 STALE_READING = 30.0
+SPEC_EVERY = 5.0
+"""How often the stored spec is read again (drives, stability window), seconds."""
 """A components record older than this (seconds) says nothing about the drives now."""
 _locks: dict[str, asyncio.Lock] = {}
 
@@ -187,19 +189,30 @@ class MirrorReconciler:
         self.events = EventLog(store, cluster)
         self.ok_since: dict[str, float | None] = {}
         self.window = 30.0
+        self.drives = list(legs_io.DEFAULT_DRIVES)
+        self.spec_read_at: float | None = None
         self.timings: list[dict[str, Any]] = []
+
+    async def read_spec(self, now: float) -> None:
+        """The host's drives and the stability window from the stored spec (every SPEC_EVERY s);
+        the drive list goes to ``drives.json`` for the driver."""
+        from nonstop.store.state import get_spec
+
+        if self.spec_read_at is not None and now - self.spec_read_at < SPEC_EVERY:
+            return
+        self.spec_read_at = now
+        stored = await get_spec(self.store, self.cluster)
+        if stored is not None:
+            with contextlib.suppress(KeyError):
+                self.drives = [d.name for d in stored.spec.host(self.host).drives]
+            self.window = float(stored.spec.policies.components.stability_window)
+        await asyncio.to_thread(legs_io.write_host_drives, self.disk_root, self.host, self.drives)
 
     async def drive_states(self, now: float) -> dict[str, bool | None]:
         from nonstop.store import keys
-        from nonstop.store.state import get_spec
 
-        stored = await get_spec(self.store, self.cluster)
-        drives = list(legs_io.DEFAULT_DRIVES)
-        if stored is not None:
-            with contextlib.suppress(KeyError):
-                drives = [d.name for d in stored.spec.host(self.host).drives]
-            self.window = float(stored.spec.policies.components.stability_window)
-        await asyncio.to_thread(legs_io.write_host_drives, self.disk_root, self.host, drives)
+        await self.read_spec(now)
+        drives = self.drives
         record = await self.store.get_json(keys.host_components(self.cluster, self.host)) or {}
         storage = (record.get("groups") or {}).get("storage") or {}
         fresh = now - float(record.get("read_at") or 0) < STALE_READING
@@ -210,6 +223,10 @@ class MirrorReconciler:
 
     async def pass_once(self, now: float | None = None) -> list[MirrorAction]:
         now = time.time() if now is None else now
+        if not any(self.qemu_state_dir.glob(f"*/{STATE_FILE}")):
+            await self.read_spec(now)  # keeps drives.json current for the next mirrored VM
+            self.ok_since = {}
+            return []
         states = await self.drive_states(now)
         self.ok_since = track_ok_since(self.ok_since, states, now)
         drives = tuple(DriveView(d, s, self.ok_since.get(d)) for d, s in states.items())

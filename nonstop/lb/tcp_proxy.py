@@ -2,8 +2,10 @@
 
 Role: accept a client, pick a backend (connect failures are retried on another backend:
 nothing was read from the client yet, its reads stay paused until the upstream is
-connected), then copy bytes both ways with ``transport.write``, pausing reads on one side
-when the other side's write buffer is full, and passing half-closes (EOF) through.
+connected), then copy bytes both ways with ``transport.write`` — once connected, each
+protocol's ``data_received`` *is* the other transport's write, so no Python code runs per
+read — pausing reads on one side when the other side's write buffer is full, and passing
+half-closes (EOF) through.
 
 Must not: look at the bytes, or decide policy (the service and the pool do).
 """
@@ -20,17 +22,20 @@ if TYPE_CHECKING:
 
 
 class TcpUpstream(asyncio.Protocol):
-    __slots__ = ("client", "transport", "eof")
+    __slots__ = ("client", "transport", "eof", "data_received")
 
     def __init__(self, client: TcpClient) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.eof = False
+        self.data_received = self._to_client  # type: ignore[method-assign]
+        """Until ``TcpClient.connected``: a checked copy; after it, the client transport's
+        own ``write``, so the event loop moves backend bytes with no Python frame between."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def _to_client(self, data: bytes) -> None:
         t = self.client.transport
         if t is not None:
             t.write(data)
@@ -63,7 +68,7 @@ class TcpUpstream(asyncio.Protocol):
 
 
 class TcpClient(asyncio.Protocol):
-    __slots__ = ("svc", "transport", "upstream", "backend", "tried", "eof", "key", "pending")
+    __slots__ = ("svc", "transport", "upstream", "backend", "tried", "eof", "key", "pending", "data_received")
 
     def __init__(self, svc: ServiceRuntime) -> None:
         self.svc = svc
@@ -74,6 +79,9 @@ class TcpClient(asyncio.Protocol):
         self.eof = False
         self.key = b""
         self.pending: list[bytes] = []
+        self.data_received = self._before_connected  # type: ignore[method-assign]
+        """Until the upstream is connected, bytes wait in ``pending``; then this becomes the
+        upstream transport's ``write`` (see ``connected``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -84,14 +92,10 @@ class TcpClient(asyncio.Protocol):
             self.key = str(peer[0]).encode()
         self.svc.tcp_accepted(self)
 
-    def data_received(self, data: bytes) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.write(data)
-        elif up is None:
-            self.pending.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
+    def _before_connected(self, data: bytes) -> None:
+        self.pending.append(data)
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -130,9 +134,21 @@ class TcpClient(asyncio.Protocol):
             if upstream.transport is not None:
                 upstream.transport.close()
             return
-        if self.pending and upstream.transport is not None:
-            upstream.transport.write(b"".join(self.pending))
+        ut = upstream.transport
+        if ut is None:
+            return
+        if self.pending:
+            ut.write(b"".join(self.pending))
             self.pending = []
-        if self.eof and upstream.transport is not None and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+        if self.eof and ut.can_write_eof():
+            ut.write_eof()
+        # Both directions now go transport to transport: each protocol's data_received is
+        # the other transport's C write (the loop keeps the bound callable: set_protocol
+        # refreshes it). Safe because whenever one side's connection is lost, its
+        # connection_lost closes the other side (which stops reading) before the loop
+        # closes the lost handle; until then a write to it is dropped, never raised.
+        self.data_received = ut.write  # type: ignore[method-assign]
+        self.transport.set_protocol(self)
+        upstream.data_received = self.transport.write  # type: ignore[method-assign]
+        ut.set_protocol(upstream)
         self.transport.resume_reading()

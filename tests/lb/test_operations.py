@@ -17,7 +17,21 @@ from nonstop.lb.config import LbConfig
 
 from .helpers import ROOT, Client, free_port, load, port_of, running, service
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(90)
+
+
+async def wait_serving(port: int, timeout: float = 45.0) -> None:
+    """Until a CLI-started balancer answers (its imports alone take seconds on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if (await Client(port).request("GET", "/", headers="Connection: close\r\n")).status == 200:
+                return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 async def admin_call(balancer, method: str, path: str, body: object | None = None) -> tuple[int, object]:
@@ -132,13 +146,9 @@ async def test_cli_serves_reloads_on_sighup_and_stops_cleanly(backends, tmp_path
     path.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen([sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(path)], cwd=ROOT)
     try:
+        await wait_serving(port)
         client = Client(port)
-        for _ in range(50):
-            try:
-                assert (await client.request()).body.startswith(b"a ")
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        assert (await client.request()).body.startswith(b"a ")
         doc["services"][0]["servers"] = [{"name": "b", "address": b.address}]
         path.write_text(yaml.safe_dump(doc))
         os.kill(proc.pid, signal.SIGHUP)
@@ -168,14 +178,7 @@ async def test_workers_share_health_and_admin_state(backends, tmp_path):
     path.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen([sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(path), "--workers", "2"], cwd=ROOT)
     try:
-        for _ in range(100):
-            try:
-                r = await Client(port).request("GET", "/", headers="Connection: close\r\n")
-                if r.status == 200:
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
+        await wait_serving(port)
         fresh = Counter()
         for _ in range(20):  # new connections spread over both workers (SO_REUSEPORT)
             fresh[(await Client(port).request("GET", "/", headers="Connection: close\r\n")).body[:1]] += 1

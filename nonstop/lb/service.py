@@ -152,8 +152,13 @@ class ServiceRuntime:
         return backend
 
     def remove_server(self, name: str) -> None:
-        backend = self.pool.remove(name)
+        backend = self.pool.remove(name, self.loop.time())
         self._close_idle(backend.name)
+        # A removed backend is no longer health-checked, so a host that went silent would
+        # hold the requests still on it until the server timeout: the unanswered idempotent
+        # ones go to another backend now; the rest may finish within the drain deadline
+        # (the pool marks a removed backend draining).
+        self._abort_in_flight(backend, replayable_only=True)
         self._notify(None)
 
     def set_admin(self, name: str, state: AdminState) -> Backend:
@@ -161,7 +166,7 @@ class ServiceRuntime:
         if state is not AdminState.READY:
             self._close_idle(name)
         if state is AdminState.MAINT:
-            self._abort_in_flight(name)
+            self._abort_in_flight(backend)
         self._notify(None)
         return backend
 
@@ -217,7 +222,9 @@ class ServiceRuntime:
         log.info("%s/%s: %s -> %s (%s)", self.spec.name, event.backend, change.before.value, change.after.value, change.event.value)
         if change.stopped_serving:
             self._close_idle(event.backend)
-            self._abort_in_flight(event.backend)
+            backend = self.pool.backends.get(event.backend)
+            if backend is not None:
+                self._abort_in_flight(backend)
         self._notify(event)
 
     def _notify(self, event: PoolEvent | None) -> None:
@@ -232,10 +239,15 @@ class ServiceRuntime:
             if up.transport is not None:
                 up.transport.close()
 
-    def _abort_in_flight(self, name: str) -> None:
-        """The backend stopped serving: requests it has not started answering go elsewhere."""
-        for up in [u for u in self.busy if u.backend.name == name and not u.received]:
-            self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {name} went down")
+    def _abort_in_flight(self, backend: Backend, *, replayable_only: bool = False) -> None:
+        """The backend stopped serving: requests it has not started answering go elsewhere
+        (``core.lb.retry`` decides which are retried; the others get a 502). With
+        ``replayable_only``, only those a retry will resend are taken away."""
+        for up in [u for u in self.busy if u.backend is backend and not u.received]:
+            ex = up.exchange
+            if replayable_only and (ex is None or ex.method not in IDEMPOTENT_METHODS or ex.chunks is None):
+                continue
+            self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} went down")
 
     # ------------------------------------------------------------------ HTTP
 

@@ -153,9 +153,14 @@ class Pool:
         self._changed()
         return backend
 
-    def remove(self, name: str) -> Backend:
+    def remove(self, name: str, now: float = 0.0) -> Backend:
+        """Take a server out. The returned Backend counts as draining from ``now``: work
+        still on it may finish within the shell's drain deadline."""
         backend = self.get(name)
         del self.backends[name]
+        if backend.admin is AdminState.READY:
+            backend.admin = AdminState.DRAIN
+            backend.admin_since = now
         self._changed()
         return backend
 

@@ -30,8 +30,8 @@ def markdown(report: dict, spec: str, rate: float, started: str, name: str) -> s
         f"# Availability tour (bench/availability): service {report['service']}", "",
         f"`python -m bench.availability --spec {spec} --rate {rate:g} --service {report['service']} --name {name}`, run {started} on the shared 2-core "
         "machine (other engineers' tests running: figures are noisy).", "",
-        f"Service `{report['service']}` of cluster `{report['cluster']}`: {report['requests']} requests at "
-        f"{rate:g}/s over {report['duration_s']} s, **{report['failed']} failed**, p99 {report['p99_ms']} ms.", "",
+        f"Service `{report['service']}` of cluster `{report['cluster']}`: {report['requests']} requests "
+        f"(`GET {report.get('path', '/')}`, each on a new connection, 2 s client timeout) at {rate:g}/s over {report['duration_s']} s, **{report['failed']} failed**, p99 {report['p99_ms']} ms.", "",
         f"- `nonstop up` to a fully serving lab: **{report.get('up_seconds')} s**; `nonstop down`: "
         f"**{report.get('down_seconds')} s**", "",
         "| event | target | requests | failed | p50 ms | p99 ms | detected s | fenced s | failover done s "
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="requests/s (default: 40 for process replicas, 10 for VM replicas under TCG)")
     parser.add_argument("--service", default="api", help="service to load (api: process replicas; web: VMs)")
+    parser.add_argument("--path", default=None, help="path to GET (default: / for process replicas, /health for VMs)")
     parser.add_argument("--name", default="availability", help="result file name (without extension)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     report = run_tour(spec, Path(args.spec).resolve(), say=console.print, interactive=False,
-                      rate=args.rate, service=args.service,
+                      rate=args.rate, service=args.service, path=args.path,
                       plot=out / f"{args.name}.png")
     report["spec"] = args.spec
     report["rate"] = report.get("rate", args.rate)

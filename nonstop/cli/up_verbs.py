@@ -123,6 +123,8 @@ def register(app: typer.Typer) -> None:
              rate: float = typer.Option(None, "--rate", help="requests per second through the balancer "
                                         "(default: 40 for process replicas, 10 for VM replicas under TCG)"),
              service: str = typer.Option(None, "--service", help="service to load (default: the first)"),
+             path: str = typer.Option(None, "--path", help="path to GET (default: / for process replicas, "
+                                      "/health — a static file — for VM replicas)"),
              keep: bool = typer.Option(False, "--keep", help="leave a lab the demo started running")) -> None:
         """A scripted availability tour: load through the balancer while a host dies, a link is cut,
         a host is partitioned and everything heals; prints a report and writes a plot."""
@@ -130,7 +132,7 @@ def register(app: typer.Typer) -> None:
 
         spec, _ = _load(spec_file)
         report = run_tour(spec, spec_file.resolve(), say=_say, interactive=not non_interactive and sys.stdin.isatty(),
-                          rate=rate, service=service, plot=plot, keep=keep)
+                          rate=rate, service=service, path=path, plot=plot, keep=keep)
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
             out.print(f"report: {json_out}")

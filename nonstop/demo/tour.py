@@ -33,15 +33,26 @@ UP_TIMEOUT = 400.0
 STEADY_TIMEOUT = 180.0
 RATE_PROCESS = 40.0
 RATE_VM = 10.0
-"""Default load: 40 new connections/s for process replicas; 10/s for VM replicas, which run under
-emulation (TCG) on the lab machine — busybox httpd forks per request and three emulated VMs on a
-shared 2-core machine time out at 40/s before any fault (docs/demo.md)."""
+PATH_PROCESS = "/"
+PATH_VM = "/health"
+"""Default load: 40 new connections/s of ``GET /`` for process replicas; for VM replicas, which run
+under emulation (TCG) on the lab machine, 10/s of ``GET /health`` — a static file. The guest's
+``/`` is a CGI shell script (a dozen forks per request): emulated, it takes 0.4-2.5 s each on a
+loaded 2-core machine, so three VMs saturate at ~3 requests/s in all and fail before any fault
+(measured: docs/demo.md). Static content is what a web tier serves most."""
+
+
+def _service_kind(spec: ClusterSpec, service: str) -> str:
+    group = next((s.backends.group for s in spec.services if s.name == service and s.backends), None)
+    return next((g.kind.value for g in spec.guests if g.name == group), "process")
 
 
 def default_rate(spec: ClusterSpec, service: str) -> float:
-    group = next((s.backends.group for s in spec.services if s.name == service and s.backends), None)
-    kind = next((g.kind.value for g in spec.guests if g.name == group), "process")
-    return RATE_VM if kind == "vm" else RATE_PROCESS
+    return RATE_VM if _service_kind(spec, service) == "vm" else RATE_PROCESS
+
+
+def default_path(spec: ClusterSpec, service: str) -> str:
+    return PATH_VM if _service_kind(spec, service) == "vm" else PATH_PROCESS
 
 
 class TourError(RuntimeError):
@@ -86,13 +97,14 @@ def stop_up(proc: subprocess.Popen[bytes] | None, cluster: str) -> float:
 
 class Tour:
     def __init__(self, spec: ClusterSpec, record: dict[str, Any], service: str, say: Say, rate: float,
-                 interactive: bool) -> None:
+                 interactive: bool, path: str = "/") -> None:
         from nonstop.api.client import ApiClient
 
         self.spec, self.record, self.service, self.say = spec, record, service, say
         self.api = ApiClient.discover(None, spec.cluster, None)
         self.port = int(str(record["services"][service]).rpartition(":")[2])
         self.rate = rate
+        self.path = path
         self.interactive = interactive
         self.steps: list[dict[str, Any]] = []
         self.settles: list[dict[str, Any]] = []
@@ -315,8 +327,10 @@ class Tour:
         return first, second, third
 
     async def run(self, budget: float) -> tuple[list[Any], list[dict[str, Any]], float]:
-        load = LoadRun(self.port, rate=self.rate, duration=budget, max_requests=int(self.rate * budget) + 1)
-        self.say(f"load: {self.rate:.0f} requests/s through 127.0.0.1:{self.port} (service {self.service})")
+        load = LoadRun(self.port, rate=self.rate, duration=budget, max_requests=int(self.rate * budget) + 1,
+                       path=self.path)
+        self.say(f"load: {self.rate:.0f} requests/s of GET {self.path} through 127.0.0.1:{self.port} "
+                 f"(service {self.service})")
         began = time.time()
         task = asyncio.create_task(load.run())
         try:
@@ -339,7 +353,7 @@ class Tour:
 
 
 def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool, rate: float | None = None,
-             service: str | None = None, plot: Path | None = None, keep: bool = False,
+             service: str | None = None, path: str | None = None, plot: Path | None = None, keep: bool = False,
              budget: float = 600.0) -> dict[str, Any]:
     """The whole tour; the report (also printed)."""
     from nonstop.demo.report import build_report, print_report, write_plot
@@ -362,13 +376,14 @@ def run_tour(spec: ClusterSpec, spec_file: Path, *, say: Say, interactive: bool,
         chosen = service or names[0]
         if rate is None:
             rate = default_rate(spec, chosen)
-        tour = Tour(spec, record, chosen, say, rate, interactive)
+        path = path or default_path(spec, chosen)
+        tour = Tour(spec, record, chosen, say, rate, interactive, path)
         try:
             samples, events, began = asyncio.run(tour.run(budget))
         finally:
             report["settles"] = tour.settles
         report = {**build_report(cluster, chosen, samples, tour.steps, events, began), "settles": tour.settles,
-                  "rate": rate}
+                  "rate": rate, "path": path}
         report["up_seconds"] = round(up_seconds, 2) if up_seconds is not None else None
         report["completed"] = True
     except TourError as exc:

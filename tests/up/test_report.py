@@ -43,3 +43,13 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 99) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_demo_load_defaults_follow_the_replicas_kind() -> None:
+    from nonstop.demo.tour import PATH_VM, RATE_VM, default_path, default_rate
+    from nonstop.specfile import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "lab.yaml")
+    # web: VM replicas under TCG — fewer requests, of the static file; api: process replicas
+    assert (default_rate(spec, "web"), default_path(spec, "web")) == (RATE_VM, PATH_VM) == (10.0, "/health")
+    assert (default_rate(spec, "api"), default_path(spec, "api")) == (40.0, "/")

@@ -1,6 +1,7 @@
 """Benchmark: nonstop lb (L7, L4, nftables) against HAProxy 2.6 and direct, in one run.
 
     .venv/bin/python -m bench.lb [--rounds 3] [--seconds 5] [--availability-seconds 60]
+                                 [--skip-scaling] [--skip-availability]
 
 Throughput: two nginx backends; then, in alternating order each round: direct to one
 backend, HAProxy http and tcp (one thread, keep-alive, roundrobin, checks on), nonstop
@@ -10,6 +11,9 @@ and stopped after it, so e.g. the nat table's connection tracking costs only the
 Reported: medians over rounds of req/s, p50, p99 and the proxy's CPU (utime+stime from
 /proc/<pid>/stat over the run; for nftables the forwarding is kernel work charged to the
 client/backends, so its "proxy CPU" is only the control process).
+
+Scaling: nonstop L7 with ``--workers`` 1 and 2 (and HAProxy with 1 and 2 threads), the
+proxy allowed on both cores, same wrk settings (see ``scaling``).
 
 Availability: three nginx backends under constant wrk load; one backend is SIGKILLed and
 restarted. The load runs as three back-to-back wrk segments (before / event / after) so
@@ -35,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lb.procs import ROOT, Proc, cpu_seconds, free_port, haproxy, nginx, nonstop_lb, wrk
+from bench.lb.procs import ROOT, Proc, cpu_seconds, free_port, haproxy, listeners, nginx, nonstop_lb, wrk
 
 RESULTS = ROOT / "bench" / "results"
 PROXY_CORE, CLIENT_CORE = "1", "0"
@@ -88,6 +92,55 @@ def throughput(tmp: Path, rounds: int, seconds: float, table: str) -> dict[str, 
         for n in nginxes:
             n.stop()
         subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+    return runs
+
+
+SCALING = ("nonstop-l7-w1", "nonstop-l7-w2", "haproxy-http-t1", "haproxy-http-t2")
+SCALING_PROXY_CORES = "0,1"
+
+
+def scaling(tmp: Path, rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """Beyond one core: nonstop L7 with 1 and 2 SO_REUSEPORT workers (and HAProxy with 1 and
+    2 threads for reference), same wrk settings. The proxy may use both cores (taskset 0,1),
+    the nginx backends stay on core 1 and wrk on core 0 — so a second proxy core competes
+    with wrk and the backends: this measures what 2 cores give on this 2-core machine, not
+    the ideal doubling."""
+    backends = [free_port(), free_port()]
+    nginxes = [nginx(tmp, p, PROXY_CORE) for p in backends]
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in SCALING}
+    try:
+        for r in range(rounds):
+            order = SCALING if r % 2 == 0 else tuple(reversed(SCALING))
+            for name in order:
+                port = free_port()
+                n = int(name[-1])
+                if name.startswith("haproxy"):
+                    proc = haproxy(tmp, "http", port, backends, SCALING_PROXY_CORES, threads=n)
+                else:
+                    proc = nonstop_lb(tmp, "http", f"127.0.0.1:{port}", backends, SCALING_PROXY_CORES, workers=n)
+                url = f"http://127.0.0.1:{port}/"
+                try:
+                    deadline = time.monotonic() + 30  # every worker listening before wrk connects
+                    while name.startswith("nonstop") and listeners(port) < n and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    wrk(url, 2.0, core=CLIENT_CORE)
+                    pids = proc.pids
+                    before = cpu_seconds(pids)
+                    t0 = time.monotonic()
+                    result = wrk(url, seconds, core=CLIENT_CORE)
+                    elapsed = time.monotonic() - t0
+                    used = cpu_seconds(pids) - before
+                    result["proxy_cpu"] = used / elapsed
+                    result["cpu_us_per_req"] = used / result["requests"] * 1e6 if result["requests"] else None
+                    result.pop("raw")
+                    runs[name].append(result)
+                    print(f"round {r + 1} {name:16s} {result['rps']:9.0f} req/s  p99 {result['p99']}  "
+                          f"cpu {result['proxy_cpu']}", flush=True)  # fmt: skip
+                finally:
+                    proc.stop()
+    finally:
+        for n in nginxes:
+            n.stop()
     return runs
 
 
@@ -188,6 +241,31 @@ def markdown(doc: dict[str, Any]) -> str:
         "Paired ratios: each round runs the targets back to back, so the ratio of nonstop to HAProxy within a "
         "round sees nearly the same background load; the column is the median over rounds.",
     ]
+    if doc.get("scaling"):
+        sc = doc["scaling"]
+        lines += [
+            "",
+            "## Beyond one core: SO_REUSEPORT workers",
+            "",
+            f"Same wrk settings (-t1 -c50, core {CLIENT_CORE}); the proxy may run on both cores (taskset "
+            f"{SCALING_PROXY_CORES}: control process and workers), the nginx backends stay on core {PROXY_CORE}. "
+            "On this 2-core machine a second proxy core is shared with wrk and the backends, so this shows what "
+            f"2 cores give here, not an ideal doubling. {doc.get('scaling_rounds', '-')} alternating rounds, medians.",
+            "",
+            "| target | req/s | p50 ms | p99 ms | proxy CPU | proxy CPU µs/req | req/s vs 1 worker/thread |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in SCALING:
+            m = sc.get(name)
+            if not m:
+                continue
+            one = sc.get(name[:-1] + "1", {})
+            cpu = "-" if m["proxy_cpu"] is None else f"{m['proxy_cpu'] * 100:.0f} %"
+            per = "-" if m.get("cpu_us_per_req") is None else f"{m['cpu_us_per_req']:.1f}"
+            lines.append(
+                f"| {name} | {m['rps']:.0f} | {fmt_ms(m['p50'])} | {fmt_ms(m['p99'])} | {cpu} | {per} | "
+                f"{ratio(m['rps'], one.get('rps'))} |"
+            )
     lines += [
         "",
         f"## Availability: one of three backends killed and restarted under constant load ({doc['availability_seconds']:g} s)",
@@ -215,6 +293,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--availability-seconds", type=float, default=60.0, help="60 (the issue's); 20 for a quick run")
     parser.add_argument("--skip-availability", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true", help="no workers 1 vs 2 section")
     parser.add_argument("--render", metavar="JSON", help="only re-render the markdown from a saved lb.json")
     args = parser.parse_args()
     if args.render:
@@ -244,6 +323,14 @@ def main() -> None:
         doc["summary"] = {
             name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu", "cpu_us_per_req")} for name, rs in runs.items()
         }
+        if not args.skip_scaling:
+            scale_runs = scaling(tmp, args.rounds, args.seconds)
+            doc["scaling_runs"] = scale_runs
+            doc["scaling_rounds"] = args.rounds
+            doc["scaling"] = {
+                name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu", "cpu_us_per_req")}
+                for name, rs in scale_runs.items()
+            }
         doc["availability"] = {}
         if not args.skip_availability:
             for name in ("nonstop-l7", "haproxy"):

@@ -43,6 +43,16 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"{host}:{port} did not open within {timeout}s")
 
 
+def listeners(port: int) -> int:
+    """Listening IPv4 TCP sockets on ``port`` (SO_REUSEPORT workers: one each)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of the processes (and their reaped children), in seconds."""
     total = 0
@@ -123,9 +133,11 @@ http {{
     return proc
 
 
-def haproxy(tmp: Path, mode: str, port: int, backends: list[int], core: str, *, defaults_check: bool = True) -> Proc:
-    """HAProxy 2.6, one thread, keep-alive, roundrobin; checks with HAProxy's defaults
-    (inter 2s rise 2 fall 3) plus retries 3 and option redispatch."""
+def haproxy(
+    tmp: Path, mode: str, port: int, backends: list[int], core: str, *, defaults_check: bool = True, threads: int = 1
+) -> Proc:
+    """HAProxy 2.6, one thread (or ``threads``), keep-alive, roundrobin; checks with
+    HAProxy's defaults (inter 2s rise 2 fall 3) plus retries 3 and option redispatch."""
     servers = "\n".join(
         f"    server s{i} 127.0.0.1:{p}{' check' if defaults_check else ''}" for i, p in enumerate(backends)
     )
@@ -133,7 +145,7 @@ def haproxy(tmp: Path, mode: str, port: int, backends: list[int], core: str, *, 
     conf = tmp / f"haproxy-{mode}-{port}.cfg"
     conf.write_text(
         f"""global
-    nbthread 1
+    nbthread {threads}
     maxconn 4000
 defaults
     mode {mode}

@@ -1,7 +1,8 @@
 """The API and dashboard beside a REAL lab cluster (root): LabCluster brings up the fabric, BMCs,
 store, controller, balancer and agents with process guests; the API gets it as ``lab=``. In a
 browser, "Fail host" powers the host off through its BMC; the controller detects, fences and fails
-over; the dashboard shows the host failed and its guests running on the others. Before that, a click
+over; the dashboard shows the host failed and its guests running on the others. Before that, every
+host card shows its hardware component groups (the lab's hardware watcher) and a click
 on another host's NIC cuts that cable: link-degraded, NIC shown down. Then the API heals the lab
 (cables restored, the host powered on again)."""
 
@@ -128,6 +129,11 @@ def test_dashboard_fail_host_on_a_real_lab(lab_api, tmp_path: Path) -> None:
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(f"{server.url}/#token={admin}")
             page.wait_for_selector(f'.host[data-host="{victim["name"]}"][data-state="up"]', timeout=10_000)
+            # The lab's hardware watcher reads every BMC: each host card shows its component groups.
+            for h in hosts:
+                for group in ("power", "network", "storage"):
+                    page.wait_for_selector(f'.host[data-host="{h["name"]}"] .hw [data-group="{group}"][data-state="redundant"]',
+                                           timeout=15_000)
             # Cut one cable of another host: the controller hears it on the other link only →
             # link-degraded (never a failover), and the NIC shows down from that evidence.
             other = next(h["name"] for h in hosts if h["name"] != victim["name"])

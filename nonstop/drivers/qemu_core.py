@@ -138,6 +138,15 @@ class QemuCore(Driver):
     def _tap_name(self, name: str, index: int) -> str:
         return f"nv{short_id(self.cluster, self.host, name, length=9)}{index}"
 
+    def _taps(self, record: dict[str, Any]) -> list[str]:
+        """The host-side taps of the guest in ``record`` (for clean-up of their shaping)."""
+        if not record.get("definition"):
+            return []
+        definition = GuestDefinition.from_dict(record["definition"])
+        slots = record.get("nic_slots") or {}
+        return [v.host_ifname or self._tap_name(definition.name, slots.get(v.mac, i))
+                for i, v in enumerate(definition.vnics)]
+
     # -------------------------------------------------------------------------- lifecycle
 
     async def create(self, definition: GuestDefinition) -> None:
@@ -242,7 +251,7 @@ class QemuCore(Driver):
             status_socket=str(run_dir / "status.sock"),
             disks=tuple(DiskAttachment(d["name"], d["path"], d["format"], d.get("slot", i))
                         for i, d in enumerate(record["disks"])),
-            nics=nics, incoming=incoming,
+            nics=nics, incoming=incoming, extra_append=tuple(self.options.get("kernel_args", ())),
         )
         argv = render_argv(launch, layout)
         for stale in (*SOCKETS, "qemu.pid", "console.log"):
@@ -254,6 +263,8 @@ class QemuCore(Driver):
             await rt.wait_qmp(run_dir / "qmp.sock", proc.pid, proc, timeout=15.0)
             for nic, vnic in zip(nics, definition.vnics, strict=True):
                 await asyncio.to_thread(rt.bridge_tap, self.netns, nic.tap, vnic.bridge)
+                if vnic.bandwidth:
+                    await asyncio.to_thread(rt.shape_tap, self.netns, nic.tap, vnic.bandwidth)
         except BaseException as exc:
             rt.kill_process(proc.pid, proc)
             for sock in SOCKETS:
@@ -317,6 +328,8 @@ class QemuCore(Driver):
             rt.kill_process(record["pid"], self._children.get(name))
             await rt.wait_gone(record["pid"], self._children.get(name), 5.0)
         self._children.pop(name, None)
+        for tap in self._taps(record):
+            await asyncio.to_thread(rt.unshape_tap, self.netns, tap)
         shutil.rmtree(self._run_dir(name), ignore_errors=True)
         if record.get("owns_disks"):
             for disk in [*record.get("disks", []), *record.get("detached_disks", [])]:

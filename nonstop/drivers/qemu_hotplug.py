@@ -3,8 +3,10 @@
 Role: ``QemuHotplug`` adds to ``QemuCore`` the live changes, each a short QMP exchange whose
 plan comes from the pure ``qemu_argv`` planners; every change is written to the shared
 ``layout.json`` (vCPU/DIMM devices, device slots) at once, so a later migration or adoption
-renders the same machine. Removal of vCPUs and memory is not offered (QEMU/guest support is
-unreliable); vNICs and disks can be unplugged (the guest must acknowledge the ACPI eject).
+renders the same machine. Unplug removes what was hot-plugged, newest first: DIMMs (the guest
+must offline the memory: the built-in image onlines hot-added memory as movable), vNICs,
+disks, and vCPUs under KVM only (``TCG_VCPU_UNPLUG_CRASH``); every unplug waits for the
+guest's ACPI eject. Boot vCPUs and boot memory stay.
 
 Must not: start or stop guests, or change anything the running guest did not accept.
 """
@@ -24,19 +26,36 @@ from nonstop.core.guests.qemu_argv import (
     MAX_NICS,
     DiskAttachment,
     LayoutError,
+    MachineLayout,
     NicAttachment,
     disk_device_props,
     free_slot,
     initial_layout,
     nic_device_props,
     plan_memory,
+    plan_memory_removal,
+    plan_vcpu_removal,
     plan_vcpus,
 )
 from nonstop.drivers import qemu_runtime as rt
-from nonstop.drivers.base import DiskDefinition, GuestDefinition, GuestStatus, InvalidDefinition, VnicDefinition
+from nonstop.drivers.base import (
+    DiskDefinition,
+    GuestDefinition,
+    GuestStatus,
+    InvalidDefinition,
+    NotSupported,
+    VnicDefinition,
+)
 from nonstop.drivers.qemu_core import QemuCore, driver_errors
 
 UNPLUG_TIMEOUT = 10.0
+TCG_VCPU_UNPLUG_CRASH = "QEMU 7.2 dies at the next memory-map change after a TCG vCPU is unplugged"
+"""Measured here (docs/guests-vm.md): device_del of a hot-added vCPU succeeds and the guest shows
+one CPU less, but the next DIMM hot-add or unplug aborts QEMU ("corrupted double-linked list")
+— the removed vCPU's TCG memory listener is left behind. So vCPUs are only removed under KVM,
+and ``capabilities.unplug_vcpu`` stays off (the agent restarts the guest to shrink instead)."""
+CPU_MEMORY_UNPLUG_TIMEOUT = 30.0
+"""The guest offlines a CPU or migrates pages off a DIMM before it ejects: slower under TCG."""
 
 
 class QemuHotplug(QemuCore):
@@ -48,6 +67,10 @@ class QemuHotplug(QemuCore):
         if not self._alive(name, record):
             return await self._reshape_stopped(name, vcpus=vcpus)
         layout = self._layout(name)
+        if vcpus < layout.vcpus:
+            if record.get("accel", "tcg") == "tcg":
+                raise NotSupported(f"vCPU unplug under TCG ({TCG_VCPU_UNPLUG_CRASH})", driver=self.kind, guest=name)
+            return await self._unplug_vcpus(name, layout, vcpus)
         async with rt.qmp_session(self._run_dir(name) / "qmp.sock") as qmp:
             slots = await qmp.execute("query-hotpluggable-cpus")
             assert isinstance(slots, list)
@@ -76,6 +99,8 @@ class QemuHotplug(QemuCore):
         if not self._alive(name, record):
             return await self._reshape_stopped(name, memory=memory)
         layout = self._layout(name)
+        if memory < layout.memory:
+            return await self._unplug_memory(name, layout, memory)
         try:
             dimm = plan_memory(layout, memory)
         except LayoutError as exc:
@@ -87,6 +112,36 @@ class QemuHotplug(QemuCore):
                 await qmp.execute("device_add", {"driver": "pc-dimm", "id": dimm.id, "memdev": f"mem-{dimm.id}"})
             self._save_layout(name, replace(layout, dimms=(*layout.dimms, dimm)))
         self._update_definition(name, memory=memory)
+        return await self.status(name)
+
+    async def _unplug_vcpus(self, name: str, layout: MachineLayout, vcpus: int) -> GuestStatus:
+        """device_del the newest hot-plugged vCPUs; the guest offlines each one and ejects it
+        (ACPI), then QEMU drops it. Boot vCPUs stay (``InvalidDefinition`` below them)."""
+        try:
+            devices = plan_vcpu_removal(layout, vcpus)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        for device in devices:
+            await self._unplug(name, device.id, CPU_MEMORY_UNPLUG_TIMEOUT)
+            layout = replace(layout, cpus=tuple(c for c in layout.cpus if c.id != device.id))
+            self._save_layout(name, layout)
+            self._update_definition(name, vcpus=layout.vcpus)
+        return await self.status(name)
+
+    async def _unplug_memory(self, name: str, layout: MachineLayout, memory: int) -> GuestStatus:
+        """device_del the newest DIMMs, then delete their RAM backends. The guest must be able
+        to offline the memory (the built-in image onlines hot-added memory as movable); if it
+        cannot, the DIMM stays and this raises with the reason."""
+        try:
+            dimms = plan_memory_removal(layout, memory)
+        except LayoutError as exc:
+            raise InvalidDefinition(str(exc), guest=name) from exc
+        for dimm in dimms:
+            await self._unplug(name, dimm.id, CPU_MEMORY_UNPLUG_TIMEOUT)
+            await self._delete_backend(name, "object-del", {"id": f"mem-{dimm.id}"})
+            layout = replace(layout, dimms=tuple(d for d in layout.dimms if d.id != dimm.id))
+            self._save_layout(name, layout)
+            self._update_definition(name, memory=layout.memory)
         return await self.status(name)
 
     async def _reshape_stopped(self, name: str, **changes: int) -> GuestStatus:
@@ -130,6 +185,8 @@ class QemuHotplug(QemuCore):
                 await qmp.execute("netdev_del", {"id": f"net{slot}"})
                 raise
         await asyncio.to_thread(rt.bridge_tap, self.netns, nic.tap, vnic.bridge)
+        if vnic.bandwidth:
+            await asyncio.to_thread(rt.shape_tap, self.netns, nic.tap, vnic.bandwidth)
         record = self._load(name)
         record["nic_slots"] = {**slots, vnic.mac: slot}
         record["definition"] = definition.with_changes(vnics=(*definition.vnics, vnic)).to_dict()
@@ -145,8 +202,12 @@ class QemuHotplug(QemuCore):
         if mac not in slots:
             raise InvalidDefinition(f"no vNIC with MAC {mac}", guest=name)
         slot = slots[mac]
+        taps = dict(zip([v.mac for v in GuestDefinition.from_dict(record["definition"]).vnics], self._taps(record),
+                        strict=True))
         await self._unplug(name, f"nic{slot}")
         await self._delete_backend(name, "netdev_del", {"id": f"net{slot}"})
+        if mac in taps:
+            await asyncio.to_thread(rt.unshape_tap, self.netns, taps[mac])
         record = self._load(name)
         definition = GuestDefinition.from_dict(record["definition"])
         record["nic_slots"] = {m: n for m, n in slots.items() if m != mac}
@@ -155,19 +216,19 @@ class QemuHotplug(QemuCore):
         self._save_layout(name)
         return await self.status(name)
 
-    async def _unplug(self, name: str, device_id: str) -> None:
-        """device_del, then wait until the guest has ejected it (ACPI PCI hot-unplug)."""
+    async def _unplug(self, name: str, device_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+        """device_del, then wait until the guest has ejected it (ACPI hot-unplug)."""
         sock = self._run_dir(name) / "qmp.sock"
         async with rt.qmp_session(sock) as qmp:
             await qmp.execute("device_del", {"id": device_id})
-            deadline = time.monotonic() + UNPLUG_TIMEOUT
+            deadline = time.monotonic() + timeout
             while True:
                 children = await qmp.execute("qom-list", {"path": "/machine/peripheral"})
                 assert isinstance(children, list)
                 if all(child.get("name") != device_id for child in children):
                     return
                 if time.monotonic() > deadline:
-                    raise rt.RuntimeFailure(f"guest did not release {device_id} within {UNPLUG_TIMEOUT:.0f} s")
+                    raise rt.RuntimeFailure(f"guest did not release {device_id} within {timeout:.0f} s")
                 await asyncio.sleep(0.05)
 
     async def _delete_backend(self, name: str, command: str, arguments: dict[str, str]) -> None:

@@ -2,7 +2,8 @@
 
 Role: the small I/O steps ``nonstop.drivers.qemu`` composes — decide KVM vs TCG with a
 bounded boot probe (cached per kernel + QEMU build), create disk images with ``qemu-img``,
-bridge a VM's tap in the host's network namespace (pyroute2), spawn QEMU inside that
+bridge a VM's tap in the host's network namespace (pyroute2) and cap its bandwidth (tbf +
+nftables policing, as nonstop.net renders them), spawn QEMU inside that
 namespace (``nsenter --net``), recognise our own QEMU processes by pid + start time +
 ``-name guest=...``, and open short QMP sessions (qemu.qmp).
 
@@ -178,6 +179,52 @@ def bridge_tap(netns: str | None, tap: str, bridge: str | None, timeout: float =
         ipr.link("set", index=index, state="up")
     finally:
         ipr.close()
+
+
+def shape_tap(netns: str | None, tap: str, bandwidth: int | None) -> None:
+    """Cap a VM vNIC at ``bandwidth`` bits/s in each direction, as nonstop.net does for lab
+    vNICs: a tbf qdisc on the tap's egress (toward the guest) and an nftables netdev policing
+    table on its ingress (what the guest sends). None/0 removes both. Idempotent."""
+    from pyroute2 import IPRoute
+
+    from nonstop.core.net import names
+    from nonstop.core.net.model import SetEgressRate
+    from nonstop.core.net.nftables import policing_table
+    from nonstop.net import netlink, nft
+
+    rate = max(bandwidth // 8, 1) if bandwidth else None  # the kernel counts bytes
+    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    try:
+        netlink.apply_link_op(ipr, SetEgressRate(name=tap, rate=rate))
+    except Exception as exc:  # NetlinkError, LookupError: the tap is not there
+        raise RuntimeFailure(f"cannot shape tap {tap}: {exc}") from exc
+    finally:
+        ipr.close()
+    if netns is None:
+        if rate:
+            raise RuntimeFailure("vNIC bandwidth limits need the host's network namespace (netns option)")
+        return
+    table = names.bandwidth_table_name(tap)
+    try:
+        if rate:
+            nft.load(netns, policing_table(table, tap, rate), replace=True)
+        elif ("netdev", table) in nft.list_tables(netns):
+            nft.delete(netns, "netdev", table)
+    except (nft.NftError, OSError) as exc:
+        raise RuntimeFailure(f"cannot police tap {tap}: {exc}") from exc
+
+
+def unshape_tap(netns: str | None, tap: str) -> None:
+    """Drop a tap's policing table (its tbf goes with the tap). Succeeds if nothing is left."""
+    if netns is None or not Path(f"/run/netns/{netns}").exists():
+        return
+    from nonstop.core.net import names
+    from nonstop.net import nft
+
+    table = names.bandwidth_table_name(tap)
+    with contextlib.suppress(nft.NftError, OSError):
+        if ("netdev", table) in nft.list_tables(netns):
+            nft.delete(netns, "netdev", table)
 
 
 # -------------------------------------------------------------------------- processes

@@ -19,12 +19,15 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
 
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 SUBNET = "198.18.10"
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -127,15 +130,15 @@ def _get(address: str, path: str, timeout: float) -> tuple[int, str]:
         conn.close()
 
 
-def fetch_in(ns: str, address: str, path: str = "/", timeout: float = 3.0) -> tuple[int, str]:
-    """One HTTP GET from inside namespace ``ns`` (on a helper thread)."""
-    result: list[tuple[int, str]] = []
+def run_in(ns: str, fn: Callable[[], T]) -> T:
+    """Call ``fn`` on a helper thread that entered namespace ``ns``; its exception is re-raised."""
+    result: list[T] = []
     error: list[BaseException] = []
 
     def run() -> None:
         try:
             enter_netns(ns)
-            result.append(_get(address, path, timeout))
+            result.append(fn())
         except BaseException as exc:  # reported to the caller
             error.append(exc)
 
@@ -145,6 +148,36 @@ def fetch_in(ns: str, address: str, path: str = "/", timeout: float = 3.0) -> tu
     if error:
         raise error[0]
     return result[0]
+
+
+def fetch_in(ns: str, address: str, path: str = "/", timeout: float = 3.0) -> tuple[int, str]:
+    """One HTTP GET from inside namespace ``ns`` (on a helper thread)."""
+    return run_in(ns, lambda: _get(address, path, timeout))
+
+
+def transfer_in(ns: str, address: str, path: str, body: bytes | None = None, *, skip: int = 0,
+                timeout: float = 60.0) -> tuple[int, int, float]:
+    """One bulk HTTP exchange from inside ``ns``: GET (``body`` None; the guest sends) or POST
+    ``body`` (the guest receives). Returns (status, response bytes, seconds); with ``skip``, the
+    bytes and seconds count from when the first ``skip`` response bytes had arrived (a sustained
+    rate, past any token bucket's initial allowance)."""
+
+    def exchange() -> tuple[int, int, float]:
+        conn = http.client.HTTPConnection(address, 80, timeout=timeout)
+        started = time.monotonic()
+        try:
+            conn.request("GET" if body is None else "POST", path, body=body)
+            response = conn.getresponse()
+            size, timed_from = 0, 0
+            while chunk := response.read(65536):
+                size += len(chunk)
+                if skip and not timed_from and size >= skip:
+                    started, timed_from = time.monotonic(), size  # the timed part begins here
+            return response.status, size - timed_from, time.monotonic() - started
+        finally:
+            conn.close()
+
+    return run_in(ns, exchange)
 
 
 def wait_http(ns: str, address: str, timeout: float, path: str = "/health") -> float:

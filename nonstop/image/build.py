@@ -60,6 +60,7 @@ _SCRIPTS = {
     "hostinfo.sh": "etc/hostinfo.sh",
     "index.cgi.sh": "www/cgi-bin/index.cgi",
     "disk.cgi.sh": "www/cgi-bin/disk.cgi",  # block workload for the mirrored-disk test (docs/components.md)
+    "blob.cgi.sh": "www/cgi-bin/blob.cgi",  # bulk bytes both ways for the vNIC bandwidth test
     "poweroff.sh": "etc/acpi/PWRF/00000080",
 }
 

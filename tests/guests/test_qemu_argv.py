@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from nonstop.core.guests.qemu_argv import (
     DIMM_ALIGN,
+    TCG_RAM_SHORTFALL,
     CpuDevice,
     DimmDevice,
     DiskAttachment,
@@ -22,9 +23,12 @@ from nonstop.core.guests.qemu_argv import (
     MachineLayout,
     NicAttachment,
     QemuLaunch,
+    boot_memory_arg,
     initial_layout,
     kernel_append,
     plan_memory,
+    plan_memory_removal,
+    plan_vcpu_removal,
     plan_vcpus,
     render_argv,
 )
@@ -169,3 +173,44 @@ def test_layout_round_trips_through_json_dicts(boot: int, cpus: int, dimms: list
         dimms=tuple(DimmDevice(f"dimm{i}", n * DIMM_ALIGN) for i, n in enumerate(dimms)),
     )
     assert MachineLayout.from_dict(layout.to_dict()) == layout
+
+
+@given(boot=st.integers(1, 4), extra=st.integers(0, 6), up=st.integers(0, 6), down=st.integers(0, 10))
+def test_vcpu_removal_takes_newest_hotplugged_first_and_keeps_boot_vcpus(boot: int, extra: int, up: int,
+                                                                        down: int) -> None:
+    layout = initial_layout(boot, boot + extra, 256 * MIB, 256 * MIB)
+    target = min(boot + up, layout.max_vcpus)
+    layout = MachineLayout(**{**layout.__dict__, "cpus": tuple(plan_vcpus(layout, target, _free_slots(layout)))})
+    goal = target - down
+    if goal < boot:
+        with pytest.raises(LayoutError, match="booted with"):
+            plan_vcpu_removal(layout, goal)
+        return
+    removed = plan_vcpu_removal(layout, goal)
+    assert removed == list(reversed(layout.cpus))[: target - goal]
+    kept = tuple(c for c in layout.cpus if c not in removed)
+    assert MachineLayout(**{**layout.__dict__, "cpus": kept}).vcpus == goal
+
+
+@given(sizes=st.lists(st.integers(1, 3), max_size=4), goal_blocks=st.integers(0, 16))
+def test_memory_removal_is_whole_newest_dimms_or_refused(sizes: list[int], goal_blocks: int) -> None:
+    layout = MachineLayout(boot_vcpus=1, max_vcpus=1, boot_memory=2 * DIMM_ALIGN, max_memory=16 * DIMM_ALIGN,
+                           dimms=tuple(DimmDevice(f"dimm{i}", n * DIMM_ALIGN) for i, n in enumerate(sizes)))
+    goal = goal_blocks * DIMM_ALIGN
+    suffix_totals = {layout.memory - sum(d.size for d in layout.dimms[len(layout.dimms) - k:])
+                     for k in range(len(layout.dimms) + 1)}
+    if goal > layout.memory or goal not in suffix_totals:
+        with pytest.raises(LayoutError):
+            plan_memory_removal(layout, goal)
+        return
+    removed = plan_memory_removal(layout, goal)
+    assert removed == list(reversed(layout.dimms))[: len(removed)]
+    assert layout.memory - sum(d.size for d in removed) == goal
+
+
+def test_tcg_boot_ram_is_one_page_short_and_kvm_is_exact() -> None:
+    layout = initial_layout(1, 2, 256 * MIB, 512 * MIB)
+    assert boot_memory_arg(layout, "tcg") == f"{256 * 1024 - 4}k,slots=2,maxmem=512M"
+    assert boot_memory_arg(layout, "kvm") == "256M,slots=2,maxmem=512M"
+    # QEMU's fast dirty-sync path needs a length that is a multiple of 64 pages; TCG must miss it.
+    assert (layout.boot_memory - TCG_RAM_SHORTFALL) % (64 * 4096) != 0

@@ -32,9 +32,10 @@ from nonstop.drivers.base import (
     InvalidDefinition,
     MigrationEndpoint,
     MigrationError,
+    NotSupported,
 )
 from nonstop.drivers.qemu import QemuDriver
-from nonstop.drivers.qemu_testlab import PagePoller, TwoHostLab, fetch_in, parse_page, wait_http
+from nonstop.drivers.qemu_testlab import PagePoller, TwoHostLab, fetch_in, parse_page, transfer_in, wait_http
 from nonstop.image import ensure_image
 
 pytestmark = [
@@ -46,6 +47,11 @@ pytestmark = [
 CLUSTER = "t"
 GUEST_IP = "198.18.10.5"
 MIB = 2**20
+VNIC_BANDWIDTH = 8_000_000
+"""bits/s each way on the VM's first vNIC: well below what a TCG guest moves, well above the 20 ms poller."""
+BANDWIDTH_TOLERANCE = (0.5, 1.15)
+"""Measured rate / cap must fall in here: at most 15 % over (the buckets' bursts), and not so far
+under that the limit is no longer what bounds the transfer."""
 
 
 class World:
@@ -66,7 +72,7 @@ class World:
             memory=256 * MIB, max_memory=768 * MIB,
             disks=(DiskDefinition(name="data", size=64 * MIB, provisioning="thin"),),
             vnics=(VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 0), address=f"{GUEST_IP}/24",
-                                  bridge=self.lab.bridge),),
+                                  bridge=self.lab.bridge, bandwidth=VNIC_BANDWIDTH),),
         )
 
     def page(self) -> dict[str, str]:
@@ -121,6 +127,40 @@ def test_boot_serves_identity_page_over_guest_network(world: World) -> None:
     assert "nonstop-guest: ready" in asyncio.run(world.a.console_log("web-0"))
 
 
+def _tap_shaping(world: World, ns: str, tap: str) -> tuple[bool, bool]:
+    """(tbf qdisc on the tap, nftables policing table for it) in namespace ``ns``."""
+    from pyroute2 import IPRoute
+
+    from nonstop.core.net import names
+    from nonstop.net import nft
+
+    with IPRoute(netns=ns) as ipr:
+        found = ipr.link_lookup(ifname=tap)
+        tbf = bool(found) and any(q.get_attr("TCA_KIND") == "tbf" for q in ipr.get_qdiscs(index=found[0]))
+    return tbf, ("netdev", names.bandwidth_table_name(tap)) in nft.list_tables(ns)
+
+
+def test_vnic_bandwidth_caps_throughput_both_ways(world: World) -> None:
+    tap = world.a._taps(world.a._load("web-0"))[0]
+    assert _tap_shaping(world, world.lab.ns_a, tap) == (True, True)
+    # Guest → client: nftables policing on the tap's ingress. The kernel's byte-mode limit holds
+    # one second of rate plus the burst, so the first ~1.1 MB pass at once: time the sustained
+    # part, after the first 2 MiB of a 4 MiB response.
+    status, timed, seconds = transfer_in(world.lab.ns_client, GUEST_IP, f"/cgi-bin/blob.cgi?kib={4 * 1024}",
+                                         skip=2 * MIB)
+    assert status == 200 and 2 * MIB - 65536 <= timed <= 2 * MIB
+    sent_rate = timed * 8 / seconds
+    # Client → guest: tbf on the tap's egress (a shallow bucket): the whole exchange is timed.
+    status, _, seconds = transfer_in(world.lab.ns_client, GUEST_IP, "/cgi-bin/blob.cgi", body=bytes(2 * MIB))
+    assert status == 200
+    received_rate = 2 * MIB * 8 / seconds
+    print(f"\nvNIC capped at {VNIC_BANDWIDTH / 1e6:.0f} Mbit/s: guest sent {sent_rate / 1e6:.2f} Mbit/s, "
+          f"received {received_rate / 1e6:.2f} Mbit/s")
+    low, high = BANDWIDTH_TOLERANCE
+    for rate in (sent_rate, received_rate):
+        assert low * VNIC_BANDWIDTH <= rate <= high * VNIC_BANDWIDTH, f"{rate / 1e6:.2f} Mbit/s"
+
+
 def test_fresh_driver_adopts_running_guest(world: World) -> None:
     before = asyncio.run(world.a.status("web-0"))
     again = QemuDriver(cluster=CLUSTER, host="ha", state_dir=world.a.state_dir, netns=world.lab.ns_a,
@@ -164,8 +204,10 @@ def test_hot_add_disk_and_vnic_and_grow_a_disk(world: World) -> None:
     assert world.page()["disks"] == "data:64M" and world.page()["nics"] == "eth0"
     asyncio.run(world.a.attach_disk("web-0", DiskDefinition(name="extra", size=32 * MIB, provisioning="thick")))
     asyncio.run(world.a.resize_disk("web-0", "data", 96 * MIB))
-    second = VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 1), bridge=world.lab.bridge)
+    second = VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 1), bridge=world.lab.bridge,
+                            bandwidth=VNIC_BANDWIDTH)
     asyncio.run(world.a.attach_vnic("web-0", second))
+    assert _tap_shaping(world, world.lab.ns_a, world.a._taps(world.a._load("web-0"))[1]) == (True, True)
     page = _wait_page(world, "nics", "eth0,eth1")
     page = _wait_page(world, "disks", "data:96M,extra:32M")
     assert (page["disks"], page["nics"]) == ("data:96M,extra:32M", "eth0,eth1")
@@ -230,11 +272,37 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
 
 def test_unplug_disk_and_vnic_after_migration(world: World) -> None:
     assert world.page()["disks"] == "data:96M,extra:32M", "hot-plugged devices moved with the guest"
+    taps = world.b._taps(world.b._load("web-0"))
+    assert [_tap_shaping(world, world.lab.ns_b, tap) for tap in taps] == [(True, True)] * 2, "shaped on B too"
+    assert all(_tap_shaping(world, world.lab.ns_a, tap)[1] is False for tap in taps), "A cleaned up"
     asyncio.run(world.b.detach_disk("web-0", "extra"))
     asyncio.run(world.b.detach_vnic("web-0", default_mac(CLUSTER, "web-0", 1)))
     page = _wait_page(world, "nics", "eth0")
     assert (page["disks"], page["nics"]) == ("data:96M", "eth0")
     assert page["boot_id"] == world.boot_id
+    assert _tap_shaping(world, world.lab.ns_b, taps[1]) == (False, False)
+
+
+def test_unplug_memory_seen_by_guest_and_vcpu_unplug_refused_under_tcg(world: World) -> None:
+    # After the move the hot-plugged DIMM is a command-line device on B: unplug it live.
+    started = time.monotonic()
+    status = asyncio.run(world.b.set_memory("web-0", 256 * MIB))
+    assert status.memory == 256 * MIB
+    page = _wait_page(world, "memory_online_mib", "256")
+    assert page["memory_online_mib"] == "256" and page["boot_id"] == world.boot_id, "unplug must not reboot"
+    print(f"\nunplug of 256 MiB took {time.monotonic() - started:.1f} s")
+    assert world.b._layout("web-0").dimms == ()
+    with pytest.raises(InvalidDefinition, match="booted with"):
+        asyncio.run(world.b.set_memory("web-0", 128 * MIB))  # boot memory stays
+    # vCPU unplug would work in the guest but kills QEMU 7.2 under TCG at the next memory-map
+    # change: refused, and the capability says so (the agent restarts to shrink instead).
+    assert world.b.capabilities.unplug_vcpu is False and world.b.capabilities.unplug_memory is True
+    with pytest.raises(NotSupported, match="TCG"):
+        asyncio.run(world.b.set_vcpus("web-0", 1))
+    # Plug again after the unplug: the freed slot and DIMM id are reused; QEMU survives.
+    assert asyncio.run(world.b.set_memory("web-0", 384 * MIB)).memory == 384 * MIB
+    page = _wait_page(world, "memory_online_mib", "384")
+    assert (page["memory_online_mib"], page["vcpus"]) == ("384", "2")
 
 
 def test_graceful_stop_powers_off_via_acpi(world: World) -> None:

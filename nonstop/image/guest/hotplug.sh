@@ -1,12 +1,12 @@
 #!/bin/sh
 # nonstop built-in guest: bring hot-added CPUs and memory online (there is no udev).
 # Run by busybox `uevent` for every kernel event (ACTION, DEVPATH in the environment),
-# and once at boot with "coldplug". Memory is also onlined by memhp_default_state=online
+# and once at boot with "coldplug". Memory is also onlined (movable) by memhp_default_state=online_movable
 # on the kernel command line; writing "online" again is harmless.
 online() {
   case "$1" in
     /sys/devices/system/cpu/cpu[0-9]*) [ -f "$1/online" ] && [ "$(cat "$1/online")" = 0 ] && echo 1 >"$1/online" ;;
-    /sys/devices/system/memory/memory[0-9]*) [ "$(cat "$1/state")" = offline ] && echo online >"$1/state" ;;
+    /sys/devices/system/memory/memory[0-9]*) [ "$(cat "$1/state")" = offline ] && echo online_movable >"$1/state" ;;
   esac
 }
 if [ "$1" = coldplug ]; then

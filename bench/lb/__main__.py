@@ -120,7 +120,7 @@ def scaling(tmp: Path, rounds: int, seconds: float) -> dict[str, list[dict[str, 
                     proc = nonstop_lb(tmp, "http", f"127.0.0.1:{port}", backends, SCALING_PROXY_CORES, workers=n)
                 url = f"http://127.0.0.1:{port}/"
                 try:
-                    deadline = time.monotonic() + 30  # every worker listening before wrk connects
+                    deadline = time.monotonic() + 60  # every worker listening before wrk connects
                     while name.startswith("nonstop") and listeners(port) < n and time.monotonic() < deadline:
                         time.sleep(0.1)
                     wrk(url, 2.0, core=CLIENT_CORE)
@@ -323,6 +323,9 @@ def main() -> None:
         doc["summary"] = {
             name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu", "cpu_us_per_req")} for name, rs in runs.items()
         }
+        partial = RESULTS / "lb.partial.json"  # a later phase failing keeps this one's figures
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(doc, indent=1))
         if not args.skip_scaling:
             scale_runs = scaling(tmp, args.rounds, args.seconds)
             doc["scaling_runs"] = scale_runs
@@ -331,14 +334,15 @@ def main() -> None:
                 name: {k: median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "proxy_cpu", "cpu_us_per_req")}
                 for name, rs in scale_runs.items()
             }
+            partial.write_text(json.dumps(doc, indent=1))
         doc["availability"] = {}
         if not args.skip_availability:
             for name in ("nonstop-l7", "haproxy"):
                 doc["availability"][name] = availability(tmp, name, args.availability_seconds)
                 print(f"availability {name}: {doc['availability'][name]}", flush=True)
     doc["load_after"] = loadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lb.json").write_text(json.dumps(doc, indent=1))
+    partial.unlink(missing_ok=True)
     text = markdown(doc)
     (RESULTS / "lb.md").write_text(text)
     print(text)

@@ -32,7 +32,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+def wait_port(host: str, port: int, timeout: float = 60.0) -> None:
+    """Generous: on a loaded machine a Python balancer's imports alone take seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -188,7 +189,7 @@ def nonstop_lb(
         argv += ["--workers", str(workers)]
     proc = Proc(f"nonstop-{mode}", argv, core)
     if mode == "nft":
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while subprocess.run(["nft", "list", "table", "ip", nft_table], capture_output=True).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("nft table did not appear")

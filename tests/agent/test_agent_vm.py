@@ -1,5 +1,6 @@
-"""Two real agents with the QEMU driver: a VM started from the store, hot-added, and moved live by
-setting ``migrate_to`` — the agent-to-agent hand-off in the store, on real VMs (TCG)."""
+"""Two real agents with the QEMU driver: a VM started from the store, hot-added, moved by setting
+``migrate_to`` — the agent-to-agent hand-off in the store, on real VMs (TCG) — and shrunk again
+(memory unplug) when the spec asks for less."""
 
 from __future__ import annotations
 
@@ -96,12 +97,13 @@ async def test_vm_started_resized_and_migrated_by_agents(lab: Any, store: Store,
         assert (await asyncio.to_thread(page))["boot_id"] == boot
 
         # Hot-add through the store: the agent applies it live, the guest sees it, no reboot.
-        await store.put(a.keys.desired("vm-0"), encode_json(d.with_changes(vcpus=2).to_dict()))
-        await wait_for(store, key_obs, lambda r: r.get("vcpus") == 2, 30)
+        grown = d.with_changes(vcpus=2, memory=512 * MiB)
+        await store.put(a.keys.desired("vm-0"), encode_json(grown.to_dict()))
+        await wait_for(store, key_obs, lambda r: r.get("vcpus") == 2 and r.get("memory") == 512 * MiB, 30)
         assert (await store.get_json(key_obs))["boot_id"] == boot
 
         # Ask for a move: the agents hand the VM over through ops/migrate-vm-0.
-        await store.put(a.keys.desired("vm-0"), encode_json(d.with_changes(vcpus=2, migrate_to="hb").to_dict()))
+        await store.put(a.keys.desired("vm-0"), encode_json(grown.with_changes(migrate_to="hb").to_dict()))
         await wait_for(store, a.keys.migration("vm-0"), lambda r: r.get("phase") == "finished", 90)
         moved = await store.get_json(a.keys.desired("vm-0"))
         assert moved["host"] == "hb" and moved["migrate_to"] is None and moved["vcpus"] == 2
@@ -119,6 +121,16 @@ async def test_vm_started_resized_and_migrated_by_agents(lab: Any, store: Store,
         # ... and removing it took nothing the destination needs.
         assert (await asyncio.to_thread(page))["boot_id"] == boot
         assert (await b.drivers["vm"].status("vm-0")).state.value == "running"
+
+        # Shrink the spec's memory: hb's agent unplugs the DIMM live (the guest offlines it);
+        # the guest's own page and the observed record both show 256 MiB, same boot.
+        await store.put(a.keys.desired("vm-0"), encode_json(grown.with_changes(host="hb", memory=256 * MiB).to_dict()))
+        rec = await wait_for(store, key_obs, lambda r: r.get("memory") == 256 * MiB, 60)
+        assert rec["boot_id"] == boot and rec["state"] == "running"
+        deadline = time.monotonic() + 15
+        while (shown := await asyncio.to_thread(page))["memory_online_mib"] != "256" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert (shown["memory_online_mib"], shown["vcpus"], shown["boot_id"]) == ("256", "2", boot)
     finally:
         await store.delete(a.keys.desired("vm-0"))
         deadline = time.monotonic() + 30

@@ -10,7 +10,12 @@ listens on one socket per network and hands every datagram to the pure
 
 Timing: the sender sends on a fixed grid (start + k·interval) so scheduler delays do not
 accumulate into drift; if it falls more than one interval behind (CPU starved), it sends
-now and re-anchors instead of bursting to catch up. The receiver reads every queued
+now and re-anchors instead of bursting to catch up. It runs in a thread of its own (sending,
+and reading acknowledgements between sends) at a raised scheduling priority for that thread
+only (nice −10, like corosync's realtime scheduling but gentler): an agent busy starting guests
+— its event loop held up by netlink work, the host's CPUs saturated by tenants — still sends
+on time, which is what kept a loaded host from being declared dead and fenced. Children the
+agent forks from other threads (guests) keep the normal priority. The receiver reads every queued
 datagram each time its socket is readable (``drain``), and the monitor drains before it
 evaluates, so a starved controller does not mistake its own lateness for silence.
 
@@ -27,7 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -107,7 +115,9 @@ class HeartbeatSender:
         self.sequence = 0
         self.counters = {link.name: LinkCounters() for link in self.links}
         self._sockets: dict[str, socket.socket] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last_status: tuple[str, bytes] = ("ready", b"")
         self.paused_links: set[str] = set()
         """Links on which nothing is sent (tests and chaos: a silent link without cutting it)."""
         self.ack_verifier = HeartbeatVerifier(cluster, key)
@@ -118,17 +128,12 @@ class HeartbeatSender:
         sock = self._sockets.get(link.name)
         if sock is None:
             sock = self._sockets[link.name] = _link_socket(link)
-            with contextlib.suppress(RuntimeError):  # no running loop: send-only (tests)
-                asyncio.get_running_loop().add_reader(sock.fileno(), self._read_acks, link.name, sock)
         return sock
 
     def _close(self, name: str) -> None:
         sock = self._sockets.pop(name, None)
-        if sock is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-        sock.close()
+        if sock is not None:
+            sock.close()
 
     def _read_acks(self, link: str, sock: socket.socket) -> None:
         while True:
@@ -155,7 +160,11 @@ class HeartbeatSender:
     def send_once(self) -> int:
         """Send one heartbeat (one sequence number) on every link; returns how many went out."""
         self.sequence += 1
-        state, digest = self.status()
+        try:
+            self._last_status = self.status()
+        except Exception:  # read from another thread mid-update: send the last one, never skip a beat
+            log.debug("heartbeat status provider failed; sending the previous status", exc_info=True)
+        state, digest = self._last_status
         sent = 0
         for link in self.links:
             if link.name in self.paused_links:
@@ -176,35 +185,57 @@ class HeartbeatSender:
             sent += 1
         return sent
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        anchor = loop.time()
-        k = 0
-        while True:
-            self.send_once()
-            k += 1
-            due = anchor + k * self.interval
-            now = loop.time()
-            if now - due > self.interval:
-                # Starved: we just sent (late); re-anchor one interval from now rather than
-                # bursting to catch up.
-                anchor, k = now + self.interval, 0
-                due = anchor
-            await asyncio.sleep(max(due - now, 0.0))
+    def _wait_for_acks(self, until: float) -> None:
+        """Read acknowledgements until ``until`` (monotonic seconds) or stop."""
+        while not self._stop.is_set():
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            socks = dict(self._sockets)
+            if not socks:
+                self._stop.wait(remaining)
+                return
+            try:
+                readable, _, _ = select.select(list(socks.values()), [], [], remaining)
+            except (OSError, ValueError):  # a socket closed under us: next round
+                return
+            for name, sock in socks.items():
+                if sock in readable:
+                    self._read_acks(name, sock)
 
-    def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"heartbeat-sender-{self.host}")
-        return self._task
+    def _run_thread(self) -> None:
+        with contextlib.suppress(OSError):  # not permitted (no CAP_SYS_NICE): normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        anchor = time.monotonic()
+        k = 0
+        try:
+            while not self._stop.is_set():
+                self.send_once()
+                k += 1
+                due = anchor + k * self.interval
+                now = time.monotonic()
+                if now - due > self.interval:
+                    # Starved: we just sent (late); re-anchor one interval from now rather than
+                    # bursting to catch up.
+                    anchor, k = now + self.interval, 0
+                    due = anchor
+                self._wait_for_acks(due)
+        finally:
+            for name in list(self._sockets):
+                self._close(name)
+
+    def start(self) -> threading.Thread:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run_thread, name=f"heartbeat-sender-{self.host}", daemon=True)
+            self._thread.start()
+        return self._thread
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for name in list(self._sockets):
-            self._close(name)
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+            self._thread = None
 
 
 HeartbeatCallback = Callable[[Heartbeat, float], None]

@@ -89,6 +89,10 @@ def markdown(result: dict[str, Any]) -> str:
         "Targets (issue 6): detection ≤ 500 ms; process guests serving again ≤ 2 s; 0 failed requests.",
         "",
     ]
+    false_dead = [(side, r["round"], h) for side in ("nonstop", "nonstop_vm")
+                  for r in (result.get(side) or {}).get("rounds", []) for h in r.get("falsely_dead") or []]
+    lines += [f"Hosts declared dead that were not killed (false detections, fenced): "
+              f"{', '.join(f'{h} in {side} round {n}' for side, n, h in false_dead) or 'none'}.", ""]
     failed_rounds = [r for side in ("nonstop", "nonstop_vm") for r in (result.get(side) or {}).get("rounds", [])
                      if r.get("error")]
     if failed_rounds:

@@ -131,6 +131,7 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
             wait("balancer holds every replica", lambda: len((store._run(
                 lambda s: s.get_json(keys.service_backends(cluster, "api"))) or {}).get("backends", [])) == replicas, 60)
             client = Client(lab.services["api"]["port"]).start()
+            last_end = time.time()
             try:
                 time.sleep(2.0)
                 for i in range(kills):
@@ -142,6 +143,13 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                     victim = running["web-0"] if vms else max(sorted(counts), key=lambda h: counts[h])
                     moved = sorted(g for g, h in running.items() if h == victim and g.startswith("api-"))
                     boot = (vm_page(cluster, vm_ip) or {}).get("boot_id") if vm_ip else None
+                    # what moved guests between the kills (not failovers): how replicas came to share a host
+                    between = [[e["kind"], e["subject"], e["reason"][:120]] for e in store.events()
+                               if e["at"] >= last_end and (e["kind"] in ("guest-migrating", "evacuated", "unplaceable",
+                                                                         "component-policy", "maintenance", "failback")
+                                                           or (e["kind"] == "guest-moved"
+                                                               and not e["reason"].startswith("failover of")))]
+                    spread = {h: sorted(g for g, gh in running.items() if gh == h) for h in sorted(set(running.values()))}
                     killed = lab.fail_host(victim, "bmc")
                     try:
                         done = wait("failover-done", lambda v=victim, k=killed: next(
@@ -153,6 +161,7 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         # A round that does not recover is a result, not a crash: kept with the
                         # event log of the kill, and the run goes on.
                         row = {"round": i + 1, "host": victim, "guests": len(moved), "error": str(exc),
+                               "spread_before": spread, "moves_between": between,
                                "failed_requests": client.failures_between(killed, time.time()),
                                "events": [[round(e["at"] - killed, 3), e["kind"], e["subject"], e["reason"][:160]]
                                           for e in store.events() if e["at"] >= killed]}
@@ -161,6 +170,7 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         lab.power_on(victim)
                         wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 60)
                         wait("every guest running", lambda: len(store.running()) == replicas + vms, 120)
+                        last_end = time.time()
                         continue
                     vm_running = vm_serving = None
                     vm_error = None
@@ -190,12 +200,20 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         "vm_error": vm_error,
                         "failed_requests": client.failures_between(killed, end),
                         "requests": sum(1 for t, _, _ in client.answers if killed <= t <= end),
+                        "spread_before": spread, "moves_between": between,
                     }
+                    # a host declared dead that was not killed: a false detection (it gets fenced)
+                    collateral = sorted({e["subject"] for e in store.events() if e["at"] >= killed
+                                         and e["kind"] == "host-dead" and e["subject"] != victim})
+                    row["falsely_dead"] = collateral
                     rounds.append(row)
                     progress(f"  nonstop round {i + 1}: {row}")
+                    for host in collateral:
+                        lab.power_on(host)
                     lab.power_on(victim)
                     wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 30)
                     time.sleep(1.0)
+                    last_end = end
             finally:
                 client.stop()
             total_failures = len(client.failures)

@@ -72,6 +72,12 @@ def test_host_killed_under_load(cluster: tuple[LabCluster, ClusterProbe], how: s
     assert checker.max_instances == 1, checker.worst
     assert victim not in probe.running().values()
     assert lab.power_state(victim) == "Off"
+    # Every moved guest started at its first attempt (a failed start waits out a back-off, and
+    # repeated ones move the guest again: replicas then pile onto one host) ...
+    observed = probe.observed()
+    assert {g: observed[g].get("attempts") for g in moved} == {g: 0 for g in moved}, observed
+    # ... and the replicas stay spread: no host holds all of them.
+    assert len(set(probe.running().values())) > 1, probe.running()
     print(f"{how}: detection {detection:.3f}s, fence at {fence['at'] - killed_at:.3f}s, "
           f"failover done {done['at'] - killed_at:.3f}s, {load.ok} requests, 0 failed; serving since {serving_since - killed_at:.2f}s")
     _bring_back(lab, probe, victim)
@@ -215,13 +221,13 @@ def _op_of(probe: ClusterProbe, host: str, since: float) -> dict[str, object] | 
 def test_controller_killed_mid_failover_resumes(cluster: tuple[LabCluster, ClusterProbe], step: str) -> None:
     """kill -9 of the controller in the middle of a failover — right after the fence (``fenced``:
     nothing reassigned yet) or while the guests are being restarted (``moved``). The controller
-    runs with ``--step-pause 2`` so the kill lands at that step; its successor must resume the
+    runs with ``--step-pause 1`` so the kill lands at that step; its successor must resume the
     persisted op and finish it, soon enough that no agent self-fences, with never two instances
     and no failed request."""
     lab, probe = cluster
     sft = lab.spec.policies.ha.self_fence_timeout
     old_pid = probe.status()["pid"]
-    lab.controller_args = ["--step-pause", "2"]
+    lab.controller_args = ["--step-pause", "1"]
     try:
         lab.restart_controller(kill=True)
         probe.wait_for("pausing controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=30)

@@ -63,10 +63,20 @@ def host_cgroup_dirs(cluster: str, host: str) -> list[Path]:
     return out
 
 
+HOST_CPU_SHARES = 8192
+"""cpu.shares of a lab host's cgroup (a normal task weighs 1024). A lab host stands for a whole
+machine: with group scheduling it would otherwise get one task's share of the CPU against every
+other process here, and at load 30 its agent's heartbeats stall for a second — a false "dead",
+a fence, and its replicas moved onto the others. Within the group, the agent's heartbeat thread
+runs at nice -10 (nonstop/ha/heartbeat.py) and guests at normal priority."""
+
+
 def join_host_cgroup(cluster: str, host: str, pid: int) -> None:
     for d in host_cgroup_dirs(cluster, host):
         with contextlib.suppress(OSError):
             d.mkdir(exist_ok=True)
+            if (d / "cpu.shares").exists():
+                (d / "cpu.shares").write_text(str(HOST_CPU_SHARES))
             (d / "cgroup.procs").write_text(str(pid))
 
 
@@ -169,6 +179,18 @@ def lab_host_bmc(cfg: dict[str, Any], host: str, config: Any, hooks: Any) -> Any
     return LabHostBmc(config, hooks)
 
 
+def restart_team_daemons(spec: Any) -> None:
+    """A booting host starts its team daemon again: the power-off killed everything in the host's
+    namespace, the daemon too, and without it a team never fails over (and its state goes stale)."""
+    from nonstop.lab import fabric, state
+
+    with state.locked(spec.cluster):
+        lab = state.load(spec.cluster)
+        if lab is not None:
+            fabric._start_processes(spec, lab)  # starts only the lab processes that are not running
+            state.save(lab)
+
+
 async def serve_bmcs(cfg: dict[str, Any]) -> None:
     from nonstop.bmc import power
     from nonstop.bmc.model import HostHardware
@@ -190,6 +212,7 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
 
         async def on_power_on(name: str = name) -> None:
             await asyncio.to_thread(faults.rejoin, spec, name)
+            await asyncio.to_thread(restart_team_daemons, spec)
             pid = await asyncio.to_thread(launch_agent, cfg, name)
             log.info("BMC %s: power on: agent started (pid %d)", name, pid)
 

@@ -203,14 +203,15 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         "spread_before": spread, "moves_between": between,
                     }
                     # a host declared dead that was not killed: a false detection (it gets fenced)
-                    collateral = sorted({e["subject"] for e in store.events() if e["at"] >= killed
+                    collateral = sorted({e["subject"] for e in store.events() if e["at"] >= last_end
                                          and e["kind"] == "host-dead" and e["subject"] != victim})
                     row["falsely_dead"] = collateral
                     rounds.append(row)
                     progress(f"  nonstop round {i + 1}: {row}")
-                    for host in collateral:
-                        lab.power_on(host)
                     lab.power_on(victim)
+                    for host in collateral:  # fenced by mistake: back on, and wait until it is up
+                        lab.power_on(host)
+                        wait(f"{host} up", lambda v=host: store.status().get("hosts", {}).get(v) == "up", 30)
                     wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 30)
                     time.sleep(1.0)
                     last_end = end

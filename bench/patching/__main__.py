@@ -1,10 +1,13 @@
 """Benchmark: roll a patch over a 3-host lab cluster while a client loads the service.
 
-What it measures, per variant, in ONE run on one lab cluster (process guests, the controller, the
-balancer, agents in their namespaces):
+What it measures, per variant, in ONE run on one lab cluster (three process guests behind the
+balancer and one VM — the built-in image under TCG — the controller, agents in their namespaces):
 - total rollout time and the median of each step over the hosts (drain, migrate = evacuate,
-  patch, verify = await-agent + postcheck, failback, and the rest);
-- failed requests (target 0) and the client's p50/p99 latency before the rollout (10 s) and during it.
+  patch, verify = await-agent + postcheck, failback, and the rest); for the VM's host also its
+  evacuate and failback (the live migration out and back) on their own;
+- failed requests (target 0) and the client's p50/p99 latency before the rollout (10 s) and during it;
+- the VM: its boot ids seen on its page during the rollout (target: one, unchanged), and its page's
+  failed fetches (from the lab's out namespace).
 
 Variants, side by side:
 - ``nonstop``: ``nonstop patch`` as shipped (maintenance, drain through the balancer's admin API,
@@ -37,12 +40,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster.harness import ClusterProbe  # noqa: E402
 from cluster.lab_spec import lab_spec  # noqa: E402
+from patching.lab import tolerant  # noqa: E402  (tests/patching/lab.py: heartbeats every 300 ms)
 
+from nonstop.drivers.qemu_testlab import PagePoller, fetch_in, parse_page  # noqa: E402
 from nonstop.lab import names  # noqa: E402
 from nonstop.lab.cluster import LabCluster  # noqa: E402
 from nonstop.store import keys  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+VM = {"name": "web", "kind": "vm", "replicas": 1, "vcpus": 1, "memory": "256MiB", "nics": [{"network": "prod"}],
+      "port": 80, "spread": "soft", "priority": 200}
 
 
 class Client:
@@ -91,6 +98,14 @@ def wait_service(probe: ClusterProbe, lab: LabCluster) -> None:
     time.sleep(1.0)
 
 
+def vm_page(lab: LabCluster, ip: str) -> dict[str, str] | None:
+    try:
+        status, body = fetch_in(names.out_ns(lab.cluster), ip, "/", timeout=2.0)
+    except OSError:
+        return None
+    return parse_page(body) if status == 200 else None
+
+
 def rollout(lab: LabCluster, level: str, drain: bool) -> tuple[int, dict[str, Any], float]:
     argv = [sys.executable, "-m", "nonstop.cli.main", "patch", "--store", lab.store_url, "--cluster", lab.cluster,
             "--netns", names.ctl_ns(lab.cluster), "--json", "--to", level]
@@ -118,34 +133,50 @@ def step_medians(doc: dict[str, Any]) -> dict[str, float]:
 def main() -> None:
     rounds = int(os.environ.get("NONSTOP_BENCH_ROUNDS", "2"))
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, shared with other engineers (noisy)",
-                               "rounds": rounds, "variants": {}}
-    spec = lab_spec(failback="auto", stability=1.0, self_fence=10.0)
+                               "rounds": rounds, "variants": {}, "load_average_at_start": os.getloadavg()[0]}
+    spec = tolerant(lab_spec(failback="auto", stability=1.0, self_fence=10.0, extra_groups=[VM]))
     with tempfile.TemporaryDirectory(prefix="nonstop-bench-") as tmp:
-        lab = LabCluster(spec, f"sqlite:///{os.path.join(tmp, 'state.db')}")
+        lab = LabCluster(spec, f"sqlite:///{os.path.join(tmp, 'state.db')}", drivers="process,qemu")
         try:
             lab.start(lambda t: None)
             probe = ClusterProbe(lab)
-            probe.wait_for("guests", lambda: len(probe.running()) == 3, timeout=30)
+            probe.wait_for("guests", lambda: len(probe.running()) == 4, timeout=90)
             wait_service(probe, lab)
+            ip = probe.desired()["web-0"]["vnics"][0]["address"].split("/")[0]
+            probe.wait_for("the VM's page", lambda: vm_page(lab, ip), timeout=180, every=0.5)
             client = Client(lab.services["api"]["port"])
             client.start()
             level = 1
             for r in range(rounds):
                 for variant, drain in (("nonstop", True), ("no-drain", False)):
                     wait_service(probe, lab)
+                    boot_before = (probe.wait_for("the VM's page", lambda: vm_page(lab, ip), timeout=120) or {})
+                    vm_host = probe.running().get("web-0")
                     before_start = time.time()
                     time.sleep(10.0)
                     level += 1
+                    poller = PagePoller(names.out_ns(lab.cluster), ip, interval=0.1, timeout=3.0).start()
                     t0 = time.time()
                     code, doc, seconds = rollout(lab, f"L{level}", drain)
                     t1 = time.time()
+                    poller.stop()
+                    home = next((h for h in doc.get("hosts", []) if h["host"] == vm_host), {"durations": {}})
                     entry = {
                         "round": r, "exit_code": code, "complete": doc.get("complete"),
                         "total_seconds": round(seconds, 2), "step_medians": step_medians(doc),
                         "before": client.window(before_start, t0), "during": client.window(t0, t1),
                         "moves": sum(len(h["moves"]) for h in doc.get("hosts", [])),
+                        "vm": {"host": vm_host, "boot_id_before": boot_before.get("boot_id"),
+                               "boot_ids_during": poller.boot_ids, "hosts_seen": poller.hosts,
+                               "page_ok": poller.ok, "page_failed": len(poller.failures),
+                               "kept_boot_id": poller.boot_ids == [boot_before.get("boot_id")],
+                               "live_moves": [m for h in doc.get("hosts", []) for m in h["moves"]
+                                              if m["guest"] == "web-0"],
+                               "host_evacuate_s": home["durations"].get("evacuate"),
+                               "host_failback_s": home["durations"].get("failback")},
                     }
-                    failover = [e for e in probe.events(t0) if e["kind"] in ("host-dead", "fence")]
+                    failover = [e for e in probe.events(t0) if e["kind"] in ("host-dead", "fence")
+                                and e["at"] <= t1]
                     entry["failovers"] = len(failover)
                     results["variants"].setdefault(variant, []).append(entry)
                     print(variant, json.dumps(entry), flush=True)
@@ -162,21 +193,34 @@ def main() -> None:
             "p99_during_ms_median": statistics.median(r["during"]["p99_ms"] or 0 for r in runs),
             "step_medians": {k: statistics.median(r["step_medians"][k] for r in runs) for k in STEP_GROUPS},
             "complete": all(r["complete"] for r in runs), "failovers": sum(r["failovers"] for r in runs),
+            "vm_kept_boot_id": all(r["vm"]["kept_boot_id"] for r in runs),
+            "vm_page_failed": sum(r["vm"]["page_failed"] for r in runs),
+            "vm_page_requests": sum(r["vm"]["page_ok"] + r["vm"]["page_failed"] for r in runs),
+            "vm_host_evacuate_s_median": statistics.median(r["vm"]["host_evacuate_s"] or 0 for r in runs),
+            "vm_host_failback_s_median": statistics.median(r["vm"]["host_failback_s"] or 0 for r in runs),
         }
     results["summary"] = summary
+    results["load_average_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "patching.json").write_text(json.dumps(results, indent=2))
     lines = ["# bench/patching: 3-host rolling patch under load", "",
-             f"{results['machine']}; {rounds} round(s) per variant, medians; one lab cluster, process guests "
-             "(cold moves), failback auto. `no-drain`: the same rollout without telling the balancer.", "",
+             f"{results['machine']}; load average {results['load_average_at_start']:.1f} at the start, "
+             f"{results['load_average_at_end']:.1f} at the end; {rounds} round(s) per variant, medians; one lab cluster: 3 process guests "
+             "behind the balancer (cold moves) and 1 VM (TCG, live migration), failback auto. `no-drain`: the "
+             "same rollout without telling the balancer. Step columns: median over hosts of seconds per host; "
+             "`VM host evac/failback`: the VM's host's evacuate and failback steps (its live migration out and "
+             "back plus a cold move each way).", "",
              "| variant | total s | failed / requests | p99 before ms | p99 during ms | drain s | migrate s | "
-             "patch s | verify s | failback s | failovers | complete |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "patch s | verify s | failback s | VM host evac / failback s | VM boot id kept | VM page failed | "
+             "failovers | complete |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, s in summary.items():
         m = s["step_medians"]
         lines.append(f"| {variant} | {s['total_seconds_median']:.1f} | {s['failed_requests']} / {s['requests']} | "
                      f"{s['p99_before_ms_median']:.1f} | {s['p99_during_ms_median']:.1f} | {m['drain']:.2f} | "
                      f"{m['migrate']:.2f} | {m['patch']:.2f} | {m['verify']:.2f} | {m['failback']:.2f} | "
+                     f"{s['vm_host_evacuate_s_median']:.2f} / {s['vm_host_failback_s_median']:.2f} | "
+                     f"{s['vm_kept_boot_id']} | {s['vm_page_failed']} / {s['vm_page_requests']} | "
                      f"{s['failovers']} | {s['complete']} |")
     (RESULTS / "patching.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -36,6 +36,7 @@ from nonstop.api.auth import require_admin, require_viewer
 from nonstop.api.routes_read import NAME, json_errors
 from nonstop.api.runtime import ApiRuntime
 from nonstop.core.patching.steps import RolloutStatus
+from nonstop.patching import SIMULATED
 from nonstop.patching import cluster as pc
 from nonstop.patching.executor import Patcher, RolloutError, lock_key
 from nonstop.patching.report import report
@@ -45,8 +46,6 @@ from nonstop.store.state import get_spec
 log = logging.getLogger("nonstop.api.patch")
 
 LEVEL = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,62}$"
-SIMULATED = {"fail": 'echo "simulated patch failure on $NONSTOP_HOST" >&2; exit 3', "hang": "sleep 3600"}
-"""The lab's test commands, as ``nonstop patch --simulate`` has them."""
 
 router = APIRouter(prefix="/api/v1/patch", tags=["patch"], responses=json_errors(
     _401="no or unknown token", _403="the viewer token cannot patch the cluster", _404="no rollout in the store",

@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nonstop.core.patching.steps import ACTIVE_ORDER, Rollout, Step
+from nonstop.patching import SIMULATED
 
-SIMULATED = {"fail": 'echo "simulated patch failure on $NONSTOP_HOST" >&2; exit 3', "hang": "sleep 3600"}
 EXIT_FAILED, EXIT_REFUSED = 1, 3
 
 

@@ -405,8 +405,10 @@ class Patcher:
                                   moves=tuple(moves))
             guest, target = decision.moves[0]
             in_flight = snap.view.desired[guest].migrate_to
-            if in_flight and in_flight != host and snap.conditions().get(in_flight) == "up":
-                target = in_flight  # a resumed evacuation: let the live migration asked for finish
+            if in_flight and in_flight != host:
+                # A resumed evacuation: never re-target a live migration under way (the agents
+                # are moving the memory); wait for it — a failed one fails the step with its reason.
+                target = in_flight
             self.progress(self._now(), f"{host}: moving {guest} -> {target}")
             moves.append(await self._move_one(host, Step.EVACUATE, host, guest, target))
         return StepResult(host, Step.EVACUATE, ok=True, moves=tuple(moves))

@@ -10,9 +10,21 @@ from typing import Any
 
 from cluster.harness import ClusterProbe  # tests/cluster (a rootdir package)
 
+from nonstop.core.spec import ClusterSpec
 from nonstop.lab import names
 from nonstop.lab.cluster import LabCluster
 from nonstop.store import keys
+
+
+def tolerant(spec: ClusterSpec, heartbeat_interval: float = 0.3) -> ClusterSpec:
+    """``spec`` with heartbeats every ``heartbeat_interval`` s instead of the lab's 100 ms: the
+    failure detector then tolerates about 1.3 s of silence instead of about 0.45 s (phi 8, a
+    pause of two intervals accepted). A rolling patch's CPU spikes (a live migration under TCG,
+    the agent's re-exec, the self-test boot) on a machine loaded by others starved heartbeats
+    for longer than 0.45 s and hosts that were fine were fenced; that is the detector's tuning
+    on this machine, not something the patch test is about."""
+    ha = spec.policies.ha.model_copy(update={"heartbeat_interval": heartbeat_interval})
+    return spec.model_copy(update={"policies": spec.policies.model_copy(update={"ha": ha})})
 
 
 def patch_argv(lab: LabCluster, *args: str) -> list[str]:
@@ -69,3 +81,9 @@ def wait_service(probe: ClusterProbe, replicas: int = 3, timeout: float = 30.0) 
 
     probe.wait_for("every replica in the balancer", ready, timeout=timeout)
     time.sleep(1.0)
+
+
+def timeline(probe: ClusterProbe, since: float, limit: int = 80) -> list[str]:
+    """The cluster's events since ``since`` (for assertion messages: what happened meanwhile)."""
+    return [f"{e['at'] - since:7.2f} {e['kind']} {e['subject']}: {e.get('reason', '')}"[:200]
+            for e in probe.events(since)][-limit:]

@@ -4,9 +4,7 @@ report rendering on a rollout record."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +15,16 @@ from typer.testing import CliRunner
 from nonstop.cli.main import app
 from nonstop.cli.patch_verbs import _Bars
 from nonstop.core.patching.steps import StepResult, Tick, new_rollout, transition
-from nonstop.core.spec import ClusterSpec
 from nonstop.patching.report import report, table
-from nonstop.store import keys, open_store
-from nonstop.store.state import put_spec
+from nonstop.store import keys
+
+from .seeded import read, seed
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _seed(path: Path, spread: str) -> str:
-    spec = ClusterSpec.model_validate({
-        "cluster": "c",
-        "hosts": [{"name": f"h{i}", "cpus": 2, "memory": "2GiB", "disk": "10GiB", "nics": [{"name": "eth0"}]}
-                  for i in (1, 2, 3)],
-        "guests": [{"name": "db", "kind": "process", "replicas": 3, "vcpus": 1, "memory": "64MiB", "spread": spread}],
-    })
-    url = f"sqlite:///{path}"
-
-    async def go() -> None:
-        store = open_store(url)
-        try:
-            await put_spec(store, spec)
-            for i in range(3):
-                await store.put_json(keys.guest_desired("c", f"db-{i}"), {
-                    "name": f"db-{i}", "cluster": "c", "host": f"h{i + 1}", "kind": "process", "group": "db"})
-            await store.put_json(keys.leader("c"), {"hosts": {"h1": "up", "h2": "up", "h3": "up"},
-                                                    "maintenance": [], "updated_at": time.time()})
-        finally:
-            await store.close()
-
-    asyncio.run(go())
-    return url
+    return seed(path, spread)
 
 
 def _patch(url: str, *args: str) -> Any:
@@ -72,14 +49,7 @@ def test_planner_refuses_with_the_reason(tmp_path: Path) -> None:
     result = _patch(url, "--to", "L2")
     assert result.exit_code == 3 and "the planner refuses" in result.output
 
-    async def stored() -> Any:
-        store = open_store(url)
-        try:
-            return await store.get_json(keys.op("c", "patch-rollout"))
-        finally:
-            await store.close()
-
-    assert asyncio.run(stored()) is None
+    assert read(url, keys.op("c", "patch-rollout")) is None
 
 
 def test_bars_and_report_render() -> None:

@@ -414,7 +414,8 @@ class QemuCore(Driver):
             state = GuestState.STOPPING
         elif record.get("migrating_to") and state is GuestState.RUNNING:
             state = GuestState.MIGRATING
-        memory = int(mem.get("base-memory", 0)) + int(mem.get("plugged-memory", 0))
+        # Under TCG the boot RAM is rendered a few KiB short (qemu_argv.TCG_RAM_SHORTFALL): whole MiB again.
+        memory = -(-int(mem.get("base-memory", 0)) // 2**20) * 2**20 + int(mem.get("plugged-memory", 0))
         return replace(base, state=state, vcpus=len(cpus), memory=memory,
                        extra={**base.extra, "qemu_status": qemu_state, "migration": migration.get("status")})
 

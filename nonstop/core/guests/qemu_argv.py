@@ -301,8 +301,10 @@ def kernel_append(launch: QemuLaunch) -> str:
     return " ".join(words)
 
 
-TCG_RAM_SHORTFALL = 4096
-"""Under TCG the boot RAM block is rendered one 4 KiB page short of the guest's memory.
+TCG_RAM_SHORTFALL = 8192
+"""Under TCG the boot RAM block is rendered 8 KiB short of the guest's memory (QEMU rounds
+``-m`` up to a multiple of 8 KiB, so one 4 KiB page short would be rounded back to the full
+size; the driver rounds QEMU's reported base memory back up to whole MiB).
 
 Why: QEMU 7.2 syncs a RAM block's migration dirty bitmap on a fast path when the block's
 length is a multiple of 64 pages, and that path clears the dirty bits without re-arming the
@@ -311,13 +313,14 @@ that keeps writing through a TLB entry cached before the sync — an idle vCPU's
 interrupts writing its per-CPU data, which no CR3 reload flushes — is then not seen, and the
 destination runs with stale pages: the guest kernel crashes seconds after a live migration
 (hrtimer/RCU list corruption in interrupt context). Measured by migrating into a paused
-destination and comparing both RAM images: 7-52 differing pages per 8 migrations with a
-256 MiB block, none in 14 with 256 MiB - 4 KiB (docs/guests-vm.md). Hot-plugged DIMMs keep
-whole sizes (the guest hot-adds 128 MiB blocks only); they hold movable pages only."""
+destination and comparing both RAM images (docs/guests-vm.md): differing pages in about one
+migration of three with a 256 MiB block, none with a block 8 KiB off the 256 KiB multiple.
+Hot-plugged DIMMs keep whole sizes (the guest hot-adds 128 MiB blocks only), so a guest
+with DIMMs is migrated paused under TCG (nonstop.drivers.qemu.PAUSED_MIGRATION_REASON)."""
 
 
 def boot_memory_arg(layout: MachineLayout, accel: str) -> str:
-    """The ``-m`` value: boot size (TCG: one page short, see ``TCG_RAM_SHORTFALL``), slots, maxmem."""
+    """The ``-m`` value: boot size (TCG: 8 KiB short, see ``TCG_RAM_SHORTFALL``), slots, maxmem."""
     if accel == "tcg":
         memory = f"{(layout.boot_memory - TCG_RAM_SHORTFALL) // 1024}k"
     else:

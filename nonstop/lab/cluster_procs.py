@@ -179,6 +179,18 @@ def lab_host_bmc(cfg: dict[str, Any], host: str, config: Any, hooks: Any) -> Any
     return LabHostBmc(config, hooks)
 
 
+def restart_team_daemons(spec: Any) -> None:
+    """A booting host starts its team daemon again: the power-off killed everything in the host's
+    namespace, the daemon too, and without it a team never fails over (and its state goes stale)."""
+    from nonstop.lab import fabric, state
+
+    with state.locked(spec.cluster):
+        lab = state.load(spec.cluster)
+        if lab is not None:
+            fabric._start_processes(spec, lab)  # starts only the lab processes that are not running
+            state.save(lab)
+
+
 async def serve_bmcs(cfg: dict[str, Any]) -> None:
     from nonstop.bmc import power
     from nonstop.bmc.model import HostHardware
@@ -200,6 +212,7 @@ async def serve_bmcs(cfg: dict[str, Any]) -> None:
 
         async def on_power_on(name: str = name) -> None:
             await asyncio.to_thread(faults.rejoin, spec, name)
+            await asyncio.to_thread(restart_team_daemons, spec)
             pid = await asyncio.to_thread(launch_agent, cfg, name)
             log.info("BMC %s: power on: agent started (pid %d)", name, pid)
 

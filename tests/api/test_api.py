@@ -202,10 +202,11 @@ def test_chaos_with_lab_and_stream(store_url: str, token_file: Path) -> None:
 def test_metrics_text(client: TestClient) -> None:
     text = client.get("/metrics").text
     for name in ("nonstop_host_up", "nonstop_host_effective_capacity", "nonstop_guest_running",
-                 "nonstop_team_member_up", "nonstop_service_backends", "nonstop_heartbeat_gap_seconds_bucket",
+                 "nonstop_team_member_up", "nonstop_team_member_active", "nonstop_service_backends", "nonstop_heartbeat_gap_seconds_bucket",
                  "nonstop_failover_duration_seconds_bucket"):
         assert name in text, name
     assert 'nonstop_host_allocated{host="host1",resource="cpu"}' in text
+    assert 'nonstop_team_member_active{host="host2",member="eth0",team="team0"} 1.0' in text
     assert 'nonstop_host_component_working{group="power",host="host3"} 1.0' in text
 
 

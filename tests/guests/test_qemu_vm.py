@@ -239,7 +239,10 @@ def test_failed_migration_leaves_guest_running_on_source(world: World) -> None:
 
 
 def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
-    poller = PagePoller(world.lab.ns_client, GUEST_IP, interval=0.02).start()
+    # The guest has a hot-plugged DIMM, so under TCG it is copied paused (~1-2 s): a fetch may
+    # wait that long plus a TCP retransmit on a loaded machine, so the client waits up to 10 s.
+    # (Live copies are covered by test_boot_ram_survives_a_live_copy_bit_for_bit.)
+    poller = PagePoller(world.lab.ns_client, GUEST_IP, interval=0.02, timeout=10.0).start()
     try:
         _wait_for(lambda: poller.ok >= 3, "the client fetching before the move")
         endpoint = asyncio.run(world.b.prepare_incoming(world.definition))
@@ -260,7 +263,9 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     assert sum(error is not None for _, error in seen[:-1]) == 0, seen
     assert poller.boot_ids == [world.boot_id]
     assert status.state is GuestState.RUNNING and status.vcpus == 2 and status.memory == 512 * MIB
-    assert result.downtime_seconds is not None and result.downtime_seconds < 2.0
+    assert result.downtime_seconds is not None and result.downtime_seconds < 5.0
+    paused = asyncio.run(world.b.status("web-0")).extra.get("accel") == "tcg"
+    assert result.extra["mode"].startswith("paused" if paused else "live"), result.extra["mode"]
     assert asyncio.run(world.a.list_guests()) == []
     with pytest.raises(GuestNotFound):
         asyncio.run(world.a.status("web-0"))

@@ -12,7 +12,7 @@ Role, two halves sharing one per-VM record, ``<qemu state dir>/<guest>/mirror.js
   the legs. A VM with mirrored disks does not live-migrate: its legs are this host's drives.
 - ``MirrorReconciler``, run beside the agent loop: level-triggered, every pass it reads the
   host's drive states (the hardware watcher's ``hosts/<h>/components`` storage group; no
-  record or an old one = unknown) and each mirrored disk's legs (is the leg's server
+  record, or an unreadable BMC = unknown) and each mirrored disk's legs (is the leg's server
   alive), asks the pure ``plan_mirror`` what to do, and does it: drop a dead leg, or
   re-mirror onto a drive that has worked for the stability window
   (``policies.components.stability_window``). Every change is an event
@@ -48,10 +48,9 @@ from nonstop.core.components.mirror import (
 log = logging.getLogger("nonstop.components.mirror")
 
 STATE_FILE = "mirror.json"
-STALE_READING = 30.0
 SPEC_EVERY = 5.0
+ACTION_TIMEOUT = 180.0
 """How often the stored spec is read again (drives, stability window), seconds."""
-"""A components record older than this (seconds) says nothing about the drives now."""
 _locks: dict[str, asyncio.Lock] = {}
 
 
@@ -215,8 +214,9 @@ class MirrorReconciler:
         drives = self.drives
         record = await self.store.get_json(keys.host_components(self.cluster, self.host)) or {}
         storage = (record.get("groups") or {}).get("storage") or {}
-        fresh = now - float(record.get("read_at") or 0) < STALE_READING
-        if not fresh or storage.get("state") in (None, "unknown") or record.get("health") == "unknown":
+        # The watcher rewrites the record only when something changes, so its age is no sign
+        # of staleness; an unreadable BMC shows as health "unknown".
+        if storage.get("state") in (None, "unknown") or record.get("health") == "unknown":
             return {d: None for d in drives}
         failed = set(storage.get("failed") or [])
         return {d: d in failed for d in drives}
@@ -228,19 +228,27 @@ class MirrorReconciler:
             self.ok_since = {}
             return []
         states = await self.drive_states(now)
-        self.ok_since = track_ok_since(self.ok_since, states, now)
+        running = [f.parent for f in sorted(self.qemu_state_dir.glob(f"*/{STATE_FILE}"))
+                   if (f.parent / "qmp.sock").exists()]  # a stopped VM: its next launch serves what is left
+        views = {run_dir: {disk: tuple(LegView(leg["drive"], legs_io.server_alive(Path(leg["path"])))
+                                       for leg in entry["legs"])
+                           for disk, entry in load(run_dir)["disks"].items()} for run_dir in running}
+        dead = frozenset(v.drive for disks in views.values() for legs in disks.values() for v in legs if not v.alive)
+        self.ok_since = track_ok_since(self.ok_since, states, now, dead)
         drives = tuple(DriveView(d, s, self.ok_since.get(d)) for d, s in states.items())
         done: list[MirrorAction] = []
-        for state_file in sorted(self.qemu_state_dir.glob(f"*/{STATE_FILE}")):
-            run_dir = state_file.parent
-            if not (run_dir / "qmp.sock").exists():
-                continue  # not running: the next launch serves what is left
+        for run_dir in running:
             async with lock(run_dir):
                 state = load(run_dir)
                 for disk, entry in state["disks"].items():
                     legs = tuple(LegView(leg["drive"], legs_io.server_alive(Path(leg["path"]))) for leg in entry["legs"])
                     for action in plan_mirror(disk, legs, drives, now, self.window):
-                        await self._act(run_dir, state, entry, action)
+                        try:  # a hung QMP call must not hold this VM's mirrors for ever
+                            await asyncio.wait_for(self._act(run_dir, state, entry, action), ACTION_TIMEOUT)
+                        except TimeoutError:
+                            await self._emit("mirror-failed", f"{self.host}/{run_dir.name}/{disk}",
+                                             f"{action.kind} on {action.drive} took over {ACTION_TIMEOUT:g} s",
+                                             drive=action.drive)
                         done.append(action)
         return done
 

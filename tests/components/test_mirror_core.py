@@ -126,3 +126,14 @@ def test_ok_since_resets_on_failure_and_on_no_data() -> None:
     clock = track_ok_since(clock, {"Disk0": False, "Disk1": False}, 20.0)
     assert clock == {"Disk0": 10.0, "Disk1": 20.0}
     assert track_ok_since(clock, {"Disk0": None, "Disk1": False}, 30.0) == {"Disk0": None, "Disk1": 20.0}
+
+
+def test_a_dead_leg_restarts_its_drives_clock_even_before_the_bmc_says_so() -> None:
+    clock = track_ok_since({"Disk0": 1.0, "Disk1": 1.0}, {"Disk0": False, "Disk1": False}, 50.0,
+                           dead_legs=frozenset({"Disk0"}))
+    assert clock == {"Disk0": 50.0, "Disk1": 1.0}
+    # so the leg's drive, still "working" in a lagging reading, gets no copy within the window
+    legs = (LegView("Disk1", True),)
+    drives = (DriveView("Disk0", False, clock["Disk0"]), DriveView("Disk1", False, clock["Disk1"]))
+    assert plan_mirror("data", legs, drives, 55.0, window=10.0) == ()
+    assert [a.kind for a in plan_mirror("data", legs, drives, 60.0, window=10.0)] == [REMIRROR]

@@ -131,8 +131,16 @@ def test_mirrored_vm_disk_survives_drive_failures_and_remirrors_by_itself() -> N
             workload.wait_ops(10)
             repaired_at = time.time()
             fail_component(lab, "drive", host, "Disk0", failed=False)
-            done = probe.wait_for("re-mirrored by itself", lambda: probe.first("mirror-remirrored", disk, repaired_at),
-                                  timeout=30, every=0.1)
+            try:
+                done = probe.wait_for("re-mirrored by itself",
+                                      lambda: probe.first("mirror-remirrored", disk, repaired_at), timeout=60, every=0.1)
+            except AssertionError:
+                print("storage:", storage())
+                for e in probe.events(start):
+                    print("event:", {k: e.get(k) for k in ("at", "kind", "subject", "reason")})
+                log = (lab.run_dir / f"agent-{host}.log").read_text(errors="replace").splitlines()
+                print("\n".join([line for line in log if "mirror" in line][-40:]))
+                raise
             timings.update(remirrored_after_repair_s=round(done["at"] - repaired_at, 3),
                            copy_s=done.get("copy"), paused_s=done.get("paused"),
                            redundant_again_after_failure_s=round(done["at"] - start, 3))
@@ -156,4 +164,7 @@ def test_mirrored_vm_disk_survives_drive_failures_and_remirrors_by_itself() -> N
         assert probe.running().get("db-0") == host  # nothing moved: the host kept its guest
         timings.update(ops=workload.ops, blocks=len(workload.written), guest_io_errors=0)
         print("\nmirror (lab):", timings)
+        for e in probe.events(start):  # the timeline, for the docs and for a slow run
+            if e["kind"].startswith("mirror") or e["subject"].endswith("/storage") or "/Disk" in e["subject"]:
+                print(f"  +{e['at'] - start:7.3f}s {e['kind']:20} {e['subject']}: {e['reason']}")
         assert done.get("paused") is not None and float(done["paused"]) < 2.0

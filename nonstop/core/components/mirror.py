@@ -166,13 +166,17 @@ REMIRROR = "remirror"
 
 
 def track_ok_since(previous: dict[str, float | None], failed: dict[str, bool | None],
-                   now: float) -> dict[str, float | None]:
-    """Per drive, since when it has been seen working: reset by a failure or by no data."""
+                   now: float, dead_legs: frozenset[str] = frozenset()) -> dict[str, float | None]:
+    """Per drive, since when it has been seen working: reset by a failure or by no data.
+
+    ``dead_legs``: drives on which a leg was just found dead. The BMC's reading may lag
+    behind (the watcher has not read the failure yet), so such a drive's clock starts again
+    now — a drive is never re-mirrored onto within the window after a leg on it died."""
     out: dict[str, float | None] = {}
     for drive, state in failed.items():
         if state is False:
             before = previous.get(drive)
-            out[drive] = before if before is not None else now
+            out[drive] = now if before is None or drive in dead_legs else before
         else:
             out[drive] = None
     return out

@@ -162,6 +162,28 @@ def leg_socket(path: Path) -> str:
     return str(SOCKET_DIR / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.sock")
 
 
+def sweep_dead_sockets() -> int:
+    """Remove leg sockets nobody serves any more (a lab torn down with its VMs running kills
+    the leg servers but not their socket files); how many."""
+    import socket as sockets
+
+    removed = 0
+    for path in SOCKET_DIR.glob("*.sock") if SOCKET_DIR.is_dir() else ():
+        probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        try:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # busy or unknown: leave it
+        finally:
+            probe.close()
+    return removed
+
+
 def create_leg_file(path: Path, size: int) -> None:
     if drive_failed(path.parent):
         raise MirrorError(f"drive {path.parent.name} has failed")

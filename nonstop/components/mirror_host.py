@@ -304,6 +304,7 @@ async def run_mirror_reconciler(store: Any, cluster: str, host: str, state_dir: 
 
     reconciler = MirrorReconciler(store, cluster, host, Path(state_dir) / "qemu",
                                   Path(options.get("disk_dir", DEFAULT_DISK_DIR)) / cluster)
+    await asyncio.to_thread(legs_io.sweep_dead_sockets)
     while not stop.is_set():
         try:
             await reconciler.pass_once()

@@ -125,13 +125,15 @@ def create_disks(driver: Any, definition: Any, plain: Callable[[Any], list[dict[
 async def before_launch(driver: Any, name: str, incoming: str | None) -> None:
     """Serve every leg whose server is not running (a restart, or after a host power-off)."""
     run_dir = driver._run_dir(name)  # noqa: SLF001
+    if incoming is not None:
+        from nonstop.core.guests.model import GuestDefinition
+        from nonstop.drivers.qemu_runtime import RuntimeFailure
+
+        if mirrored(GuestDefinition.from_dict(driver._load(name)["definition"])):  # noqa: SLF001
+            raise RuntimeFailure("a VM with mirrored disks does not live-migrate: its legs are its host's drives")
     state = load(run_dir)
     if not state["disks"]:
         return
-    if incoming is not None:
-        from nonstop.drivers.qemu_runtime import RuntimeFailure
-
-        raise RuntimeFailure("a VM with mirrored disks does not live-migrate: its legs are this host's drives")
     async with lock(run_dir):
         for disk, entry in state["disks"].items():
             kept = []

@@ -178,10 +178,17 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -
         time.sleep(0.02)
 
 
-def _wait_page(world: World, key: str, want: str, timeout: float = 10.0) -> dict[str, str]:
+def _wait_page(world: World, key: str, want: str, timeout: float = 20.0) -> dict[str, str]:
+    # A guest onlining a CPU under TCG on a loaded machine can stall a fetch past its 3 s:
+    # retry until the deadline; the caller asserts on the last page.
     deadline = time.monotonic() + timeout
     while True:
-        page = world.page()
+        try:
+            page = world.page()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            continue
         if page.get(key) == want or time.monotonic() > deadline:
             return page
         time.sleep(0.1)

@@ -192,6 +192,10 @@ class QemuDriver(QemuHotplug):
                     with contextlib.suppress(Exception):
                         await qmp.execute("cont")
                 raise
+            # From here the destination runs the guest: hand it the shared layout first, so no
+            # clean-up here (nor an agent restarted mid-way) removes what it uses.
+            with contextlib.suppress(OSError, ValueError):
+                self._claim_layout(name, endpoint.host)
             # The source is paused in postmigrate; quit it (the destination owns the guest now).
             with contextlib.suppress(Exception):
                 await qmp.execute("quit")
@@ -265,6 +269,8 @@ class QemuDriver(QemuHotplug):
         # The source wrote the boot id into the shared layout file just before migrating.
         with contextlib.suppress(OSError, ValueError):
             record["boot_id"] = json.loads((self._disk_dir(name) / "layout.json").read_text()).get("boot_id")
+        with contextlib.suppress(OSError, ValueError):
+            self._claim_layout(name)  # the guest runs here now (the source handed it over already)
         record["host_channel_error"] = await self._tell_host(name)
         self._save(name, record)
         return await self.status(name)

@@ -130,10 +130,39 @@ class QemuCore(Driver):
         facts = {"boot_id": self._boot_id(name, record), "kernel": record.get("kernel"),
                  "initrd": record.get("initrd"), "disks": record.get("disks"), "nic_slots": record.get("nic_slots")}
         data.update({k: v for k, v in facts.items() if v})
+        data["owner"] = self.host  # whoever writes the shape runs (or is taking over) the guest
+        self._write_layout(name, data)
+
+    def _write_layout(self, name: str, data: dict[str, Any]) -> None:
         path = self._disk_dir(name) / "layout.json"
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{self.host}.tmp")  # hosts share the directory: no shared temp name
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
+
+    def _claim_layout(self, name: str, owner: str | None = None) -> None:
+        """Mark the shared layout as ``owner``'s (default: this host's): a migration hands it over."""
+        path = self._disk_dir(name) / "layout.json"
+        data = json.loads(path.read_text())
+        data["owner"] = owner or self.host
+        self._write_layout(name, data)
+
+    def _owns_shared_files(self, record: dict[str, Any], name: str) -> bool:
+        """May destroy remove the shared disks and layout? Only the host that runs the guest may.
+
+        Lab hosts share the disk directory: a source host cleaning up after a migration (or an
+        agent restarted there, finding the guest's old run directory) must leave the layout and
+        disks to the host running the guest now. A record still marked ``migrating_to`` was cut
+        off mid hand-off (agent killed): whether the destination took over is unknown, so keep.
+        A layout without an owner predates the field: the record decides, as before."""
+        if not record.get("owns_disks") or record.get("migrating_to"):
+            return False
+        try:
+            owner = json.loads((self._disk_dir(name) / "layout.json").read_text()).get("owner")
+        except FileNotFoundError:
+            return True  # nothing shared left but our own created disks
+        except (OSError, ValueError):
+            return False  # unreadable: keep rather than delete what another host may use
+        return owner in (None, self.host)
 
     def _tap_name(self, name: str, index: int) -> str:
         return f"nv{short_id(self.cluster, self.host, name, length=9)}{index}"
@@ -330,8 +359,9 @@ class QemuCore(Driver):
         self._children.pop(name, None)
         for tap in self._taps(record):
             await asyncio.to_thread(rt.unshape_tap, self.netns, tap)
+        owns_shared = self._owns_shared_files(record, name)  # before the run dir (the record) goes
         shutil.rmtree(self._run_dir(name), ignore_errors=True)
-        if record.get("owns_disks"):
+        if owns_shared:
             for disk in [*record.get("disks", []), *record.get("detached_disks", [])]:
                 if disk.get("created"):
                     Path(disk["path"]).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -276,6 +277,8 @@ def test_live_migration_keeps_serving_and_boot_id(world: World) -> None:
     assert asyncio.run(world.a.list_guests()) == []
     with pytest.raises(GuestNotFound):
         asyncio.run(world.a.status("web-0"))
+    # The shared layout was handed to B (a later clean-up on A must leave it: a failback needs it).
+    assert json.loads((world.disk_dir / CLUSTER / "web-0" / "layout.json").read_text())["owner"] == "hb"
     page = _wait_page(world, "host", "hb", timeout=5)
     assert page["boot_id"] == world.boot_id and page["vcpus"] == "2"
     assert page["host"] == "hb", "the destination tells the guest its new host over virtio-serial"

@@ -140,6 +140,11 @@ class ProcessDriver(Driver):
         self.pids_max: int = int(options.get("pids_max", 1024))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._guests: dict[str, _Guest] = {}
+        # Guests whose launch (netns, vNICs, cgroup, exec) is running in a worker thread right now.
+        # Until it returns the guest has no live pid yet, and that is not a death: status must not
+        # tear its resources down under the launch (set/cleared by the thread, so a cancelled start
+        # still protects a launch that goes on).
+        self._launching: set[str] = set()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -207,7 +212,8 @@ class ProcessDriver(Driver):
         guest.failure_reason = None
         try:
             # pyroute2's sync API runs its own event loop: netlink work happens in a worker thread.
-            await asyncio.to_thread(self._launch, guest)
+            self._launching.add(name)
+            await asyncio.to_thread(self._launch_marked, guest)
         except GuestStartError as exc:
             await asyncio.to_thread(self._release, guest)
             guest.state = GuestState.FAILED
@@ -231,6 +237,12 @@ class ProcessDriver(Driver):
             },
         )
         return await self.status(name)
+
+    def _launch_marked(self, guest: _Guest) -> None:
+        try:
+            self._launch(guest)
+        finally:
+            self._launching.discard(guest.definition.name)
 
     def _launch(self, guest: _Guest) -> None:
         """Namespace, vNICs, cgroup with limits, then the launcher; raises GuestStartError."""
@@ -374,6 +386,8 @@ class ProcessDriver(Driver):
         (self._dir(d.name) / "runtime.json").unlink(missing_ok=True)
 
     async def _observe_exit(self, guest: _Guest) -> None:
+        if guest.state is GuestState.STARTING and guest.definition.name in self._launching:
+            return  # no pid yet is the launch in progress, not an exit (see _launching)
         if guest.state in (GuestState.RUNNING, GuestState.STARTING) and not self._alive(guest):
             guest.state, guest.failure_reason = self._death_reason(guest)
             await asyncio.to_thread(self._release, guest)

@@ -187,3 +187,30 @@ async def test_workload_that_exits_is_reported_failed_with_its_status(process_dr
         await asyncio.sleep(0.02)
     assert st.state is GuestState.FAILED
     assert st.failure_reason is not None and "status 3" in st.failure_reason and "broken config" in st.failure_reason
+
+
+@pytest.mark.root
+async def test_status_polls_during_parallel_starts_never_tear_a_launch_down(process_driver: Driver) -> None:
+    """An agent may ask for a guest's status while its start is still in flight (no pid yet): that
+    is STARTING, not a death, and must not remove the netns/cgroup under the launch."""
+    names = [f"g{i}" for i in range(4)]
+    for name in names:
+        await process_driver.create(gdef(process_driver, name))
+    seen: dict[str, list[GuestState]] = {name: [] for name in names}
+    starts = asyncio.gather(*(process_driver.start(name) for name in names))
+    deadline = asyncio.get_running_loop().time() + 60
+    while not starts.done() and asyncio.get_running_loop().time() < deadline:
+        for name in names:
+            seen[name].append((await process_driver.status(name)).state)
+        await asyncio.sleep(0.002)
+    results = await asyncio.wait_for(starts, 60)
+    assert any(GuestState.STARTING in states for states in seen.values()), "no poll fell inside a start"
+    assert all(set(states) <= {GuestState.STOPPED, GuestState.STARTING, GuestState.RUNNING}
+               for states in seen.values()), seen
+    assert [r.state for r in results] == [GuestState.RUNNING] * len(names)
+    for name, result in zip(names, results, strict=True):
+        status = await process_driver.status(name)
+        assert status.state is GuestState.RUNNING and status.boot_id == result.boot_id
+        ns = netns_name(process_driver.cluster, name)
+        assert netns_exists(ns)
+        wait_http_ok(ns, "127.0.0.1", PORT, deadline=10)

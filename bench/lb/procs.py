@@ -105,6 +105,16 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
+def listening(proc: Proc, host: str, port: int) -> Proc:
+    """``proc`` once it listens; stopped (not leaked) when it does not in time."""
+    try:
+        wait_port(host, port)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def nginx(tmp: Path, port: int, core: str) -> Proc:
     d = tmp / f"nginx-{port}"
     d.mkdir(parents=True, exist_ok=True)
@@ -129,9 +139,7 @@ http {{
 }}
 """
     )
-    proc = Proc(f"nginx:{port}", ["/usr/sbin/nginx", "-p", str(d), "-c", str(conf)], core)
-    wait_port("127.0.0.1", port)
-    return proc
+    return listening(Proc(f"nginx:{port}", ["/usr/sbin/nginx", "-p", str(d), "-c", str(conf)], core), "127.0.0.1", port)
 
 
 def haproxy(
@@ -163,9 +171,7 @@ backend be
 {servers}
 """
     )
-    proc = Proc(f"haproxy-{mode}", ["/usr/sbin/haproxy", "-db", "-f", str(conf)], core)
-    wait_port("127.0.0.1", port)
-    return proc
+    return listening(Proc(f"haproxy-{mode}", ["/usr/sbin/haproxy", "-db", "-f", str(conf)], core), "127.0.0.1", port)
 
 
 def nonstop_lb(
@@ -188,13 +194,17 @@ def nonstop_lb(
     if workers > 1:
         argv += ["--workers", str(workers)]
     proc = Proc(f"nonstop-{mode}", argv, core)
-    if mode == "nft":
-        deadline = time.monotonic() + 60
-        while subprocess.run(["nft", "list", "table", "ip", nft_table], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("nft table did not appear")
-            time.sleep(0.05)
-    wait_port(host, int(port))
+    try:
+        if mode == "nft":
+            deadline = time.monotonic() + 60
+            while subprocess.run(["nft", "list", "table", "ip", nft_table], capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nft table did not appear")
+                time.sleep(0.05)
+        wait_port(host, int(port))
+    except BaseException:
+        proc.stop()  # the caller never gets it: stop it here (a run died once and left one behind)
+        raise
     return proc
 
 

@@ -158,10 +158,8 @@ class QemuCore(Driver):
             return False
         try:
             owner = json.loads((self._disk_dir(name) / "layout.json").read_text()).get("owner")
-        except FileNotFoundError:
-            return True  # nothing shared left but our own created disks
         except (OSError, ValueError):
-            return False  # unreadable: keep rather than delete what another host may use
+            return False  # gone or unreadable: ownership unknown, keep what another host may use
         return owner in (None, self.host)
 
     def _tap_name(self, name: str, index: int) -> str:

@@ -127,7 +127,7 @@ def test_example_lab_loads_with_units_parsed() -> None:
     assert web.disks[0].size == 1024**3
     assert spec.policies.allocation_ratios.memory == 1.5
     assert spec.policies.reserved.memory == 512 * 1024**2
-    assert spec.policies.ha.heartbeat_interval == pytest.approx(0.5)  # examples/lab.yaml: 500 ms heartbeats (docs/demo.md)
+    assert spec.policies.ha.heartbeat_interval == pytest.approx(0.1)  # examples/lab.yaml: 100 ms heartbeats (docs/demo.md)
     assert spec.policies.ha.host_failures_to_tolerate == 1
 
 

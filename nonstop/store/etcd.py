@@ -85,13 +85,22 @@ def _compare(compare: Compare) -> Any:
     return message
 
 
+RECONNECT_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
+
+
 class EtcdStore(Store):
     """``etcd://HOST:PORT``: one gRPC channel per store object (create it inside the event loop using it)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 2379, timeout: float = 5.0) -> None:
         self.url = f"etcd://{host}:{port}"
         self._timeout = timeout
-        self._client = aetcd.Client(host=host, port=port, timeout=timeout)
+        # gRPC's default reconnect back-off grows to 120 s: an agent cut off by a partition would
+        # stay deaf for many seconds after it heals. A cluster store is worth retrying every second.
+        self._client = aetcd.Client(host=host, port=port, timeout=timeout, options=RECONNECT_OPTIONS)
         self._closed = False
 
     @classmethod

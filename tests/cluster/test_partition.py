@@ -42,7 +42,8 @@ def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
             observed = probe.observed()
             time.sleep(0.5)
             lab.heal("h1")
-            probe.wait_for("h1 heard again", lambda: probe.status()["hosts"].get("h1") == "up", timeout=15)
+            probe.wait_for("h1 heard again", lambda: probe.status()["hosts"].get("h1") == "up", timeout=30)
+            print(f"\nh1 heard again {time.time() - start:.1f} s after the partition began")
             # the agent's store connection recovers (TCP retransmits), it takes a new lease
             probe.wait_for("self-fence lifted", lambda: "self-fence lifted" in (lab.run_dir / "agent-h1.log").read_text(),
                            timeout=30)
@@ -53,7 +54,12 @@ def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
         assert attempt is not None and "unreachable" in attempt["reason"], attempt
         assert "watchdog-wait" in fence["reason"] and "assumed-off" in fence["reason"], fence
         assert fence["at"] - start >= 2 * SELF_FENCE - 0.2, "restarted elsewhere before the host could have self-fenced"
-        assert "SELF-FENCE: store lease not renewed" in log, log[-2000:]
+        # Heartbeat acks and lease renewals stop together; whichever went quiet first names the
+        # self-fence (both are correct reasons). That the store really was cut shows in the
+        # agent's failed lease checks.
+        assert ("SELF-FENCE: store lease not renewed" in log
+                or "SELF-FENCE: nothing heard from the controller" in log), log[-2000:]
+        assert "lease check: etcd" in log, "the partition must cut the agent's store traffic too"
         assert all(observed.get(g, {}).get("host") != "h1" or observed[g].get("state") != "running" for g in on_victim)
         assert checker.samples > 50
         assert checker.max_instances == 1, checker.worst

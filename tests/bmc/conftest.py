@@ -16,12 +16,16 @@ from nonstop.bmc.power import kill_namespace
 from nonstop.bmc.server import BmcConfig, BmcHooks, RunningBmc, start_bmc
 from nonstop.core.spec import HostSpec
 
-CSDL_TARBALL = Path(__file__).resolve().parents[3] / "shared" / "redfish" / "DSP8010-csdl-2025.4.tar.xz"
+CSDL_NAME = "DSP8010-csdl-2025.4.tar.xz"
+CSDL_TARBALL = Path(__file__).resolve().parents[3] / "shared" / "redfish" / CSDL_NAME
 
 
 def find_csdl_tarball() -> Path | None:
-    """shared/ sits beside the checkout (developers and CI alike)."""
-    return CSDL_TARBALL if CSDL_TARBALL.exists() else None
+    """shared/ sits beside the checkout (developers and CI alike); NONSTOP_REDFISH_CSDL names the
+    tarball explicitly, and /work/shared is looked at for a checkout cloned elsewhere."""
+    candidates = [Path(os.environ["NONSTOP_REDFISH_CSDL"])] if os.environ.get("NONSTOP_REDFISH_CSDL") else []
+    candidates += [CSDL_TARBALL, Path("/work/shared/redfish") / CSDL_NAME]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +33,7 @@ def csdl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DMTF's CSDL schemas unpacked into a temp dir (never into the repo)."""
     tarball = find_csdl_tarball()
     if tarball is None:
-        pytest.skip("DSP8010 CSDL tarball not found in ../shared/redfish")
+        pytest.skip("DSP8010 CSDL tarball not found (../shared/redfish beside the checkout, /work/shared/redfish or NONSTOP_REDFISH_CSDL)")
     target = tmp_path_factory.mktemp("csdl")
     with tarfile.open(tarball) as tar:
         tar.extractall(target, filter="data")

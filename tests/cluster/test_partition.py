@@ -59,7 +59,8 @@ def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
         # agent's failed lease checks.
         assert ("SELF-FENCE: store lease not renewed" in log
                 or "SELF-FENCE: nothing heard from the controller" in log), log[-2000:]
-        assert "lease check: etcd" in log, "the partition must cut the agent's store traffic too"
+        assert any(sign in log for sign in ("lease check:", "keepalive failed:", "store unavailable")), \
+            "the partition must cut the agent's store traffic too"
         assert all(observed.get(g, {}).get("host") != "h1" or observed[g].get("state") != "running" for g in on_victim)
         assert checker.samples > 50
         assert checker.max_instances == 1, checker.worst

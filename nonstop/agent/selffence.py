@@ -112,12 +112,18 @@ class SelfFence:
     async def _check_lease(self) -> None:
         while True:
             lease = self.lease()
+            # A cut store connection does not fail a call, it stalls it until the client's own
+            # deadline (5 s for etcd). The check gets half the self-fence timeout, so an operator
+            # reading the agent's log sees the store go silent while the lease is still running out.
+            deadline = max(0.2, self.heartbeats.self_fence_timeout / 2)
             try:
-                kv = await self.store.get(keys.host_alive(self.cluster, self.host))
+                kv = await asyncio.wait_for(self.store.get(keys.host_alive(self.cluster, self.host)), deadline)
                 if lease is not None and kv is not None and kv.lease == lease:
                     self.last_lease = time.monotonic()
             except StoreError as exc:
                 log.warning("lease check: %s", exc)
+            except asyncio.TimeoutError:
+                log.warning("lease check: the store did not answer within %.1f s", deadline)
             await asyncio.sleep(0.5)
 
     async def _stop_all(self) -> None:

@@ -122,7 +122,7 @@ class SelfFence:
                     self.last_lease = time.monotonic()
             except StoreError as exc:
                 log.warning("lease check: %s", exc)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("lease check: the store did not answer within %.1f s", deadline)
             await asyncio.sleep(0.5)
 

@@ -81,8 +81,10 @@ class StoreLink:
             bound[1].close()
         try:
             sock = await asyncio.to_thread(socket_in, ns, ("127.0.0.1", self.port), True)
-        except OSError:
-            return  # loopback not up yet, or the namespace is being torn down: next round
+        except (OSError, RuntimeError):
+            # loopback not up yet, or the namespace is being torn down (entering it fails: the
+            # worker's initializer raises and the pool reports itself broken): next round
+            return
         sock.setblocking(False)
         server = await asyncio.start_server(self._accept, sock=sock)
         self._servers[ns] = (inode, server)

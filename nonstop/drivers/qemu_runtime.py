@@ -156,9 +156,9 @@ def bridge_tap(netns: str | None, tap: str, bridge: str | None, timeout: float =
     QEMU creates the tap itself when it opens ``ifname=`` (and it vanishes when QEMU exits);
     a tap prepared beforehand (nonstop.net) is used as is and only enslaved when unbridged.
     """
-    from pyroute2 import IPRoute
+    from nonstop.net.netns import open_iproute
 
-    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    ipr = open_iproute(netns)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -185,15 +185,14 @@ def shape_tap(netns: str | None, tap: str, bandwidth: int | None) -> None:
     """Cap a VM vNIC at ``bandwidth`` bits/s in each direction, as nonstop.net does for lab
     vNICs: a tbf qdisc on the tap's egress (toward the guest) and an nftables netdev policing
     table on its ingress (what the guest sends). None/0 removes both. Idempotent."""
-    from pyroute2 import IPRoute
-
     from nonstop.core.net import names
     from nonstop.core.net.model import SetEgressRate
     from nonstop.core.net.nftables import policing_table
     from nonstop.net import netlink, nft
+    from nonstop.net.netns import open_iproute
 
     rate = max(bandwidth // 8, 1) if bandwidth else None  # the kernel counts bytes
-    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    ipr = open_iproute(netns)
     try:
         netlink.apply_link_op(ipr, SetEgressRate(name=tap, rate=rate))
     except Exception as exc:  # NetlinkError, LookupError: the tap is not there

@@ -27,8 +27,6 @@ import sys
 import time
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from nonstop.core.net.names import vnic_mac
 from nonstop.core.spec import ClusterSpec, HostSpec
 from nonstop.lab import names, state, wiring
@@ -276,7 +274,7 @@ def _delete_namespace(ns: str) -> bool:
     links asynchronously, and the other ends (in fab) should not outlive this call."""
     if not netns.exists(ns):
         return False
-    with contextlib.suppress(OSError), IPRoute(netns=ns) as ipr:
+    with contextlib.suppress(OSError), netns.iproute(ns) as ipr:
         for link in ipr.get_links():
             info = link.get_attr("IFLA_LINKINFO")
             if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth":

@@ -23,7 +23,7 @@ def _lookup(ipr: IPRoute, name: str) -> int | None:
 
 
 def ensure_bridge(ns: str, name: str) -> None:
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         if _lookup(ipr, name) is None:
             ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
         ipr.link("set", index=_lookup(ipr, name), state="up")
@@ -32,7 +32,7 @@ def ensure_bridge(ns: str, name: str) -> None:
 def ensure_cable(ns_a: str, end_a: str, ns_b: str, end_b: str, master_a: str | None = None, mac_b: str | None = None) -> None:
     """A veth pair: ``end_a`` in ``ns_a`` (optionally a port of bridge ``master_a``) and
     ``end_b`` in ``ns_b``; both up. Recreated when one end is missing."""
-    with IPRoute(netns=ns_a) as a, IPRoute(netns=ns_b) as b:
+    with netns.iproute(ns_a) as a, netns.iproute(ns_b) as b:
         index_a, index_b = _lookup(a, end_a), _lookup(b, end_b)
         if (index_a is None) != (index_b is None):
             for ipr, index in ((a, index_a), (b, index_b)):
@@ -52,13 +52,13 @@ def ensure_cable(ns_a: str, end_a: str, ns_b: str, end_b: str, master_a: str | N
 
 
 def set_master(ns: str, name: str, master: str) -> None:
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         ipr.link("set", index=_lookup(ipr, name), master=_lookup(ipr, master))
 
 
 def set_state(ns: str, name: str, up: bool) -> bool:
     """Set ``name`` up or down; False when the link does not exist."""
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         index = _lookup(ipr, name)
         if index is None:
             return False
@@ -67,7 +67,7 @@ def set_state(ns: str, name: str, up: bool) -> bool:
 
 
 def link_state(ns: str, name: str) -> dict[str, object] | None:
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         index = _lookup(ipr, name)
         if index is None:
             return None
@@ -81,7 +81,7 @@ def ensure_up(ns: str, name: str) -> None:
 
 def ensure_address(ns: str, device: str, cidr: str) -> None:
     address, prefixlen = cidr.split("/")
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         index = _lookup(ipr, device)
         if index is None:
             raise LookupError(f'no link "{device}" in {ns}')
@@ -91,7 +91,7 @@ def ensure_address(ns: str, device: str, cidr: str) -> None:
 
 
 def ensure_default_route(ns: str, gateway: str) -> None:
-    with IPRoute(netns=ns) as ipr:
+    with netns.iproute(ns) as ipr:
         ipr.route("replace", dst="0.0.0.0/0", gateway=gateway)
 
 

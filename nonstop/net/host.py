@@ -17,8 +17,6 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from nonstop.core.net import names
 from nonstop.core.net.model import Op
 from nonstop.core.net.render import render_host_network, render_vnic
@@ -64,7 +62,7 @@ def host_network_plan(
 
 
 def _bridge_exists(netns_name: str, bridge: str) -> bool:
-    with IPRoute(netns=netns_name) as ipr:
+    with netns.iproute(netns_name) as ipr:
         return bool(ipr.link_lookup(ifname=bridge))
 
 
@@ -92,7 +90,7 @@ def create_vnic(
         if ("netdev", table) in nft.list_tables(netns_name):
             nft.delete(netns_name, "netdev", table)
     if plan.peer is not None:
-        with IPRoute(netns=netns_name) as ipr:
+        with netns.iproute(netns_name) as ipr:
             found = ipr.link_lookup(ifname=plan.peer)
             if found:
                 ipr.link("set", index=found[0], state="up")
@@ -110,7 +108,7 @@ def delete_vnic(netns_name: str, cluster: str, guest: str, index: int, kind: str
     if ("netdev", table) in nft.list_tables(netns_name):
         nft.delete(netns_name, "netdev", table)
         removed = True
-    with IPRoute(netns=netns_name) as ipr:
+    with netns.iproute(netns_name) as ipr:
         found = ipr.link_lookup(ifname=device)
         if found:
             ipr.link("del", index=found[0])
@@ -131,15 +129,15 @@ def move_to_netns(
     (CIDR, e.g. "198.18.10.5/24"), bring it and ``lo`` up, and add a default route via
     ``gateway``. Idempotent: when ``ifname`` already sits in the target, only the address,
     state and route are ensured."""
-    with IPRoute(netns=target_netns) as target:
+    with netns.iproute(target_netns) as target:
         already = target.link_lookup(ifname=ifname)
     if not already:
-        with IPRoute(netns=netns_name) as ipr:
+        with netns.iproute(netns_name) as ipr:
             found = ipr.link_lookup(ifname=peer)
             if not found:
                 raise LookupError(f'no link "{peer}" in {netns_name}')
             ipr.link("set", index=found[0], net_ns_fd=target_netns)
-    with IPRoute(netns=target_netns) as target:
+    with netns.iproute(target_netns) as target:
         index = (target.link_lookup(ifname=ifname) or target.link_lookup(ifname=peer))[0]
         target.link("set", index=index, ifname=ifname)
         if address is not None:

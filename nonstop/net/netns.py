@@ -4,7 +4,13 @@ Role: the one place that calls setns(2). ``NetnsThread`` is a worker thread that
 named namespace once; everything it runs (sockets it opens, /proc/sys it writes,
 subprocesses it starts) belongs to that namespace, because Linux keeps the network
 namespace per thread and a child inherits the namespace of the thread that forks it.
-``spawn`` starts a long-lived process in a namespace (setns in the child before exec).
+``spawn`` starts a long-lived process in a namespace (forked by a thread inside it).
+``iproute`` gives pyroute2's IPRoute a netlink socket made by such a thread.
+
+Nothing here runs Python in a forked child (no ``preexec_fn``, no pyroute2 helper processes):
+a process with other threads — the etcd client's gRPC threads, asyncio's executor — may hold
+locks at fork time, and the child then crashes or hangs. An agent on an etcd store saw its
+guest starts fail that way ("child process is dead, status: -11", nft exiting silently).
 
 Must not: create a namespace as a side effect of entering one (pyroute2's ``setns``
 defaults to O_CREAT; we never use it), or touch namespaces without the caller's name.
@@ -16,12 +22,15 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as _pyroute2_netns
 
 NETNS_DIR = "/run/netns"
@@ -61,8 +70,36 @@ def create(name: str) -> bool:
     """Create ``name`` unless it exists; True when it was created."""
     if exists(name):
         return False
-    _pyroute2_netns.create(name)
+    if os.path.isdir(NETNS_DIR):
+        _create_in_thread(name)
+    else:
+        _pyroute2_netns.create(name)  # first use: it also makes /run/netns a shared mount
     return True
+
+
+MS_BIND = 4096
+
+
+def _create_in_thread(name: str) -> None:
+    """``ip netns add`` without a helper process: a short-lived thread unshares its own network
+    namespace and bind-mounts it on /run/netns/<name> (both are per-thread operations)."""
+    path = netns_path(name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+    errors: list[str] = []
+
+    def body() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            errors.append(f"unshare: {os.strerror(ctypes.get_errno())}")
+        elif _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None) != 0:
+            errors.append(f"mount: {os.strerror(ctypes.get_errno())}")
+
+    thread = threading.Thread(target=body, name=f"netns-create-{name}")
+    thread.start()
+    thread.join()
+    if errors:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise OSError(f"cannot create network namespace {name}: {errors[0]}")
 
 
 def delete(name: str) -> bool:
@@ -161,22 +198,29 @@ def inside(name: str) -> Iterator[NetnsThread]:
         thread.close()
 
 
+def _missing(name: str) -> OSError:
+    return FileNotFoundError(2, f"network namespace {name} does not exist", netns_path(name))
+
+
 def run(name: str, argv: list[str], input: bytes | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
-    """Run a short command inside ``name`` and wait for it (used for ``nft``)."""
-    return subprocess.run(
-        argv, input=input, capture_output=True, timeout=timeout, preexec_fn=lambda: enter(name), check=False
-    )
+    """Run a short command inside ``name`` and wait for it (used for ``nft``). Forked by a
+    thread inside the namespace, so the child inherits it and no Python runs in the child."""
+    if not exists(name):
+        raise _missing(name)
+    with NetnsThread(name) as thread:
+        return thread.call(subprocess.run, argv, input=input, capture_output=True, timeout=timeout, check=False)
 
 
 def spawn(name: str, argv: list[str], log_path: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a long-lived process inside ``name``, detached from our session so it outlives
     the command that started it (``nonstop lab up``); its pid is the caller's to record."""
+    if not exists(name):
+        raise _missing(name)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-            preexec_fn=lambda: enter(name), start_new_session=True,
-        )
+        with NetnsThread(name) as thread:
+            return thread.call(subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                               start_new_session=True)
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
@@ -194,3 +238,30 @@ def read_sysctl(path: str) -> str | None:
 def write_sysctl(path: str, value: str) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(value)
+
+
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)  # NETLINK_ROUTE
+
+
+def open_iproute(name: str | None) -> IPRoute:
+    """pyroute2's IPRoute on a netlink socket that belongs to namespace ``name`` (None: the calling
+    thread's). The socket is made by a thread inside the namespace, not by pyroute2's forked
+    helper (``IPRoute(netns=...)``), and works from any thread. The caller closes it."""
+    if name is None:
+        return IPRoute()
+    if not exists(name):
+        raise _missing(name)
+    with NetnsThread(name) as thread:
+        sock = thread.call(_netlink_socket)
+    return IPRoute(fileno=sock.detach())
+
+
+@contextlib.contextmanager
+def iproute(name: str | None) -> Iterator[IPRoute]:
+    """``open_iproute`` as a context manager (closed on exit)."""
+    ipr = open_iproute(name)
+    try:
+        yield ipr
+    finally:
+        ipr.close()

@@ -38,6 +38,7 @@ from nonstop.core.net.team_render import (
     table_name,
 )
 from nonstop.core.spec import HashPolicy, TeamMode, TeamSpec
+from nonstop.net.netns import open_iproute
 from nonstop.net.team_nft import apply_script, chain_rules, forward_targets, list_table
 
 IFF_UP = 0x1
@@ -50,7 +51,7 @@ class TeamSetupError(RuntimeError):
 
 
 def open_netns(netns: str | None) -> IPRoute:
-    return IPRoute(netns=netns) if netns else IPRoute()
+    return open_iproute(netns)
 
 
 def link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ from pyroute2 import IPRoute
 from nonstop.core.net.team import TeamConfig, TeamDecision, initial_state, observe_link, tick, transmit_members
 from nonstop.core.net.team_render import peer_name, render_ruleset
 from nonstop.core.spec import ClusterSpec, TeamSpec
+from nonstop.net.netns import iproute
 from nonstop.net.team import data_path_for, lag_config, link_info, probe_macs, setup_team
 from nonstop.net.team_frames import (
     Announcer,
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ensure_team(netns: str, team: TeamSpec) -> None:
     """Create the team first if the fabric has not (setup is idempotent and cheap)."""
-    with IPRoute(netns=netns) as ipr:
+    with iproute(netns) as ipr:
         if ipr.link_lookup(ifname=team.name) and ipr.link_lookup(ifname=peer_name(team.name)):
             return
     setup_team(netns, team)

@@ -74,6 +74,7 @@ class AgentHeartbeats:
         self.interval = 0.1
         self.self_fence_timeout = 5.0
         self._links: list[HeartbeatLink] = []
+        self._kept = False
         self._task: asyncio.Task[None] | None = None
         self._acked_before: float | None = None
         self.incarnation = time.time_ns()
@@ -111,6 +112,15 @@ class AgentHeartbeats:
                 log.info("a new controller leads (%s, pid %s): its acknowledgements are awaited afresh", *leader[:2])
         self._leader = leader
         links = match_links(endpoints, await asyncio.to_thread(local_addresses)) if endpoints else []
+        if not links and self.sender is not None:
+            # No endpoint matched this time (no leader record yet, addresses being re-applied):
+            # beating on the last good links costs nothing; going silent gets this host fenced.
+            if not self._kept:
+                self._kept = True
+                log.warning("no heartbeat endpoint matches this host's addresses now; still beating on %s",
+                            ", ".join(lk.name for lk in self._links))
+            return
+        self._kept = False
         if links == self._links and (self.sender is None or self.sender.interval == self.interval):
             return
         if self.sender is not None:
@@ -131,6 +141,8 @@ class AgentHeartbeats:
                 await self._refresh()
             except (StoreError, OSError, ValueError) as exc:
                 log.warning("heartbeat set-up: %s", exc)
+            except Exception:  # never let this loop die: it is what restarts the sender
+                log.exception("heartbeat set-up failed")
             await asyncio.sleep(1.0)
 
     def start(self) -> None:

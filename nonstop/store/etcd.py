@@ -87,8 +87,17 @@ def _compare(compare: Compare) -> Any:
 
 RECONNECT_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 200,
-    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,  # gRPC core also takes it as the connect timeout (default 20 s)
     "grpc.max_reconnect_backoff_ms": 1000,
+    # A partition black-holes the TCP connection instead of closing it: without pings the channel
+    # waits on TCP's retransmission back-off, which after a 10 s cut may next try 12 s after the
+    # link heals. A ping unanswered for 2 s closes the connection and the channel redials every
+    # second. 5 s between pings, only while calls are active, is what etcd's default enforcement
+    # (--grpc-keepalive-min-time 5s, no pings without streams) accepts.
+    "grpc.keepalive_time_ms": 5000,
+    "grpc.keepalive_timeout_ms": 2000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.http2.max_pings_without_data": 0,
 }
 
 

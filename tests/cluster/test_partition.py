@@ -42,9 +42,13 @@ def test_partitioned_host_self_fences_is_fenced_and_never_runs_twice() -> None:
             observed = probe.observed()
             time.sleep(0.5)
             lab.heal("h1")
-            probe.wait_for("h1 heard again", lambda: probe.status()["hosts"].get("h1") == "up", timeout=30)
+            try:
+                probe.wait_for("h1 heard again", lambda: probe.status()["hosts"].get("h1") == "up", timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nagent-h1.log ends:\n{(lab.run_dir / 'agent-h1.log').read_text()[-3000:]}") from None
             print(f"\nh1 heard again {time.time() - start:.1f} s after the partition began")
-            # the agent's store connection recovers (TCP retransmits), it takes a new lease
+            # the agent's store connection recovers (gRPC keepalive closed the dead one; it redials
+            # every second), it takes a new lease
             probe.wait_for("self-fence lifted", lambda: "self-fence lifted" in (lab.run_dir / "agent-h1.log").read_text(),
                            timeout=30)
             time.sleep(1.0)

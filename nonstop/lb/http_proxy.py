@@ -1,12 +1,12 @@
-"""The L7 data plane: an HTTP/1.1 reverse proxy on asyncio Protocols and httptools.
+"""The L7 data plane's client side: an HTTP/1.1 reverse proxy on asyncio Protocols and httptools.
 
-Role: move requests from client connections to pooled upstream connections and responses
-back, as fast as Python allows: Protocol callbacks (no streams), direct
-``transport.write``, httptools callbacks that only collect, response bytes passed through
-unparsed except for the head (rewritten once), LIFO keep-alive pools per backend,
-back-pressure by pausing reads on the other side. Retries follow
-``nonstop.core.lb.retry``: a request whose backend failed before answering goes to
-another backend, never one already tried.
+Role: read requests from client connections, check them (smuggling shapes, limits, timeouts)
+and hand them to the service, which sends them on pooled upstream connections
+(nonstop/lb/http_upstream.py) — as fast as Python allows: Protocol callbacks (no streams),
+direct ``transport.write``, httptools callbacks that only collect, and a fast path for a
+whole plain request in one read (validated by C callbacks, forwarded as sent plus our
+forwarding headers). Retries follow ``nonstop.core.lb.retry``: a request whose backend
+failed before answering goes to another backend, never one already tried.
 
 One ``Exchange`` per request. A client connection handles its requests in order (HTTP/1.1
 pipelining: later requests wait, their bodies buffered with reads paused). Every
@@ -24,24 +24,10 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from nonstop.core.lb.pool import ALL_FULL, Backend
-from nonstop.core.lb.retry import Failure, decide_retry
-from nonstop.lb.http_head import (
-    BODY_CHUNKED,
-    BODY_NONE,
-    BODY_UNTIL_CLOSE,
-    REQUEST_HOP_BY_HOP,
-    RESPONSE_CLOSE,
-    RESPONSE_HEAD,
-    RESPONSE_HEAD_CACHES,
-    RESPONSE_HTTP10_KEEP_ALIVE,
-    BadResponse,
-    error_response,
-    plain_request,
-    response_head_cached,
-)
+from nonstop.lb.http_head import REQUEST_HOP_BY_HOP, error_response, plain_request
+from nonstop.lb.http_upstream import PAUSE_PIPELINE, PAUSE_UNSENT, Exchange
 
 if TYPE_CHECKING:
     from nonstop.lb.service import ServiceRuntime
@@ -64,10 +50,6 @@ _CONNECTION_PLAIN = frozenset({b"", b"close", b"keep-alive"})
 REPLAY_LIMIT = 64 * 1024
 """Request bodies up to this size are kept for a retry; larger ones stream and cannot be replayed."""
 PAUSE_BUFFER = 256 * 1024
-MAX_RESPONSE_HEAD = 64 * 1024
-
-# reasons a client's reading is paused (a bitmask: resume only when none is left)
-_PAUSE_PIPELINE, _PAUSE_UPSTREAM_FULL, _PAUSE_UNSENT = 1, 2, 4
 
 DEADLINE_NONE, DEADLINE_HEADER, DEADLINE_IDLE, DEADLINE_BODY = 0, 1, 2, 3
 
@@ -77,238 +59,6 @@ class ClientError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-class Exchange:
-    """One request: its head for upstream, body bookkeeping, and where it is.
-
-    Created once per request, so only the fields every request needs get a fresh object;
-    body and retry bookkeeping start as shared empty tuples and become lists only when a
-    body or a retry appears."""
-
-    __slots__ = (
-        "client", "method", "head", "keep_alive", "http10", "is_head", "chunked", "chunks", "unsent",
-        "unsent_bytes", "body_bytes", "complete", "tried", "backend", "upstream", "sent", "started",
-        "answered", "cancelled", "queued_at", "response_flags",
-    )  # fmt: skip
-
-    def __init__(
-        self, client: HttpClient, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, complete: bool
-    ) -> None:
-        self.client = client
-        self.method = method
-        self.head = head
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.is_head = is_head = method == b"HEAD"
-        self.chunked = chunked
-        self.chunks: list[bytes] | tuple[()] | None = ()  # replay buffer; None once the body outgrew it
-        self.unsent: list[bytes] | tuple[()] = ()
-        self.unsent_bytes = 0
-        self.body_bytes = 0
-        self.complete = complete
-        self.tried: tuple[str, ...] = ()
-        self.backend: Backend | None = None
-        self.upstream: HttpUpstream | None = None
-        self.sent = False
-        self.started = 0.0
-        self.answered = False  # some response bytes went to the client
-        self.cancelled = False
-        self.queued_at = 0.0
-        self.response_flags = (0 if keep_alive else RESPONSE_CLOSE) | (RESPONSE_HEAD if is_head else 0) | (
-            RESPONSE_HTTP10_KEEP_ALIVE if http10 and keep_alive else 0
-        )
-        """Which rewrite of a backend's response head this client needs (with
-        RESPONSE_CLOSE added at answer time when the client connection is closing)."""
-
-
-class HttpUpstream(asyncio.Protocol):
-    """A connection to one backend; carries one exchange at a time, then goes back to the pool.
-
-    Response framing is read from the head (Content-Length: count bytes; no httptools call
-    on the hot path); only chunked bodies go through an httptools response parser."""
-
-    __slots__ = (
-        "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
-        "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining", "paused_client",
-        "reading_paused",
-    )  # fmt: skip
-
-    def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
-        self.svc = svc
-        self.backend = backend
-        self.transport: asyncio.Transport | None = None
-        self.parser: HttpResponseParser | None = None
-        self.exchange: Exchange | None = None
-        self.head_buf = b""
-        self.head_done = False
-        self.received = False
-        self.done = False
-        self.reusable = True
-        self.framed = True
-        self.deadline = 0.0
-        self.status = 0
-        self.idle_since = 0.0
-        self.remaining = 0
-        self.paused_client: HttpClient | None = None
-        """The client whose reads this connection's full write buffer paused (resumed even
-        if the exchange ended meanwhile)."""
-        self.reading_paused = False
-
-    # -- asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None:  # a backend talking out of turn: not safe to reuse
-            self.reusable = False
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self.received = True
-        if not self.head_done:
-            if not self.head_buf:
-                # the common case first: a final response whose head and whole body are in
-                # this one read, with a head seen before (one dict lookup)
-                end = data.find(b"\r\n\r\n")
-                if end > 0:
-                    hit = RESPONSE_HEAD_CACHES[ex.response_flags | ex.client.closing].get(data[: end + 2])
-                    if hit is not None and hit[3] >= 200 and hit[1] == len(data) - end - 4:
-                        self.head_done = True
-                        self.done = True
-                        self.status = hit[3]
-                        if not hit[2]:
-                            self.reusable = False
-                        ex.answered = True
-                        t = ex.client.transport
-                        if t is not None:
-                            t.write(hit[0] + data[end + 4 :])
-                        self.svc.http_exchange_done(self, ex)
-                        return
-            data = self._head(ex, data)
-            if not self.head_done:
-                if data:
-                    ex.answered = True
-                    ex.client.write(data)  # interim 1xx heads
-                return
-        elif self.parser is not None:
-            self._feed_chunked(data)
-        elif self.remaining >= 0:
-            n = len(data)
-            if n >= self.remaining:
-                if n > self.remaining:
-                    data = data[: self.remaining]
-                    self.reusable = False  # bytes beyond the framing: never reuse
-                self.remaining = 0
-                self.done = True
-            else:
-                self.remaining -= n
-        if data:
-            ex.answered = True
-            t = ex.client.transport
-            if t is not None:
-                t.write(data)
-        if self.done:
-            self.svc.http_exchange_done(self, ex)
-
-    def _feed_chunked(self, data: bytes) -> None:
-        assert self.parser is not None
-        try:
-            self.parser.feed_data(data)
-        except HttpParserError:
-            # a broken chunked body: end here and close the client connection, whose
-            # response framing can no longer be trusted
-            self.reusable = False
-            self.done = True
-            if self.exchange is not None:
-                self.exchange.client.closing = True
-
-    def _head(self, ex: Exchange, data: bytes) -> bytes:
-        """Forward interim (1xx) heads and rewrite the final one; returns bytes to write."""
-        buf = self.head_buf + data if self.head_buf else data
-        out: list[bytes] = []
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_RESPONSE_HEAD:
-                    self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "response head too big")
-                    return b""
-                self.head_buf = buf
-                return b"".join(out)
-            head, rest = buf[: end + 2], buf[end + 4 :]
-            client = ex.client
-            try:
-                rewritten, body, reusable, status = response_head_cached(head, ex.response_flags | client.closing)
-            except BadResponse as exc:
-                self.head_buf = b""
-                self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, str(exc))
-                return b""
-            out.append(rewritten)
-            if 100 <= status < 200 and status != 101:
-                buf = rest
-                continue
-            self.head_buf = b""
-            self.head_done = True
-            self.status = status
-            self.reusable = reusable
-            self.framed = body != BODY_UNTIL_CLOSE and status != 101
-            if not self.framed:
-                client.closing = True  # close-delimited body: the client learns the end by EOF
-                self.reusable = False
-                self.remaining = -1
-                out.append(rest)
-            elif body == BODY_NONE:
-                self.done = True
-                if rest:
-                    self.reusable = False
-            elif body == BODY_CHUNKED:
-                self.parser = HttpResponseParser(self)
-                self._feed_chunked(buf)  # the parser reads the head too
-                out.append(rest)
-            else:
-                n = len(rest)
-                if n >= body:
-                    if n > body:
-                        rest = rest[:body]
-                        self.reusable = False
-                    self.done = True
-                    self.remaining = 0
-                else:
-                    self.remaining = body - n
-                out.append(rest)
-            return b"".join(out)
-
-    # -- httptools callback (chunked responses only)
-    def on_message_complete(self) -> None:
-        self.done = True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.resume_writing()
-        self.svc.http_upstream_lost(self, exc)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.paused_client = self.exchange.client
-            self.paused_client.pause(_PAUSE_UPSTREAM_FULL)
-
-    def resume_writing(self) -> None:
-        client, self.paused_client = self.paused_client, None
-        if client is not None:
-            client.resume(_PAUSE_UPSTREAM_FULL)
-
-    def set_reading(self, on: bool) -> None:
-        """Back-pressure from the client side: stop/start reading the response."""
-        if self.transport is not None and self.reading_paused == on:
-            self.reading_paused = not on
-            if on:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
 
 
 class HttpClient(asyncio.Protocol):
@@ -421,7 +171,7 @@ class HttpClient(asyncio.Protocol):
                 if len(queue) == 1:
                     svc.http_dispatch(ex)
                 else:
-                    self.pause(_PAUSE_PIPELINE)
+                    self.pause(PAUSE_PIPELINE)
                 return
         try:
             try:
@@ -562,7 +312,7 @@ class HttpClient(asyncio.Protocol):
         if len(self.queue) == 1:
             svc.http_dispatch(ex)
         else:
-            self.pause(_PAUSE_PIPELINE)
+            self.pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -601,7 +351,7 @@ class HttpClient(asyncio.Protocol):
             ex.unsent = [data]
         ex.unsent_bytes += len(data)
         if ex.unsent_bytes > PAUSE_BUFFER:
-            self.pause(_PAUSE_UNSENT)
+            self.pause(PAUSE_UNSENT)
 
     # -- called by the service when the head-of-line exchange finished
     def exchange_finished(self, ex: Exchange) -> None:
@@ -621,7 +371,7 @@ class HttpClient(asyncio.Protocol):
             return
         if self.queue:
             nxt = self.queue[0]
-            self.resume(_PAUSE_PIPELINE)
+            self.resume(PAUSE_PIPELINE)
             self.svc.http_dispatch(nxt)
         elif not self.in_head:
             self.deadline = self.svc.clock + self.svc.client_timeout
@@ -654,6 +404,3 @@ class HttpClient(asyncio.Protocol):
         elif kind == DEADLINE_IDLE and not self.queue and self.transport is not None:
             self.closing = True
             self.transport.close()
-
-
-__all__ = ["ALL_FULL", "Exchange", "HttpClient", "HttpUpstream", "decide_retry", "access_log", "log"]

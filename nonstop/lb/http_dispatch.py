@@ -1,0 +1,295 @@
+"""The HTTP half of a balanced service at run time: dispatch, upstream pools, retries.
+
+Role: what ``ServiceRuntime`` (nonstop/lb/service.py) does for the L7 proxy, kept in a mixin
+of its own: pick a backend through the pool for each exchange, take a pooled keep-alive
+connection (LIFO) or open one, send the request, park the connection when the response is
+done, record stats, and turn upstream failures into retries on another backend or 502/504
+answers as ``core.lb.retry`` decides. Requests wait in a bounded queue while every backend
+is at its connection limit.
+
+Must not: parse HTTP (http_proxy / http_upstream do), choose backends itself (the pool
+does), or block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable
+from time import perf_counter
+
+from nonstop.core.lb.health import SERVING, AdminState
+from nonstop.core.lb.pool import ALL_FULL, Backend, Pool, PoolEvent
+from nonstop.core.lb.retry import IDEMPOTENT_METHODS, Failure, RetryBudget, decide_retry
+from nonstop.core.spec import ServiceSpec
+from nonstop.lb.http_proxy import access_log
+from nonstop.lb.http_upstream import Exchange, HttpUpstream
+from nonstop.lb.stats import LATENCY_BUCKETS, BackendStats, ServiceStats
+
+log = logging.getLogger("nonstop.lb")
+
+NON_IDEMPOTENT_MAX_IDLE_AGE = 2.0
+"""A POST never goes on a pooled connection idle longer than this (it could be half-closed)."""
+MAX_IDLE_PER_BACKEND = 512
+
+
+class HttpDispatch:
+    """Mixed into ``ServiceRuntime``; the attributes below are its."""
+
+    spec: ServiceSpec
+    loop: asyncio.AbstractEventLoop
+    pool: Pool
+    uses_key: bool
+    stats: ServiceStats
+    backend_stats: dict[str, BackendStats]
+    budget: RetryBudget
+    idle: dict[str, list[HttpUpstream]]
+    busy: set[HttpUpstream]
+    waiters: deque[Exchange]
+    clock: float
+    server_timeout: float
+    access_log: bool
+    _parkable: set[Backend]
+    _parkable_version: int
+    on_pool_event: Callable[[PoolEvent], None]
+
+    def http_dispatch(self, ex: Exchange) -> None:
+        pool = self.pool
+        now = self.clock
+        backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried)
+        if backend is None:
+            self._no_backend(ex, now)
+            return
+        backend.active += 1
+        ex.backend = backend
+        name = backend.name
+        self.backend_stats[name].requests += 1
+        ex.started = perf_counter()  # uvloop's loop.time() has millisecond resolution
+        idle = self.idle.get(name)
+        while idle:
+            up = idle.pop()  # LIFO: the connection used last is the one surely still open
+            t = up.transport
+            if t is None or t.is_closing():
+                continue
+            if now - up.idle_since > NON_IDEMPOTENT_MAX_IDLE_AGE and ex.method not in IDEMPOTENT_METHODS:
+                t.close()
+                continue
+            self._attach(ex, up, now)
+            return
+        self.loop.create_task(self._connect(ex, backend))
+
+    def _no_backend(self, ex: Exchange, now: float) -> None:
+        pool = self.pool
+        if pool.last_refusal == ALL_FULL and len(self.waiters) < self.spec.queue_size:
+            ex.queued_at = now
+            self.waiters.append(ex)
+            return
+        if ex.tried:
+            ex.client.send_error(ex, 502, f"no backend could answer (tried {', '.join(ex.tried)})")
+        elif pool.last_refusal == ALL_FULL:
+            ex.client.send_error(ex, 503, "every backend is at its connection limit and the queue is full")
+        else:
+            ex.client.send_error(ex, 503, f"no backend of service {self.spec.name} is serving")
+
+    async def _connect(self, ex: Exchange, backend: Backend) -> None:
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: HttpUpstream(self, backend), backend.host, backend.port),  # type: ignore[arg-type]  # self is the ServiceRuntime
+                self.spec.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            if not ex.cancelled and ex.backend is backend:
+                self._http_failed(ex, backend, Failure.CONNECT, f"connect to {backend.name} failed: {exc or 'timeout'}")
+            return
+        self.backend_stats[backend.name].connections += 1
+        if ex.cancelled or ex.backend is not backend:
+            self._park(up, self.loop.time())
+            return
+        self._attach(ex, up, self.loop.time())
+
+    def _attach(self, ex: Exchange, up: HttpUpstream, now: float) -> None:
+        """Send ``ex`` on ``up`` (fresh, or parked clean by ``http_exchange_done``)."""
+        up.exchange = ex
+        ex.upstream = up
+        up.deadline = now + self.server_timeout
+        self.busy.add(up)
+        if ex.sent:  # a retry: replay everything received so far
+            data = ex.head + b"".join(ex.chunks or ())
+        elif ex.unsent:
+            data = ex.head + b"".join(ex.unsent)
+            ex.unsent = ()
+            ex.unsent_bytes = 0
+        else:
+            data = ex.head
+        ex.sent = True
+        up.transport.write(data)  # type: ignore[union-attr]
+        client = ex.client
+        if client.paused:
+            client.resume(4)
+        if client.write_paused or up.reading_paused:
+            up.set_reading(not client.write_paused)
+
+    def _park(self, up: HttpUpstream, now: float) -> None:
+        backend = up.backend
+        if up.reading_paused:
+            up.set_reading(True)  # an idle connection must notice the backend closing it
+        pool = self.pool
+        if self._parkable_version != pool.version:
+            self._parkable = {
+                b for b in pool.backends.values() if b.admin is AdminState.READY and b.health.state in SERVING
+            }
+            self._parkable_version = pool.version
+        t = up.transport
+        if up.reusable and t is not None and backend in self._parkable and not t.is_closing():
+            idle = self.idle.get(backend.name)
+            if idle is None:
+                idle = self.idle[backend.name] = []
+            if len(idle) < MAX_IDLE_PER_BACKEND:
+                up.idle_since = now
+                idle.append(up)
+                return
+        if t is not None:
+            t.close()
+
+    def http_exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
+        up.exchange = None
+        ex.upstream = None
+        self.busy.discard(up)
+        backend = up.backend
+        backend.active -= 1
+        ex.backend = None
+        now = self.clock
+        status = up.status
+        self.stats.by_class[status // 100 if 0 < status < 600 else 0] += 1
+        bst = self.backend_stats.get(backend.name)
+        if bst is not None:
+            latency = perf_counter() - ex.started
+            bst.buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
+            bst.latency_sum += latency
+        if status >= 500:
+            if bst is not None:
+                bst.errors += 1
+            event = self.pool.report_failure(backend, now)
+            if event is not None:
+                self.on_pool_event(event)
+        elif backend.outlier.streak or backend.outlier.level:
+            self.pool.report_success(backend, now)
+        if ex.complete:
+            # ready for the next exchange (head_buf, parser and framing are clean after a
+            # finished response; a connection that is not never gets here reusable)
+            up.head_done = up.received = up.done = False
+            up.parser = None
+            up.remaining = 0
+            self._park(up, now)
+        elif up.transport is not None:
+            up.transport.close()
+        if self.access_log:
+            access_log.info(
+                "%s %s %s %d %s %.1fms", self.spec.name, ex.client.client_ip.decode(), ex.method.decode(), status,
+                backend.name, (perf_counter() - ex.started) * 1000,
+            )  # fmt: skip
+        ex.client.exchange_finished(ex)
+        if self.waiters:
+            self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        while self.waiters:
+            ex = self.waiters.popleft()
+            if not ex.cancelled:
+                self.http_dispatch(ex)
+                return
+
+    def _detach_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        ex = up.exchange
+        up.exchange = None
+        up.reusable = False
+        self.busy.discard(up)
+        if up.transport is not None:
+            up.transport.abort()
+        if ex is not None:
+            ex.upstream = None
+            self._http_failed(ex, up.backend, failure, detail)
+
+    def http_upstream_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        self._detach_failed(up, failure, detail)
+
+    def http_upstream_lost(self, up: HttpUpstream, exc: Exception | None) -> None:
+        self.busy.discard(up)
+        ex = up.exchange
+        if ex is None:
+            idle = self.idle.get(up.backend.name)
+            if idle and up in idle:
+                idle.remove(up)
+            return
+        up.exchange = None
+        ex.upstream = None
+        if up.head_done and not up.framed and exc is None:
+            up.reusable = False
+            self.http_exchange_done(up, ex)  # close-delimited body ended by EOF
+            return
+        failure = Failure.RESET_AFTER_RESPONSE_STARTED if up.received else Failure.RESET_BEFORE_RESPONSE
+        self._http_failed(ex, up.backend, failure, f"backend {up.backend.name} closed the connection")
+
+    def _http_failed(self, ex: Exchange, backend: Backend, failure: Failure, detail: str) -> None:
+        if ex.backend is backend:
+            backend.active -= 1
+            ex.backend = None
+        now = self.loop.time()
+        bst = self.backend_stats.get(backend.name)
+        if failure is not Failure.BACKEND_DOWN:  # taken away by us (down/maint/drain), not its fault
+            if bst is not None:
+                bst.errors += 1
+            event = self.pool.report_failure(backend, now)
+            if event is not None:
+                self.on_pool_event(event)
+        if ex.cancelled:
+            return
+        decision = decide_retry(
+            ex.method,
+            failure,
+            sent_anything=ex.sent,
+            replayable=ex.chunks is not None,
+            retries_done=len(ex.tried),
+            max_retries=self.spec.retries,
+            budget_ok=self.budget.tokens >= 1.0,
+        )
+        ex.tried += (backend.name,)
+        if decision.retry and not ex.answered:
+            self.budget.try_spend()
+            self.stats.retries += 1
+            if bst is not None:
+                bst.retries_from += 1
+            self.http_dispatch(ex)
+            return
+        log.debug("%s: not retried: %s (%s)", self.spec.name, decision.reason, detail)
+        client = ex.client
+        if ex.answered:
+            client.closing = True
+            if client.transport is not None:
+                client.transport.abort()
+            return
+        status = 504 if failure is Failure.TIMEOUT else 502
+        client.send_error(ex, status, detail)
+
+    def http_cancel(self, ex: Exchange) -> None:
+        """The client went away: free what ``ex`` holds."""
+        if ex.queued_at:
+            try:
+                self.waiters.remove(ex)
+            except ValueError:
+                pass
+        up = ex.upstream
+        if up is not None:
+            up.exchange = None
+            ex.upstream = None
+            self.busy.discard(up)
+            if up.transport is not None:
+                up.transport.abort()
+        if ex.backend is not None:
+            ex.backend.active -= 1
+            ex.backend = None
+            if self.waiters:
+                self._wake_waiter()
+

@@ -1,7 +1,9 @@
 """The controller: level-triggered reconcile loops over the store, plus the heartbeat monitor.
 
-Role: one process per cluster (``nonstop controller --store URL --cluster NAME``). It
-- publishes itself in ``leader`` (on its lease) with its heartbeat endpoints, which agents read;
+Role: one leading process per cluster (``nonstop controller --store URL --cluster NAME``; any
+other stands by, leadership.py). Once elected it
+- publishes itself in ``leader`` (on a lease shorter than half the self-fence timeout) with its
+  heartbeat endpoints, which agents read; every write it makes is leader-guarded;
 - runs the ``HeartbeatMonitor`` (UDP receiver, φ per host per link, liveness table); a host
   that becomes ``dead`` (and is not in maintenance) gets a persisted failover operation
   (failover.py: fence, then move); ``link-degraded`` is logged, never acted on;
@@ -37,6 +39,7 @@ from nonstop.controller import view as cv
 from nonstop.controller.events import EventLog
 from nonstop.controller.failover import load_ops, persist, run_failover
 from nonstop.controller.lbsync import LbSync
+from nonstop.controller.leadership import LeaderGuardedStore, NotLeader, campaign, leader_lease_ttl
 from nonstop.controller.readiness import ReadinessGate
 from nonstop.core.controller.backends import desired_backends
 from nonstop.core.controller.failback import failback_decision
@@ -48,7 +51,7 @@ from nonstop.core.ha.liveness import HostState, Transition, liveness_config
 from nonstop.core.spec import ClusterSpec
 from nonstop.ha.monitor import HeartbeatMonitor
 from nonstop.store import keys
-from nonstop.store.base import Compare, Op, Store, StoreError, encode_json
+from nonstop.store.base import Store, StoreError, encode_json
 from nonstop.store.lease import LeaseKeeper
 from nonstop.store.state import get_spec
 
@@ -93,7 +96,10 @@ class Controller:
                  bmc_password_file: Path | None = None, fence_timeout: float = 5.0, tick: float = 0.2,
                  serving_timeout: float = 60.0, startup_grace: float = 5.0, controller_id: str | None = None,
                  step_pause: float = 0.0) -> None:
-        self.store, self.cluster, self.key = store, cluster, key
+        self.raw_store = store
+        self.store = LeaderGuardedStore(store, keys.leader(cluster))
+        """Every write of this controller runs through it: refused once another controller leads."""
+        self.cluster, self.key = cluster, key
         self.endpoints = endpoints
         self.bmcs = dict(bmcs or {})
         self._bmc_password_file = bmc_password_file
@@ -101,8 +107,8 @@ class Controller:
         self.startup_grace = startup_grace
         self.step_pause = step_pause
         self.id = controller_id or f"controller@{socket.gethostname()}"
-        self.events = EventLog(store, cluster)
-        self.lb = LbSync(store, cluster, balancers or {})
+        self.events = EventLog(self.store, cluster)
+        self.lb = LbSync(self.store, cluster, balancers or {})
         self.spec: ClusterSpec = None  # type: ignore[assignment]
         self.spec_revision = 0
         self.monitor: HeartbeatMonitor | None = None
@@ -181,32 +187,32 @@ class Controller:
         self.spec, self.spec_revision = stored.spec, stored.mod_revision
         return True
 
-    async def _become_leader(self, lease: int) -> None:
-        record = {"id": self.id, "pid": os.getpid(), "started_at": time.time(),
-                  "heartbeat": [ep.to_dict() for ep in self.endpoints]}
-        key = keys.leader(self.cluster)
-        while True:
-            result = await self.store.txn([Compare.missing(key)], [Op.put_json(key, record, lease=lease)])
-            if result.succeeded:
-                return
-            current = await self.store.get(key)
-            if current is not None and json.loads(current.value).get("id") == self.id:
-                # Our own previous life (a restart on this machine): take over at once instead of
-                # waiting for its lease to expire — agents self-fence if no controller acks them.
-                took = await self.store.txn([Compare.mod_revision(key, current.mod_revision)],
-                                            [Op.put_json(key, record, lease=lease)])
-                if took.succeeded:
-                    await self.events.emit("controller-takeover", self.id, "took over from its own previous run")
-                    return
-            log.info("another controller holds %s; waiting for its lease to end", key)
-            await asyncio.sleep(0.5)
-
     async def run(self, stop: asyncio.Event) -> None:
+        """Stand by until this controller leads, then lead until ``stop`` or until the leader
+        lease is lost (then return: the caller starts a fresh ``Controller`` that campaigns again)."""
         while not await self._load_spec():
             log.info("waiting for the spec of cluster %s in the store", self.cluster)
             await asyncio.sleep(0.5)
-        async with LeaseKeeper(self.store, 5) as lease:
-            await self._become_leader(lease.id)
+        ttl = leader_lease_ttl(self.spec.policies.ha.self_fence_timeout)
+        async with LeaseKeeper(self.raw_store, ttl) as lease:
+            record = {"id": self.id, "pid": os.getpid(), "started_at": time.time(),
+                      "heartbeat": [ep.to_dict() for ep in self.endpoints]}
+            campaigning = asyncio.ensure_future(campaign(
+                self.raw_store, keys.leader(self.cluster), record, lease.id, my_id=self.id,
+                lease_lost=lease.lost.is_set))
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([stopping, campaigning], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not campaigning.done():
+                campaigning.cancel()
+                return
+            create_revision, took_over = campaigning.result()
+            self.store.arm(create_revision)
+            self.started_at = time.monotonic()  # the watchdog-wait fence counts from leading
+            if took_over:
+                await self.events.emit("controller-takeover", self.id, "took over from its own previous run")
             ha = self.spec.policies.ha
             config = replace(liveness_config(ha), startup_grace=self.startup_grace)
             self.monitor = HeartbeatMonitor(
@@ -215,7 +221,7 @@ class Controller:
             )
             await self.monitor.start()
             await self.events.emit("controller-started", self.id, "leader; listening for heartbeats",
-                                   endpoints=[ep.to_dict() for ep in self.endpoints])
+                                   endpoints=[ep.to_dict() for ep in self.endpoints], lease_ttl=ttl)
             await self._load_maintenance()
             for op in await load_ops(self):
                 self.ops[op.op_id] = op
@@ -232,6 +238,9 @@ class Controller:
                     self._wake.clear()
                     try:
                         await self.reconcile_once()
+                    except NotLeader as exc:
+                        log.error("stepping down: %s", exc)
+                        break
                     except StoreError as exc:
                         log.warning("store error this pass: %s", exc)
                     except Exception:  # one bad pass must not end the controller
@@ -243,6 +252,11 @@ class Controller:
                 for task in [*self._tasks, *self.op_tasks.values()]:
                     task.cancel()
                 await self.monitor.stop()
+            if not stop.is_set():
+                # Recorded outside the guard: this controller no longer leads.
+                why = lease.reason or "a guarded write found another leader"
+                log.error("leadership lost: %s", why)
+                await EventLog(self.raw_store, self.cluster).emit("controller-stepped-down", self.id, why)
 
     def status(self) -> dict[str, Any]:
         """What the controller knows right now (published in the ``leader`` record every second)."""

@@ -2,7 +2,9 @@
 
 Role: parse options, optionally enter a network namespace first (in the lab: the ctl
 namespace, which has one leg on every switch), open the store, load the cluster key, run
-``Controller.run`` until SIGTERM/SIGINT.
+``Controller.run`` term after term until SIGTERM/SIGINT: a controller that is not the leader
+stands by (hot standby) and leads when the leader's lease ends; one that loses its leadership
+starts over as a candidate (docs/ha.md, "Controller leadership").
 
 ```
 nonstop controller --store URL --cluster NAME --ha-key FILE
@@ -54,14 +56,18 @@ def endpoints_from(values: list[str]) -> list[Endpoint]:
 async def run_controller(args: argparse.Namespace) -> None:
     from nonstop.ha.keys import load_key
     from nonstop.store import open_store
+    from nonstop.store.base import StoreError
 
     store = open_store(args.store)
-    controller = Controller(
-        store, args.cluster, key=load_key(args.ha_key), endpoints=endpoints_from(args.listen),
-        balancers=_pairs(args.balancer, "balancer"), bmcs=_pairs(args.bmc, "bmc"),
-        bmc_password_file=args.bmc_password_file, fence_timeout=args.fence_timeout, tick=args.tick,
-        startup_grace=args.startup_grace, controller_id=args.id, step_pause=args.step_pause,
-    )
+
+    def make() -> Controller:
+        return Controller(
+            store, args.cluster, key=load_key(args.ha_key), endpoints=endpoints_from(args.listen),
+            balancers=_pairs(args.balancer, "balancer"), bmcs=_pairs(args.bmc, "bmc"),
+            bmc_password_file=args.bmc_password_file, fence_timeout=args.fence_timeout, tick=args.tick,
+            startup_grace=args.startup_grace, controller_id=args.id, step_pause=args.step_pause,
+        )
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main_pid = os.getpid()
@@ -73,7 +79,14 @@ async def run_controller(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
     try:
-        await controller.run(stop)
+        while not stop.is_set():
+            # One Controller per term: a controller that lost its leadership returns, and a fresh
+            # one (no state carried over from the old term) stands by and campaigns again.
+            try:
+                await make().run(stop)
+            except StoreError as exc:
+                log.warning("store error before leading: %s; campaigning again", exc)
+                await asyncio.sleep(0.5)
     finally:
         await store.close()
 

@@ -183,23 +183,31 @@ def test_no_false_failover_under_cpu_saturation(cluster: tuple[LabCluster, Clust
     assert len(probe.running()) == 3
 
 
-def test_controller_restart_takes_over_without_self_fencing(cluster: tuple[LabCluster, ClusterProbe]) -> None:
+@pytest.mark.parametrize("gap", ["at-once", "past-self-fence-timeout"])
+def test_controller_restart_takes_over_without_self_fencing(cluster: tuple[LabCluster, ClusterProbe], gap: str) -> None:
     """kill -9 of the controller and a restart: the new one takes over its own leader record at
-    once, agents never go without acknowledgements long enough to fence themselves, nothing moves."""
+    once — or starts only after the agents' self-fence timeout (a successor slow to start on a
+    loaded machine, or a standby taking over): the dead leader's record is gone by then (its
+    lease is under half the timeout) and agents count no silence while nobody leads. Either way
+    no agent fences itself, nothing moves, no request fails."""
     lab, probe = cluster
+    sft = lab.spec.policies.ha.self_fence_timeout
+    delay = 0.0 if gap == "at-once" else sft + 2.0
     start = time.time()
-    logs_before = {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")}
+    fences_before = _self_fences(lab)
     old_pid = probe.status()["pid"]
     with Load(lab.services["api"]["port"]) as load:
-        lab.restart_controller(kill=True)
+        lab.restart_controller(kill=True, delay=delay)
         probe.wait_for("new controller leading", lambda: probe.status().get("pid") not in (None, old_pid), timeout=30)
         probe.wait_for("every host up", lambda: set(probe.status().get("hosts", {}).values()) == {"up"}, timeout=30)
         time.sleep(1.0)
     # It takes its own record over at once, or (slow start on a loaded machine) after the old lease ended.
     takeover = probe.first("controller-takeover", None, start) or probe.first("controller-started", None, start)
     assert takeover is not None
-    print(f"controller back {takeover['at'] - start:.2f}s after the kill ({takeover['kind']})")
-    assert {h: (lab.run_dir / f"agent-{h}.log").read_text().count("SELF-FENCE") for h in ("h1", "h2", "h3")} == logs_before
+    print(f"controller back {takeover['at'] - start:.2f}s after the kill ({takeover['kind']}; restarted after "
+          f"{delay:.1f}s, self-fence timeout {sft}s)")
+    assert takeover["at"] - start >= delay
+    assert _self_fences(lab) == fences_before
     assert [e for e in probe.events(start) if e["kind"] in ("host-dead", "guest-moved")] == []
     assert load.failures == [], load.failures[:3]
     assert len(probe.running()) == 3
@@ -222,9 +230,10 @@ def test_controller_killed_mid_failover_resumes(cluster: tuple[LabCluster, Clust
     """kill -9 of the controller in the middle of a failover — right after the fence (``fenced``:
     nothing reassigned yet) or while the guests are being restarted (``moved``). The controller
     runs with ``--step-pause 1`` so the kill lands at that step; its successor must resume the
-    persisted op and finish it with never two instances; when it leads within the self-fence
-    timeout (the usual case: it takes its own leader record over), no agent self-fences and no
-    request fails — slower (load 20+), the agents fence themselves first and that part is skipped."""
+    persisted op and finish it with never two instances, no agent may fence itself and no request
+    may fail — also when the successor is slower than the self-fence timeout (a loaded machine):
+    the dead controller's leader record lives on a lease under half that timeout, and agents do
+    not count silence while no controller leads (docs/ha.md)."""
     lab, probe = cluster
     sft = lab.spec.policies.ha.self_fence_timeout
     old_pid = probe.status()["pid"]
@@ -248,16 +257,14 @@ def test_controller_killed_mid_failover_resumes(cluster: tuple[LabCluster, Clust
         resumed = probe.wait_for("failover-resumed", lambda: probe.first("failover-resumed", victim, ctl_killed_at),
                                  timeout=30)
         takeover = probe.first("controller-started", None, ctl_killed_at)
-        # A successor slower than the self-fence timeout (a heavily loaded machine): the agents
-        # fence themselves before its leader record appears (safe, but guests stop for a while).
-        slow = takeover is not None and takeover["at"] - ctl_killed_at >= sft - 0.5
         done = probe.wait_for("failover-done", lambda: probe.first("failover-done", victim, ctl_killed_at), timeout=30)
-        probe.wait_for("every replica running", lambda: len(probe.running()) == 3, timeout=60 if slow else 20)
+        probe.wait_for("every replica running", lambda: len(probe.running()) == 3, timeout=30)
         probe.wait_for("every replica in the balancer", lambda: len(probe.backends("api")) == 3, timeout=10)
         time.sleep(1.0)
     final = _op_of(probe, victim, killed_at - 1)
     print(f"{step}: op {op['op_id']} at {step} when killed; successor leading {takeover['at'] - ctl_killed_at:.2f}s "
-          f"after the kill, resumed {resumed['at'] - ctl_killed_at:.2f}s, done {done['at'] - ctl_killed_at:.2f}s")
+          f"after the kill (self-fence timeout {sft}s), resumed {resumed['at'] - ctl_killed_at:.2f}s, "
+          f"done {done['at'] - ctl_killed_at:.2f}s")
     assert probe.status()["pid"] not in (old_pid, pausing_pid)
     assert final is not None and final["op_id"] == op["op_id"] and final["step"] == "done", final
     assert f"step {step}" in resumed["reason"]
@@ -267,9 +274,5 @@ def test_controller_killed_mid_failover_resumes(cluster: tuple[LabCluster, Clust
     assert checker.max_instances == 1, checker.worst
     assert victim not in probe.running().values()
     _bring_back(lab, probe, victim)
-    if slow:
-        pytest.skip(f"successor leading {takeover['at'] - ctl_killed_at:.1f}s after the kill, past the self-fence "
-                    f"timeout ({sft}s): resumed and finished; agents fenced themselves meanwhile (not asserted)")
-    # A successor within the timeout: no agent stopped its guests, nothing failed.
     assert _self_fences(lab) == fences_before
     assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:3]}"

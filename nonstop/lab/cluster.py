@@ -51,8 +51,6 @@ from nonstop.net import netns
 log = logging.getLogger("nonstop.lab.cluster")
 
 HEARTBEAT_PORT = 5405
-LB_ADMIN_BASE = 19000
-LB_LISTEN_BASE = 18000
 Progress = Callable[[str], None]
 
 
@@ -83,12 +81,20 @@ class LabCluster:
             "drivers": self.drivers,
         }
 
-    def _record(self, name: str, pid: int) -> None:
-        self.pids[name] = pid
-        lab = state.load(self.cluster)
-        if lab is not None:
-            lab.processes[name] = pid
-            state.save(lab)
+    def _record(self, name: str, pid: int | None) -> None:
+        """Remember (or, with ``None``, forget) a process of the lab, here and in the lab state."""
+        if pid is None:
+            self.pids.pop(name, None)
+        else:
+            self.pids[name] = pid
+        with state.locked(self.cluster):
+            lab = state.load(self.cluster)
+            if lab is not None:
+                if pid is None:
+                    lab.processes.pop(name, None)
+                else:
+                    lab.processes[name] = pid
+                state.save(lab)
 
     # ------------------------------------------------------------------ start/stop
 
@@ -116,7 +122,7 @@ class LabCluster:
         asyncio.run(self._put_spec())
         for i, service in enumerate(self.spec.services):
             say(f"balancer of service {service.name}")
-            self._start_balancer(i, service)
+            self.start_balancer(i, service)
         # The controller before the agents: an agent that hears no controller for the
         # self-fence timeout after its start fences itself.
         say("controller in the ctl namespace")
@@ -139,22 +145,15 @@ class LabCluster:
         finally:
             await store.close()
 
-    def _start_balancer(self, index: int, service: Any) -> None:
+    def start_balancer(self, index: int, service: Any) -> None:
+        """One ``nonstop lb`` for ``service`` in the out namespace and its 127.0.0.1 forwarder."""
         from nonstop.lab.forward import start_forward
+        from nonstop.lab.services import LB_LISTEN_BASE, write_balancer_config
 
         out = names.out_ns(self.cluster)
-        out_addr = names.switch_address(0, names.OUT_OCTET)
-        admin = f"{out_addr}:{LB_ADMIN_BASE + index}"
         inner = LB_LISTEN_BASE + index
-        svc = service.model_dump(mode="json")
-        # `nonstop lb` needs one server to start; the controller's first sync replaces it.
-        svc.update({"listen": f"127.0.0.1:{inner}", "backends": None,
-                    "servers": [{"name": "placeholder", "address": "127.0.0.1:9", "weight": 1}]})
-        config = self.run_dir / f"lb-{service.name}.json"
-        config.write_text(json.dumps({"admin": admin, "services": [svc]}))
-        yaml_path = config.with_suffix(".yaml")
-        yaml_path.write_text(config.read_text())  # JSON is YAML
-        proc = netns.spawn(out, [sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(yaml_path),
+        config = write_balancer_config(self, index, service)
+        proc = netns.spawn(out, [sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(config),
                                  "--log-level", "warning"], log_path=str(self.run_dir / f"lb-{service.name}.log"))
         self._record(f"lb:{service.name}", proc.pid)
         self._wait_tcp(out, "127.0.0.1", inner, proc.pid)
@@ -163,7 +162,9 @@ class LabCluster:
             fwd = start_forward(self.cluster, "out", ("127.0.0.1", inner), listen_port=port)
         except RuntimeError:
             fwd = start_forward(self.cluster, "out", ("127.0.0.1", inner), listen_port=0)
-        self.services[service.name] = {"listen": fwd["listen"], "port": fwd["port"], "admin": admin, "pid": proc.pid}
+        admin = json.loads(config.read_text())["admin"]
+        self.services[service.name] = {"listen": fwd["listen"], "port": fwd["port"], "admin": admin, "pid": proc.pid,
+                                       "index": index, "inner": inner}
 
     @staticmethod
     def _wait_tcp(ns: str, ip: str, port: int, pid: int, timeout: float = 15.0) -> None:
@@ -215,8 +216,8 @@ class LabCluster:
         proc = netns.spawn(names.ctl_ns(self.cluster), argv, log_path=str(self.run_dir / "components.log"))
         self._record("components", proc.pid)
 
-    def restart_controller(self, kill: bool = True) -> int:
-        """Kill -9 (or stop) the controller and start a new one; its new pid."""
+    def restart_controller(self, kill: bool = True, delay: float = 0.0) -> int:
+        """Kill -9 (or stop) the controller and start a new one ``delay`` seconds later; its new pid."""
         pid = self.pids.get("controller")
         if pid and netns.alive(pid):
             if kill:
@@ -224,6 +225,7 @@ class LabCluster:
                     os.kill(pid, 9)
             else:
                 netns.stop_pids([pid])
+        time.sleep(delay)
         self._start_controller()
         return self.pids["controller"]
 
@@ -331,6 +333,23 @@ class LabCluster:
             return False
         res = netns.run(ns, ["nft", "-j", "list", "table", "inet", self._partition_table()])
         return res.returncode == 0
+
+    def partition_drops(self, host: str) -> dict[str, int]:
+        """Packets the host's partition has dropped so far, per protocol (``udp``: heartbeats and
+        acknowledgements, ``tcp``: store traffic); empty when the host is not partitioned."""
+        ns = names.host_ns(self.cluster, host)
+        res = netns.run(ns, ["nft", "-j", "list", "table", "inet", self._partition_table()])
+        if res.returncode != 0:
+            return {}
+        drops: dict[str, int] = {}
+        for item in json.loads(res.stdout).get("nftables", []):
+            expr = item.get("rule", {}).get("expr", [])
+            proto = next((e["match"]["left"]["payload"]["protocol"] for e in expr
+                          if "match" in e and "payload" in e["match"].get("left", {})), None)
+            packets = next((e["counter"]["packets"] for e in expr if isinstance(e.get("counter"), dict)), 0)
+            if proto is not None:
+                drops[proto] = drops.get(proto, 0) + int(packets)
+        return drops
 
     def _store_port(self) -> int | None:
         """The TCP port of an etcd store the host reaches on its own 127.0.0.1 (relayed into the

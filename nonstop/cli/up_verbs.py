@@ -58,8 +58,32 @@ def _apply(record: dict[str, Any], spec: ClusterSpec, text: str, spec_file: Path
     if result.get("applied"):
         out.print(f"cluster {spec.cluster} is running (pid {record['pid']}); applied: "
                   + "; ".join(result.get("changes", [])))
+        _print_services(spec, record, int(result.get("revision", 0)))
     else:
         out.print(f"cluster {spec.cluster} is running (pid {record['pid']}); the spec is unchanged")
+
+
+def _print_services(spec: ClusterSpec, record: dict[str, Any], revision: int, timeout: float = 30.0) -> None:
+    """Wait until the running session's balancers follow the applied spec (``revision``); print
+    where each service answers."""
+    from nonstop.up import runfiles
+
+    deadline = time.monotonic() + timeout
+    while True:
+        current = runfiles.running(spec.cluster) or record
+        services = current.get("services") or {}
+        if int(current.get("services_revision") or 0) >= revision or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if int(current.get("services_revision") or 0) < revision:
+        err.print(f"the running cluster's balancers did not follow the applied spec within {timeout:.0f} s "
+                  f"(see the `nonstop up` output)", markup=False)
+        raise typer.Exit(1)
+    if current.get("services_error"):
+        err.print(f"the running cluster could not apply the services: {current['services_error']}", markup=False)
+        raise typer.Exit(1)
+    for name in sorted(services):
+        out.print(f"service {name}: http://{services[name]}/")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,8 @@ one when the URL is local and silent), brings up the lab cluster through ``LabCl
 balancers, controller, agents), serves the API and dashboard (``ApiServer``, token file 0600), shows
 guests booting, prints where to look, and on SIGINT/SIGTERM tears everything down.
 ``apply_to_running`` is ``up`` on a cluster that is already up: the new spec goes into the store
-(the same as ``nonstop apply``) and the controller reconciles.
+(the same as ``nonstop apply``), the controller reconciles the guests and the running session's
+``follow_services`` the balancers (nonstop/lab/services.py).
 
 Must not: decide placement or liveness; build lab pieces itself; leave anything behind.
 """
@@ -52,6 +53,10 @@ class UpSession:
         self.watch: Any = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
+        self.services_revision = 0
+        """The stored spec's revision the balancers follow (``follow_services``)."""
+        self.services_error = ""
+        """Why following that revision failed ("" when it did not)."""
 
     # ------------------------------------------------------------------ start
 
@@ -62,6 +67,7 @@ class UpSession:
             "started_at": self.times.get("start"),
             "services": {n: s["listen"] for n, s in (self.lab.services.items() if self.lab else [])},
             "api": self.api.url if self.api else None,
+            "services_revision": self.services_revision, "services_error": self.services_error,
         })
 
     def start(self) -> None:
@@ -125,9 +131,8 @@ class UpSession:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        balancers = {name: svc["admin"] for name, svc in self.lab.services.items()}
-        self.api = ApiServer(self.store_url, self.cluster, lab=self.lab, port=self.api_port, balancers=balancers,
-                             any_port_if_busy=True)
+        # The API reads the balancers from lab.services, which follows the applied spec.
+        self.api = ApiServer(self.store_url, self.cluster, lab=self.lab, port=self.api_port, any_port_if_busy=True)
         await self.api.start()
         self.say(f"API and dashboard at {self.api.url}/")
         self._record()
@@ -148,7 +153,45 @@ class UpSession:
         if self._stop.is_set():
             return
         self.print_summary()
-        await self._stop.wait()
+        await self.follow_services()
+
+    async def follow_services(self, every: float = 1.0) -> None:
+        """Until stopped: when the stored spec's services differ from the running balancers'
+        (``nonstop up``/``apply`` with a changed spec), make the balancers follow (lab/services.py)."""
+        from nonstop.lab.services import apply_services, service_changes
+        from nonstop.store import keys, open_store
+        from nonstop.store.base import StoreError
+        from nonstop.store.state import get_spec
+
+        assert self._stop is not None
+        store = open_store(self.store_url)
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), every)
+                try:
+                    stored = await get_spec(store, self.cluster)
+                    if stored is None or stored.mod_revision == self.services_revision:
+                        continue
+                    if not service_changes(self.lab.spec, stored.spec):
+                        self.services_revision = stored.mod_revision
+                        self._record()
+                        continue
+                    backends = {s.name: (await store.get_json(keys.service_backends(self.cluster, s.name)) or {})
+                                .get("backends", []) for s in stored.spec.services}
+                    self.services_error = ""
+                    try:
+                        for line in await asyncio.to_thread(apply_services, self.lab, stored.spec, backends):
+                            self.say(line)
+                    except Exception as exc:  # noqa: BLE001 - reported (here and to `up`); the cluster keeps running
+                        self.services_error = f"{type(exc).__name__}: {exc}"
+                        self.say(f"applying the stored spec's services failed: {self.services_error}")
+                    self.services_revision = stored.mod_revision
+                    self._record()
+                except StoreError as exc:
+                    self.say(f"reading the stored spec failed: {exc}")
+        finally:
+            await store.close()
 
     def print_summary(self) -> None:
         from rich.console import Console
@@ -242,8 +285,9 @@ class UpSession:
 
 
 async def apply_to_running(record: dict[str, Any], spec: ClusterSpec, text: str, filename: str) -> dict[str, Any]:
-    """``up`` on a running cluster: store the new spec (as ``nonstop apply``); the controller reconciles.
-    Raises ValueError when the change needs a new lab (hosts, switches or services changed)."""
+    """``up`` on a running cluster: store the new spec (as ``nonstop apply``); the controller reconciles
+    guests, the running ``up`` session the balancers (services added, removed or changed).
+    Raises ValueError when the change needs a new lab (hosts or switches changed)."""
     from nonstop.api import actions
     from nonstop.store import keys, open_store
 
@@ -252,7 +296,7 @@ async def apply_to_running(record: dict[str, Any], spec: ClusterSpec, text: str,
         current = await store.get_json(keys.spec(spec.cluster))
         if current is not None:
             before = ClusterSpec.model_validate(current)
-            for part in ("switches", "hosts", "services"):
+            for part in ("switches", "hosts"):
                 if getattr(before, part) != getattr(spec, part):
                     raise ValueError(f"{part} changed: that needs a new lab (`nonstop down`, then `nonstop up`)")
         return await actions.apply_spec(store, spec.cluster, text, by="nonstop up", filename=filename)

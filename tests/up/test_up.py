@@ -62,7 +62,25 @@ def test_broken_spec_exits_2_lists_every_error_and_starts_nothing(tmp_path: Path
     assert leftovers.everything(spec["cluster"]) == {k: [] for k in ("namespaces", "nft", "processes", "cgroups", "files")}
 
 
-@pytest.mark.timeout(150)
+def guests_seen(port: int, n: int = 20) -> list[str]:
+    out = []
+    for _ in range(n):
+        status, body = get(port)
+        assert status == 200, body
+        out.append(re.search(r'"guest": "([^"]+)"', body).group(1))  # type: ignore[union-attr]
+    return out
+
+
+def apply_up(path: Path, spec: dict) -> str:  # type: ignore[type-arg]
+    """`nonstop up` on the running cluster with ``spec``: its output (it must succeed)."""
+    write_spec(path, spec)
+    res = nonstop("up", str(path), timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "applied" in res.stdout, res.stdout
+    return res.stdout
+
+
+@pytest.mark.timeout(240)
 def test_up_serves_applies_a_change_and_down_leaves_nothing(tmp_path: Path) -> None:
     spec = small_spec(replicas=2)
     cluster = spec["cluster"]
@@ -99,6 +117,33 @@ def test_up_serves_applies_a_change_and_down_leaves_nothing(tmp_path: Path) -> N
                 seen.add(re.search(r'"guest": "([^"]+)"', body).group(1))  # type: ignore[union-attr]
             time.sleep(0.1)
         assert seen == {"api-0", "api-1", "api-2"}
+
+        # A changed service is reloaded live: source-hash sends every request (all from the
+        # forwarder's one address) to one replica, where least-connections spread them.
+        assert len(set(guests_seen(port))) > 1
+        spec["services"][0]["algorithm"] = "source-hash"
+        out = apply_up(path, spec)
+        assert f"service api: http://127.0.0.1:{port}/" in out, out
+        assert len(set(guests_seen(port))) == 1
+
+        # A new service gets a balancer and a 127.0.0.1 port; a removed one is stopped.
+        spec["services"].append({**spec["services"][0], "name": "api2", "algorithm": "round-robin"})
+        out = apply_up(path, spec)
+        port2 = int(re.search(r"service api2: http://127\.0\.0\.1:(\d+)/", out).group(1))  # type: ignore[union-attr]
+        seen2: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(seen2) < 3 and time.monotonic() < deadline:  # the controller syncs the new balancer
+            status, body = get(port2)
+            if status == 200:
+                seen2.add(re.search(r'"guest": "([^"]+)"', body).group(1))  # type: ignore[union-attr]
+            time.sleep(0.1)
+        assert seen2 == {"api-0", "api-1", "api-2"}
+        assert len(set(guests_seen(port))) == 1
+        spec["services"].pop()
+        out = apply_up(path, spec)
+        assert "services: -api2" in out and "service api2:" not in out, out
+        assert get(port2)[0] == 0
+        assert get(port)[0] == 200
 
         res = nonstop("down", "--cluster", cluster, timeout=90)
         assert res.returncode == 0, res.stdout + res.stderr

@@ -53,6 +53,7 @@ class HttpDispatch:
     access_log: bool
     _parkable: set[Backend]
     _parkable_version: int
+    _outbox: list[HttpUpstream]
     on_pool_event: Callable[[PoolEvent], None]
 
     def http_dispatch(self, ex: Exchange) -> None:
@@ -124,12 +125,35 @@ class HttpDispatch:
         else:
             data = ex.head
         ex.sent = True
-        up.transport.write(data)  # type: ignore[union-attr]
+        self.send(up, data)
         client = ex.client
         if client.paused:
             client.resume(4)
         if client.write_paused or up.reading_paused:
             up.set_reading(not client.write_paused)
+
+    def send(self, up: HttpUpstream, data: bytes) -> None:
+        """Queue request bytes for ``up``; every queued send goes out when this loop iteration's
+        callbacks are done. Why: a backend on the same core is woken by each send and preempts
+        the proxy — one context switch pair per request when sending at once, one per batch
+        (every request read in this iteration) when sending afterwards. Bytes for one
+        connection keep their order (a body streamed behind its head joins the queue)."""
+        if up.pending is not None:
+            up.pending += data
+            return
+        up.pending = data
+        out = self._outbox
+        out.append(up)
+        if len(out) == 1:
+            self.loop.call_soon(self._send_all)
+
+    def _send_all(self) -> None:
+        out, self._outbox = self._outbox, []
+        for up in out:
+            data, up.pending = up.pending, None
+            t = up.transport
+            if t is not None and data:
+                t.write(data)
 
     def _park(self, up: HttpUpstream, now: float) -> None:
         backend = up.backend

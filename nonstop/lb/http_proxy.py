@@ -343,7 +343,7 @@ class HttpClient(asyncio.Protocol):
                 ex.chunks = [data]
         up = ex.upstream
         if up is not None and up.transport is not None:
-            up.transport.write(data)
+            self.svc.send(up, data)
             return
         if ex.unsent:
             ex.unsent.append(data)

@@ -95,7 +95,7 @@ class HttpUpstream(asyncio.Protocol):
     __slots__ = (
         "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
         "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining", "paused_client",
-        "reading_paused",
+        "reading_paused", "pending",
     )  # fmt: skip
 
     def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
@@ -118,6 +118,8 @@ class HttpUpstream(asyncio.Protocol):
         """The client whose reads this connection's full write buffer paused (resumed even
         if the exchange ended meanwhile)."""
         self.reading_paused = False
+        self.pending: bytes | None = None
+        """Request bytes queued for this loop iteration's batched send (``HttpDispatch.send``)."""
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

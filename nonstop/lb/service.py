@@ -82,6 +82,8 @@ class ServiceRuntime(HttpDispatch):
         self._parkable_version = -1
         """Backends whose idle connections may be kept (ready, serving, still members),
         recomputed when the pool's version moves."""
+        self._outbox: list[HttpUpstream] = []
+        """Upstream connections with request bytes queued for this loop iteration (``send``)."""
         for server in spec.servers:
             self.add_server(server, ramp=False)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ PEERS = [
 def markdown(report: dict, spec: str, rate: float, started: str, name: str) -> str:  # type: ignore[type-arg]
     lines = [
         f"# Availability tour (bench/availability): service {report['service']}", "",
-        f"`python -m bench.availability --spec {spec} --rate {rate:g} --service {report['service']} --name {name}`, run {started} on the shared 2-core "
-        "machine (other engineers' tests running: figures are noisy).", "",
+        f"`python -m bench.availability --spec {spec} --rate {rate:g} --service {report['service']} --name {name}`, run {started} on a 2-core "
+        f"machine (load average at the end {os.getloadavg()[0]:.1f}).", "",
         f"Service `{report['service']}` of cluster `{report['cluster']}`: {report['requests']} requests "
         f"(`GET {report.get('path', '/')}`, each on a new connection, 2 s client timeout) at {rate:g}/s over {report['duration_s']} s, **{report['failed']} failed**, p99 {report['p99_ms']} ms.", "",
         f"- `nonstop up` to a fully serving lab: **{report.get('up_seconds')} s**; `nonstop down`: "

@@ -171,7 +171,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"## Process guests (cgroup v{report['cgroup_version']}, median of {report['rounds']})",
         "",
         "Baseline: the same workload server as a bare process on 127.0.0.1 (no namespace, vNIC or cgroup).",
-        f"Shared 2-core machine, load average after the run: {' '.join(report['loadavg_after'])} — figures are noisy.",
+        f"2-core machine, load average after the run: {' '.join(report['loadavg_after'])} (near 2 or above: "
+        "other work shared the cores, noisy).",
         "",
         "| measure | median | unit | bare baseline | ratio |",
         "|---|---|---|---|---|",

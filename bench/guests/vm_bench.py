@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -223,7 +224,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "Baseline = the same driver and guest with stock QEMU behaviour: boot through the compressed",
         "bzImage (QEMU's usual -kernel path) and migration with QEMU's default parameters",
         "(max-bandwidth 128 MiB/s, downtime-limit 300 ms; ours: the same bandwidth, downtime-limit 100 ms).",
-        "Shared 2-core machine while other engineers ran their work: figures are noisy.",
+        f"{os.cpu_count()}-core machine; load average at the end: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (near 2 or above: other work shared the cores, noisy).",
         "",
         "| measure | median | unit | stock QEMU baseline | ratio |",
         "|---|---|---|---|---|",

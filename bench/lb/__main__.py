@@ -208,8 +208,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Run {doc['when']} on {doc['machine']}; {doc['rounds']} alternating rounds of {doc['seconds']:g} s, medians. "
         f"wrk -t1 -c50 pinned to core {CLIENT_CORE}; proxy and nginx backends pinned to core {PROXY_CORE} "
-        f"(taskset). Load average before/after: {doc['load_before']} / {doc['load_after']} — the machine was "
-        "shared with other engineers' jobs, so absolute figures are noisy; ratios come from alternating runs. "
+        f"(taskset). Load average before/after: {doc['load_before']} / {doc['load_after']} (near 2 or above: "
+        "other work shared the cores and absolute figures are noisy); ratios come from alternating runs. "
         "The proxy's CPU per request (utime+stime / requests) is the steadier efficiency figure; for nftables "
         "it is only the control process (forwarding is kernel work charged to client and backends).",
         "",

@@ -132,7 +132,7 @@ def step_medians(doc: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     rounds = int(os.environ.get("NONSTOP_BENCH_ROUNDS", "2"))
-    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, shared with other engineers (noisy)",
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores",
                                "rounds": rounds, "variants": {}, "load_average_at_start": os.getloadavg()[0]}
     spec = tolerant(lab_spec(failback="auto", stability=1.0, self_fence=10.0, extra_groups=[VM]))
     with tempfile.TemporaryDirectory(prefix="nonstop-bench-") as tmp:

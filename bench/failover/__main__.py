@@ -3,8 +3,8 @@
 ``.venv/bin/python -m bench.failover [--kills 10] [--only nonstop|peer]`` (root). Runs nonstop's
 lab cluster (bench/failover/nonstop_run.py) and the peer (bench/failover/peer.py) in the same
 lab fabric, one after the other, and writes bench/results/failover.json and failover.md with the
-median (and min–max) of every figure over the kills. The machine is shared with other
-engineers' work, so the figures carry its load average.
+median (and min–max) of every figure over the kills. The figures carry the machine's
+load average (other work on the 2 cores makes them noisy).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# bench/failover: host kills under load",
         "",
         f"Run {result['started']} ({result['kills']} kills each, median (min–max); load average at start "
-        f"{result['loadavg_start']}, at end {result['loadavg_end']}; shared 2-core machine, so noisy).",
+        f"{result['loadavg_start']}, at end {result['loadavg_end']}; 2-core machine).",
         "",
         f"nonstop: 3 lab hosts, 6 process guests behind `nonstop lb`, heartbeats every 100 ms on 2 links, "
         f"{result['kills']} kills of the busiest host by Redfish ForceOff through its BMC (every process of the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         results["team"] = team_bench.run_team_benchmarks(_log)
     results["meta"] = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "shared 2-core machine while other engineers ran their work: figures are noisy",
+        "note": f"2-core machine, load average {os.getloadavg()[0]:.1f} at the end",
     }
     lines = [
         "# Network benchmark",

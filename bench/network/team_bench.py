@@ -22,6 +22,7 @@ its own namespaces.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -196,7 +197,7 @@ def run_team_benchmarks(progress: Progress = print) -> dict[str, Any]:
     results["meta"] = {
         "duration_s": round(time.monotonic() - began, 1),
         "data_path": "veth pair + nftables netdev fwd (no bonding driver in this kernel)",
-        "note": "shared 2-core machine: figures are noisy",
+        "note": f"2-core machine, load average {os.getloadavg()[0]:.1f} at the end",
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return results

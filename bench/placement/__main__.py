@@ -160,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
         "# Placement benchmark",
         "",
         f"Machine: {results['machine']['cpus']} cores, load average before the run "
-        f"{results['machine']['load_before']}; shared with other engineers, so figures are noisy.",
+        f"{results['machine']['load_before']} (near 2 or above: other work shared the cores, noisy).",
         "",
         "| part | measured | target | peer / baseline |",
         "|---|---|---|---|",

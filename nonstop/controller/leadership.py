@@ -33,15 +33,15 @@ from nonstop.store.base import Compare, KeyValue, Op, Store, StoreError, TxnResu
 
 log = logging.getLogger("nonstop.controller.leadership")
 
-MIN_LEADER_TTL = 1
+MIN_LEADER_TTL = 2
+"""etcd's own minimum with default election settings; shorter leases also expire whenever a
+loaded machine stalls the controller or the store for a second, making it step down for nothing."""
 MAX_LEADER_TTL = 5
 
 
 def leader_lease_ttl(self_fence_timeout: float) -> int:
-    """Seconds of the leader lease: under half the agents' self-fence timeout, 1–5 s.
-
-    (etcd raises a TTL below its own minimum — 2 s with default election settings — so a
-    self-fence timeout under 4 s cannot keep this rule on etcd; docs/ha.md.)"""
+    """Seconds of the leader lease: under half the agents' self-fence timeout, 2–5 s
+    (a self-fence timeout under 5 s cannot keep the half rule; docs/ha.md)."""
     return max(MIN_LEADER_TTL, min(MAX_LEADER_TTL, int(self_fence_timeout / 2 - 0.01)))
 
 

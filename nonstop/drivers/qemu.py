@@ -275,24 +275,7 @@ class QemuDriver(QemuHotplug):
         self._save(name, record)
         return await self.status(name)
 
-    async def _tell_host(self, name: str, timeout: float = 3.0) -> str | None:
-        """Write ``host=<this host>`` into the guest's org.nonstop.host port and wait for its ack.
-
-        Returns None on success, else why not (the guest keeps showing its previous host;
-        a guest image without the port listener never acks)."""
-        path = self._run_dir(name) / "host.sock"
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
-        except (OSError, TimeoutError) as exc:
-            return f"host channel: {exc}"
-        try:
-            writer.write(f"host={self.host}\n".encode())
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), timeout)
-            return None if line.strip() == b"ack" else f"host channel: unexpected reply {line!r}"
-        except (OSError, TimeoutError) as exc:
-            return f"host channel: no ack ({exc.__class__.__name__})"
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async def _tell_host(self, name: str) -> str | None:
+        """Tell the guest which host it runs on now (its identity page shows it); None on
+        success, else why not (the guest keeps showing its previous host)."""
+        return await self._tell_guest(name, f"host={self.host}")

@@ -398,7 +398,9 @@ class QemuCore(Driver):
         definition = GuestDefinition.from_dict(record["definition"])
         base = GuestStatus(name=name, state=GuestState.STOPPED, address=definition.address,
                            boot_id=self._boot_id(name, record), started_at=record.get("started_at"),
-                           extra={"accel": record.get("accel"), "host": self.host})
+                           extra={"accel": record.get("accel"), "host": self.host,
+                                  **({"vnic_address_error": record["vnic_address_error"]}
+                                     if record.get("vnic_address_error") else {})})
         if record.get("state") == "failed":
             return replace(base, state=GuestState.FAILED, failure_reason=record.get("failure_reason"))
         if not record.get("pid"):
@@ -496,3 +498,25 @@ class QemuCore(Driver):
         definition = GuestDefinition.from_dict(record["definition"]).with_changes(**changes)
         record["definition"] = definition.to_dict()
         self._save(name, record)
+
+    async def _tell_guest(self, name: str, line: str, timeout: float = 3.0) -> str | None:
+        """Write one ``line`` into the guest's org.nonstop.host virtio-serial port (``host=NAME``
+        after a migration, ``addr=MAC,ADDRESS[,GATEWAY]`` for a hot-added vNIC) and wait for its
+        ``ack``. Returns None on success, else why not: a guest image without the port listener
+        never acks, and the guest keeps running either way."""
+        path = self._run_dir(name) / "host.sock"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+        except (OSError, TimeoutError) as exc:
+            return f"guest channel: {exc}"
+        try:
+            writer.write(f"{line}\n".encode())
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readline(), timeout)
+            return None if reply.strip() == b"ack" else f"guest channel: unexpected reply {reply!r}"
+        except (OSError, TimeoutError) as exc:
+            return f"guest channel: no ack ({exc.__class__.__name__})"
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -163,8 +163,10 @@ class QemuHotplug(QemuCore):
 
     @driver_errors()
     async def attach_vnic(self, name: str, vnic: VnicDefinition) -> GuestStatus:
-        """Add a virtio-net vNIC on a new tap bridged to ``vnic.bridge``. The built-in image
-        configures addresses only at boot, so a hot-added vNIC comes up without one."""
+        """Add a virtio-net vNIC on a new tap bridged to ``vnic.bridge``, then hand the guest its
+        address (``addr=MAC,ADDRESS[,GATEWAY]`` on the org.nonstop.host port: the built-in image
+        configures the interface with that MAC). A guest that does not ack keeps the vNIC without
+        an address; the reason is in the status (``vnic_address_error``)."""
         record = self._load(name)
         self._require_running(name, record)
         definition = GuestDefinition.from_dict(record["definition"])
@@ -187,9 +189,14 @@ class QemuHotplug(QemuCore):
         await asyncio.to_thread(rt.bridge_tap, self.netns, nic.tap, vnic.bridge)
         if vnic.bandwidth:
             await asyncio.to_thread(rt.shape_tap, self.netns, nic.tap, vnic.bandwidth)
+        told = None
+        if vnic.address:
+            gateway = f",{vnic.gateway}" if vnic.gateway else ""
+            told = await self._tell_guest(name, f"addr={vnic.mac.lower()},{vnic.address}{gateway}")
         record = self._load(name)
         record["nic_slots"] = {**slots, vnic.mac: slot}
         record["definition"] = definition.with_changes(vnics=(*definition.vnics, vnic)).to_dict()
+        record["vnic_address_error"] = told
         self._save(name, record)
         self._save_layout(name)
         return await self.status(name)

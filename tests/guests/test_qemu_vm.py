@@ -47,6 +47,8 @@ pytestmark = [
 
 CLUSTER = "t"
 GUEST_IP = "198.18.10.5"
+SECOND_IP = "198.18.10.9"
+"""The hot-added second vNIC's address."""
 MIB = 2**20
 VNIC_BANDWIDTH = 8_000_000
 """bits/s each way on the VM's first vNIC: well below what a TCG guest moves, well above the 20 ms poller."""
@@ -213,10 +215,14 @@ def test_hot_add_disk_and_vnic_and_grow_a_disk(world: World) -> None:
     asyncio.run(world.a.attach_disk("web-0", DiskDefinition(name="extra", size=32 * MIB, provisioning="thick")))
     asyncio.run(world.a.resize_disk("web-0", "data", 96 * MIB))
     second = VnicDefinition(network="lan", mac=default_mac(CLUSTER, "web-0", 1), bridge=world.lab.bridge,
-                            bandwidth=VNIC_BANDWIDTH)
-    asyncio.run(world.a.attach_vnic("web-0", second))
+                            bandwidth=VNIC_BANDWIDTH, address=f"{SECOND_IP}/24")
+    status = asyncio.run(world.a.attach_vnic("web-0", second))
+    assert "vnic_address_error" not in status.extra, status.extra
     assert _tap_shaping(world, world.lab.ns_a, world.a._taps(world.a._load("web-0"))[1]) == (True, True)
     page = _wait_page(world, "nics", "eth0,eth1")
+    # the hot-added vNIC got its address from the driver over the guest channel: the guest answers on it
+    code, body = fetch_in(world.lab.ns_client, SECOND_IP, "/")
+    assert code == 200 and "guest=web-0" in body, (code, body[:200])
     page = _wait_page(world, "disks", "data:96M,extra:32M")
     assert (page["disks"], page["nics"]) == ("data:96M,extra:32M", "eth0,eth1")
     with pytest.raises(InvalidDefinition, match="shrinking"):

@@ -62,7 +62,7 @@ def service_changes(before: ClusterSpec, after: ClusterSpec) -> ServiceChanges:
     )
 
 
-def balancer_config(lab: LabCluster, index: int, service: ServiceSpec, servers: list[dict[str, Any]]) -> dict[str, Any]:
+def balancer_config(index: int, service: ServiceSpec, servers: list[dict[str, Any]]) -> dict[str, Any]:
     """The ``nonstop lb`` config of a lab service: its own settings, listening inside the out
     namespace, with ``servers`` (a placeholder when none: `nonstop lb` needs one to start; the
     controller's first sync replaces it)."""
@@ -80,7 +80,7 @@ def write_balancer_config(lab: LabCluster, index: int, service: ServiceSpec,
     """Write the config file (JSON is YAML) atomically; its path."""
     path = lab.run_dir / f"lb-{service.name}.yaml"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(balancer_config(lab, index, service, servers or [])))
+    tmp.write_text(json.dumps(balancer_config(index, service, servers or [])))
     os.replace(tmp, path)
     return path
 

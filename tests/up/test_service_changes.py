@@ -32,17 +32,13 @@ def test_added_removed_and_changed_services_are_told_apart() -> None:
     assert changes.describe() == ["service fresh added", "service old removed", "service api changed"]
 
 
-class _Lab:
-    cluster = "t1"
-
-
 def test_balancer_config_keeps_the_service_settings_and_listens_inside_the_lab() -> None:
     spec = _spec({**small_spec(cluster="t1"), "services": [{**small_spec()["services"][0], "algorithm": "random",
                                                            "retries": 5}]})
-    config = balancer_config(_Lab(), 2, spec.services[0], [])  # type: ignore[arg-type]
+    config = balancer_config(2, spec.services[0], [])
     svc = config["services"][0]
     assert svc["algorithm"] == "random" and svc["retries"] == 5
     assert svc["listen"] == "127.0.0.1:18002" and config["admin"].endswith(":19002")
     assert [s["name"] for s in svc["servers"]] == ["placeholder"]
     servers = [{"name": "api-0", "address": "198.18.10.5:8080", "weight": 1}]
-    assert balancer_config(_Lab(), 2, spec.services[0], servers)["services"][0]["servers"] == servers  # type: ignore[arg-type]
+    assert balancer_config(2, spec.services[0], servers)["services"][0]["servers"] == servers

@@ -69,12 +69,11 @@ def _print_services(spec: ClusterSpec, record: dict[str, Any], revision: int, ti
     from nonstop.up import runfiles
 
     deadline = time.monotonic() + timeout
-    while True:
-        current = runfiles.running(spec.cluster) or record
-        services = current.get("services") or {}
-        if int(current.get("services_revision") or 0) >= revision or time.monotonic() > deadline:
-            break
+    current = runfiles.running(spec.cluster) or record
+    while int(current.get("services_revision") or 0) < revision and time.monotonic() < deadline:
         time.sleep(0.2)
+        current = runfiles.running(spec.cluster) or record
+    services = current.get("services") or {}
     if int(current.get("services_revision") or 0) < revision:
         err.print(f"the running cluster's balancers did not follow the applied spec within {timeout:.0f} s "
                   f"(see the `nonstop up` output)", markup=False)

@@ -148,7 +148,7 @@ class LabCluster:
     def start_balancer(self, index: int, service: Any) -> None:
         """One ``nonstop lb`` for ``service`` in the out namespace and its 127.0.0.1 forwarder."""
         from nonstop.lab.forward import start_forward
-        from nonstop.lab.services import LB_LISTEN_BASE, write_balancer_config
+        from nonstop.lab.services import LB_LISTEN_BASE, balancer_admin, write_balancer_config
 
         out = names.out_ns(self.cluster)
         inner = LB_LISTEN_BASE + index
@@ -162,9 +162,8 @@ class LabCluster:
             fwd = start_forward(self.cluster, "out", ("127.0.0.1", inner), listen_port=port)
         except RuntimeError:
             fwd = start_forward(self.cluster, "out", ("127.0.0.1", inner), listen_port=0)
-        admin = json.loads(config.read_text())["admin"]
-        self.services[service.name] = {"listen": fwd["listen"], "port": fwd["port"], "admin": admin, "pid": proc.pid,
-                                       "index": index, "inner": inner}
+        self.services[service.name] = {"listen": fwd["listen"], "port": fwd["port"], "admin": balancer_admin(index),
+                                       "pid": proc.pid, "index": index, "inner": inner}
 
     @staticmethod
     def _wait_tcp(ns: str, ip: str, port: int, pid: int, timeout: float = 15.0) -> None:

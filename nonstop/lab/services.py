@@ -62,17 +62,21 @@ def service_changes(before: ClusterSpec, after: ClusterSpec) -> ServiceChanges:
     )
 
 
+def balancer_admin(index: int) -> str:
+    """The admin API address of the lab balancer with this index (on the out namespace's sw0 leg)."""
+    from nonstop.lab import names
+
+    return f"{names.switch_address(0, names.OUT_OCTET)}:{LB_ADMIN_BASE + index}"
+
+
 def balancer_config(index: int, service: ServiceSpec, servers: list[dict[str, Any]]) -> dict[str, Any]:
     """The ``nonstop lb`` config of a lab service: its own settings, listening inside the out
     namespace, with ``servers`` (a placeholder when none: `nonstop lb` needs one to start; the
     controller's first sync replaces it)."""
-    from nonstop.lab import names
-
     svc = service.model_dump(mode="json")
     svc.update({"listen": f"127.0.0.1:{LB_LISTEN_BASE + index}", "backends": None,
                 "servers": servers or [{"name": "placeholder", "address": "127.0.0.1:9", "weight": 1}]})
-    admin = f"{names.switch_address(0, names.OUT_OCTET)}:{LB_ADMIN_BASE + index}"
-    return {"admin": admin, "services": [svc]}
+    return {"admin": balancer_admin(index), "services": [svc]}
 
 
 def write_balancer_config(lab: LabCluster, index: int, service: ServiceSpec,

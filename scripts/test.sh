@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff";          ruff check nonstop tests bench
-echo "== mypy (strict on nonstop.core)"; mypy nonstop/core
+echo "== mypy (strict on nonstop.core, --check-untyped-defs on every shell)"; mypy nonstop --check-untyped-defs
 echo "== import-linter"; lint-imports
 echo "== pytest"
 set +e

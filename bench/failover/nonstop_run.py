@@ -27,10 +27,10 @@ import time
 from typing import Any
 
 from bench.failover.client import Client
-from nonstop.controller.events import read_events
 from nonstop.core.spec import ClusterSpec
 from nonstop.lab.cluster import LabCluster
 from nonstop.store import keys, open_store
+from nonstop.store.events import read_events
 
 
 def bench_spec(cluster: str, replicas: int = 6, vm_replicas: int = 0) -> ClusterSpec:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nonstop.core.spec import TeamSpec
-from nonstop.net.team_nft import in_netns
+from nonstop.net import netns
 from nonstop.net.team_testbed import TeamTestbed, popen_in
 from nonstop.net.team_traffic import UdpProbeStream
 
@@ -74,8 +74,7 @@ def _rtts(tb: TeamTestbed, count: int = 2000) -> dict[str, float]:
     echo = popen_in(tb.h2, [sys.executable, "-c", ECHO, tb.h2_ip, "7300"], stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-        with in_netns(tb.h1):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = netns.call(tb.h1, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect((tb.h2_ip, 7300))
         sock.settimeout(1.0)
         samples = []

@@ -6,7 +6,14 @@ the guest locks from the store, asks every driver what it has, lets the pure
 (Kubernetes' "one worker per key"), so a slow stop or a migration never holds up other guests and
 a guest that cannot start never stops the agent serving the rest. It then writes each guest's
 observed record and the host's usage record. Passes run every ``interval`` seconds and at once
-when a watched key (desired records, migrations) changes.
+when a watched key (desired records, the migrations it takes part in) changes.
+
+Live migrations (migration.py): each pass reads the migration operation every desired record
+involving this host names (``migration_id``) — and, on the destination, the one it is still
+finishing — and hands its step to the reconcile. Once an operation is ``done`` the guest is the
+destination's even though the desired record still names the source: the source neither
+restarts nor reports it (its last observed record is left for the destination to overwrite),
+the destination runs and reports it under the same fencing epoch.
 
 Safety: a guest is started only while this agent holds its lock (``locks/guests/<guest>``, on the
 agent's lease); after a restart the drivers adopt running guests and the agent re-binds their
@@ -34,6 +41,7 @@ from nonstop.agent import records
 from nonstop.agent.hostinfo import UsageSampler
 from nonstop.agent.migration import Migrator
 from nonstop.agent.records import AgentKeys
+from nonstop.core.guests import migration as mig
 from nonstop.core.guests import reconcile as rc
 from nonstop.core.guests.model import GuestDefinition, GuestState, GuestStatus
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, NotSupported
@@ -73,7 +81,8 @@ class Agent:
         self.retry: dict[str, rc.RetryState] = {}
         self.notes: dict[str, dict[str, Any]] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
-        self.migration_failures: dict[str, rc.RetryState] = {}
+        self.migration_ids: dict[str, str] = {}
+        """guest → the migration operation this host takes part in (learned from desired records)."""
         self.passes = 0
         self._written: dict[str, tuple[dict[str, Any], float, int]] = {}
         self._last_status: dict[str, GuestStatus] = {}
@@ -81,6 +90,7 @@ class Agent:
         self._completions = 0
         self._seen_desired: set[str] = set()
         self._finished: dict[str, int] = {}
+        self._held: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._usage = UsageSampler()
@@ -103,10 +113,12 @@ class Agent:
                 if status.state is GuestState.RUNNING:
                     await self._hold_or_yield(name, driver)
                 self.log.info("adopted %s (%s, boot %s)", name, status.state.value, status.boot_id)
+        self.migration_ids.update(await self.migrator.open_ids())
         self._tasks = [
             asyncio.create_task(self._keepalive_loop(), name="agent-keepalive"),
-            asyncio.create_task(self._watch_loop(self.keys.guests_prefix, "/desired"), name="agent-watch-desired"),
-            asyncio.create_task(self._watch_loop(self.keys.ops_prefix, "migrate-"), name="agent-watch-migrations"),
+            asyncio.create_task(self._watch_loop(self.keys.guests_prefix, lambda key: key.endswith("/desired")),
+                                name="agent-watch-desired"),
+            asyncio.create_task(self._watch_loop(self.keys.ops_prefix, self._tracked_op), name="agent-watch-migrations"),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -176,13 +188,16 @@ class Agent:
             self.notes[name] = {"note": f"stopped: host {holder} holds the guest's lock"}
             await driver.stop(name, timeout=self.policy.stop_timeout)
 
-    async def _watch_loop(self, prefix: str, contains: str) -> None:
-        """Wake the loop on changes that matter (desired records, migrations), not on observed writes."""
+    def _tracked_op(self, key: str) -> bool:
+        return key[len(self.keys.ops_prefix):] in self.migration_ids.values()
+
+    async def _watch_loop(self, prefix: str, matters: Callable[[str], bool]) -> None:
+        """Wake the loop on changes that matter (desired records, our migrations), not on observed writes."""
         while True:
             try:
                 async with self.store.watch(prefix) as events:
                     async for event in events:
-                        if contains in event.key:
+                        if matters(event.key):
                             self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -223,16 +238,26 @@ class Agent:
     async def reconcile_once(self) -> list[rc.Action]:
         now = self.clock()
         pass_start = self._completions
-        # Migrations first, desired records second: a migration we see as unfinished here may already
-        # have moved the desired record, never the other way round (so no incoming guest looks orphaned).
-        incoming = await self.migrator.incoming_unfinished()
+        # Desired records first, migrations second: an operation only moves forward, so its step is
+        # at least as new as the record that names it (the controller rewrites it only after done).
         guests = await records.read_guests(self.store, self.keys)
-        desired, unreadable = guests.for_host(self.host), guests.unreadable
+        involved, unreadable = guests.involving(self.host), guests.unreadable
+        migrations = await self._read_migrations(involved)
+        desired: dict[str, GuestDefinition] = {}
+        for name, record in involved.items():
+            effective = mig.effective_desired(record, migrations.get(name))
+            if effective is not None and effective.host == self.host:
+                desired[name] = effective
+        handed_away = {name for name, m in migrations.items()
+                       if m.source == self.host and m.step in mig.HANDED_OVER and name not in desired}
+        for name in handed_away:
+            self._written.pop(name, None)  # the destination reports it now: leave our last record alone
         locks = guests.runners
         epochs = await records.read_epochs(self.store, self.keys)
         observed, applied = await self.observe()
+        self._forget_migrations(involved, desired, observed, migrations)
         views: dict[str, rc.GuestView] = {}
-        for name in sorted(set(desired) | set(observed)):
+        for name in sorted(set(involved) | set(observed)):
             if name in self.inflight or name in self._unknown:
                 continue
             status = observed[name][1] if name in observed else None
@@ -241,13 +266,13 @@ class Agent:
                 self.retry[name] = rc.record_success(self.retry[name], running_for=running_for, policy=self.policy)
             views[name] = rc.GuestView(
                 name=name,
-                desired=desired.get(name),
+                desired=involved.get(name),
                 observed=status,
                 applied=applied.get(name),
                 retry=self.retry.get(name, rc.RetryState()),
                 current_epoch=epochs.get(name),
                 lock_holder=locks[name][0] if name in locks else None,
-                migrating_here=name in incoming,
+                migration=migrations.get(name),
             )
         caps = {kind: type(driver).capabilities for kind, driver in self.drivers.items()}
         actions = rc.reconcile(self.host, views, caps, now=now, policy=self.policy)
@@ -255,7 +280,8 @@ class Agent:
         if not guests.desired:
             # An empty store (wrong --store or --cluster?) must not wipe guests we adopted but never
             # saw desired: only guests once desired in this agent's life are removed then.
-            kept = [a for a in actions if not (isinstance(a, rc.Destroy) and a.name not in self._seen_desired)]
+            kept = [a for a in actions
+                    if not (isinstance(a, rc.Destroy | rc.DropIncoming) and a.name not in self._seen_desired)]
             if len(kept) != len(actions):
                 self.log.warning("the store has no desired guests for cluster %s: not removing %d adopted guest(s)",
                                  self.keys.cluster, len(actions) - len(kept))
@@ -270,16 +296,49 @@ class Agent:
             if self._finished.get(name, -1) >= pass_start:
                 continue  # a task on this guest ended while we were reading: our view of it is stale
             self._dispatch(name, guest_actions, observed.get(name, (None, None))[0], now)
+        for name in [n for n in self._held if n not in by_guest]:
+            self._unhold(name)
         for name, reason in unreadable.items():
             self.notes[name] = {"failure_reason": reason, "state": "failed"}
-        with contextlib.suppress(StoreError, DriverError):
-            await self.migrator.poll_incoming()
-        await self._write_observed(desired, observed, set(unreadable), guests.observed_hosts, now)
+        await self._write_observed(desired, observed, set(unreadable), guests.observed_hosts, now, handed_away)
         self.passes += 1
         return actions
 
+    async def _read_migrations(self, involved: Mapping[str, GuestDefinition]) -> dict[str, mig.MigrationView]:
+        """guest → the step of the migration it is in here: the one its record names, else the one
+        this host still takes part in (the destination finishing after the controller's rewrite)."""
+        for name, d in involved.items():
+            if d.migrate_to is not None and d.migration_id is not None:
+                self.migration_ids[name] = d.migration_id
+        found = {}
+        for name, op_id in sorted(self.migration_ids.items()):
+            m = await self.migrator.load(op_id)
+            if m is not None and m.body.guest == name:
+                found[name] = m.view
+        return found
+
+    def _forget_migrations(self, involved: Mapping[str, GuestDefinition], desired: Mapping[str, GuestDefinition],
+                           observed: Mapping[str, tuple[str, GuestStatus]],
+                           migrations: Mapping[str, mig.MigrationView]) -> None:
+        """Keep a migration while its record names it, while we (its destination) still have to
+        finish the guest, or while we (its source) still have the guest's old copy to remove."""
+        for name, op_id in list(self.migration_ids.items()):
+            m = migrations.get(name)
+            keep = (name in involved and involved[name].migration_id == op_id) or m is not None and (
+                (m.destination == self.host and m.step == mig.DONE and name in desired)
+                or (m.source == self.host and m.step in mig.HANDED_OVER and name in observed and name not in desired))
+            if not keep:
+                del self.migration_ids[name]
+
     def _dispatch(self, name: str, actions: list[rc.Action], kind: str | None, now: float) -> None:
         first = actions[0]
+        if isinstance(first, rc.Hold):
+            if self._held.get(name) != first.reason:
+                self.log.warning("%s: %s", name, first.reason)
+            self._held[name] = first.reason
+            self.notes[name] = {"note": first.reason}
+            return
+        self._unhold(name)
         if isinstance(first, rc.RefuseStale):
             self.notes[name] = {"state": "failed", "failure_reason":
                                 f"refused to start: desired record has fencing epoch {first.record_epoch}, "
@@ -300,6 +359,12 @@ class Agent:
         task = asyncio.create_task(self._apply(name, actions, kind), name=f"guest-{name}")
         self.inflight[name] = task
         task.add_done_callback(functools.partial(self._done, name))
+
+    def _unhold(self, name: str) -> None:
+        """No longer held back: the note that said why goes too."""
+        reason = self._held.pop(name, None)
+        if reason is not None and self.notes.get(name, {}).get("note") == reason:
+            self.notes[name].pop("note")
 
     def _done(self, name: str, _task: asyncio.Task[None]) -> None:
         self._finished[name] = self._completions
@@ -352,6 +417,16 @@ class Agent:
             await self._driver(observed_kind).detach_vnic(name, action.mac)
         elif isinstance(action, rc.Migrate):
             await self._migrate(action, self._driver(observed_kind))
+        elif isinstance(action, rc.PrepareIncoming):
+            await self.migrator.prepare(action.migration_id)
+        elif isinstance(action, rc.FinishIncoming):
+            await self.migrator.finish(name, action.migration_id)
+            self.retry.pop(name, None)
+        elif isinstance(action, rc.FailMigration):
+            await self.migrator.fail(action.migration_id, action.reason)
+        elif isinstance(action, rc.DropIncoming):
+            await self.migrator.drop(name, self._driver(observed_kind))
+            self.log.info("dropped the incoming copy of %s: %s", name, action.reason)
 
     async def _start(self, action: rc.Spawn | rc.Start | rc.Respawn) -> None:
         d = action.definition
@@ -383,21 +458,16 @@ class Agent:
         self.log.info("%s started (%s)", d.name, action.reason)
 
     async def _migrate(self, action: rc.Migrate, driver: Driver) -> None:
-        d = action.definition
-        fp = f"{rc.fingerprint(d)}->{action.destination}"
-        state = self.migration_failures.get(d.name, rc.RetryState())
-        if not rc.may_attempt(state, now=self.clock(), fp=fp):
-            self.notes[d.name] = {"note": f"migration to {action.destination} not retried: {state.last_reason}"}
-            return
+        """Source: one attempt per operation (a failed one is final; the controller asks again
+        with a new id if it wants)."""
+        d, op_id = action.definition, action.migration_id
         try:
-            done = await self.migrator.migrate_out(d, action.destination, driver)
+            result = await self.migrator.migrate_out(d, action.destination, op_id, driver)
         except DriverError as exc:
-            self.migration_failures[d.name] = rc.record_failure(
-                state, now=self.clock(), reason=exc.reason, fp=fp, policy=self.policy)
-            self.notes[d.name] = {"note": f"migration to {action.destination} failed: {exc.reason}"}
+            self.log.warning("%s: migration %s to %s failed: %s", d.name, op_id, action.destination, exc.reason)
+            self.notes[d.name] = {"note": f"migration {op_id} to {action.destination} failed: {exc.reason}"}
             return
-        self.migration_failures.pop(d.name, None)
-        self.notes[d.name] = {"note": f"migrated to {action.destination}", "migration": done.get("result")}
+        self.notes[d.name] = {"note": f"migrated to {action.destination} ({op_id})", "migration": result}
 
     # ------------------------------------------------------------- observed state
 
@@ -434,11 +504,12 @@ class Agent:
 
     async def _write_observed(self, desired: Mapping[str, GuestDefinition],
                               observed: Mapping[str, tuple[str, GuestStatus]], unreadable: set[str],
-                              owners: Mapping[str, str | None], now: float) -> None:
+                              owners: Mapping[str, str | None], now: float, handed_away: set[str]) -> None:
         # A guest's observed record belongs to the host that runs it: we write those desired here, and
-        # leftovers here only while no other host reports on them (a migrated-away copy being removed).
+        # leftovers here only while no other host reports on them — never one we migrated away.
         names = set(desired) | unreadable | {
-            n for n in observed if owners.get(n) in (None, self.host) and observed[n][1].state is not GuestState.INCOMING
+            n for n in observed if owners.get(n) in (None, self.host) and n not in handed_away
+            and observed[n][1].state is not GuestState.INCOMING
         }
         for name in sorted(names):
             kind, status = observed.get(name, (None, None))

@@ -1,34 +1,47 @@
-"""Live migration between two agents, as a hand-off through the store.
+"""Live migration between two agents: the steps of the ``migration`` operation (``ops/<id>``).
 
-Role: the controller asks for a move by setting ``migrate_to: B`` in the guest's desired record on
-host A. Then, through ``migrations/<guest>``:
+Role: the controller asks for a move by writing the guest's desired record (host A) with
+``migrate_to: B`` and ``migration_id: <id>``. The pure reconcile decides which step an agent
+takes (nonstop/core/guests/reconcile.py); this module carries the steps out against the store
+and the drivers, every write a compare-and-set on the operation's revision and every step a
+transition of ``MIGRATION`` (nonstop/core/guests/migration.py):
 
-1. A writes ``{phase: requested, source: A, destination: B, definition}``.
-2. B (``poll_incoming``, every loop) calls ``prepare_incoming`` on its driver and writes
-   ``{phase: ready, endpoint}``.
-3. A calls ``migrate(endpoint)`` on its driver; on success, in ONE transaction, it writes
-   ``{phase: done, result}``, rewrites the desired record with ``host: B`` (``migrate_to`` cleared,
-   same fencing epoch) and hands the guest's runner lock to B (on B's lease, published at ``ready``). On failure it
-   writes ``{phase: failed, reason}`` and the guest keeps running on A (the agent backs off).
-4. B sees ``done``: ``finish_incoming``, re-binds the runner lock to its current lease, writes ``{phase: finished}``.
-   B destroys its INCOMING copy if it sees ``failed``.
-The record stays after ``finished`` (the controller reads downtime from it); a new request replaces it.
+1. A (``migrate_out``) creates the operation at ``requested``: guest, source, destination, the
+   definition as it will run on B, the fencing epoch.
+2. B (``prepare``) calls ``prepare_incoming`` and moves it to ``ready`` with the endpoint and its
+   agent's lease; if it cannot, to ``failed`` with the reason.
+3. A calls ``migrate(endpoint)``; on success ONE transaction writes ``done`` with the result and
+   hands the guest's runner lock to B (on B's lease, or on none when that lease just expired);
+   the desired record is NOT written (the controller rewrites it). On failure A writes
+   ``failed`` with the reason and keeps running the guest; a ``requested`` that B does not
+   prepare within ``PREPARE_TIMEOUT`` fails too.
+4. B (``finish``) sees ``done``: ``finish_incoming``, re-binds the runner lock to its current
+   lease, writes ``finished``. B drops its incoming copy (``drop``) when the operation failed.
+The operation stays after it ends (readers take the result and reason from it); a new request
+is a new operation with a new id.
 
-Must not: decide that a guest should move (the controller does) or run anything but these steps.
+Must not: decide that a guest should move or which step comes next (the controller and the
+reconcile do), or write ``guests/*/desired``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from nonstop.agent.records import AgentKeys, acquire_runner
+from nonstop.agent import records
+from nonstop.agent.records import AgentKeys, Migration, acquire_runner
+from nonstop.core.guests import migration as mig
 from nonstop.core.guests.model import GuestDefinition, GuestState
+from nonstop.core.operations import IllegalTransition, start, transition
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, MigrationEndpoint, MigrationError
+from nonstop.store import operations
 from nonstop.store.base import Compare, LeaseNotFound, Op, Store, encode_json
+from nonstop.store.operations import OperationRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,123 +59,159 @@ class Migrator:
         self._lease = lease
         self._log = log
 
+    async def load(self, op_id: str) -> Migration | None:
+        return await records.load_migration(self.store, self.keys.cluster, op_id)
+
+    async def open_ids(self) -> dict[str, str]:
+        """guest → id of the migrations this host may still have work in whatever the desired
+        record says now (read once at start): ``done`` into it (to finish, even after the
+        controller's rewrite), handed over from it (an old copy to remove, never to report)."""
+        found = {}
+        for m in await records.list_migrations(self.store, self.keys.cluster):
+            if ((m.body.destination == self.keys.host and m.step == mig.DONE)
+                    or (m.body.source == self.keys.host and m.step in mig.HANDED_OVER)):
+                found[m.body.guest] = m.id
+        return found
+
     # ------------------------------------------------------------------ source side
 
-    async def migrate_out(self, definition: GuestDefinition, destination: str, driver: Driver) -> dict[str, Any]:
-        """Steps 1 and 3. Returns the result record; raises MigrationError (guest still runs here)."""
+    async def migrate_out(self, definition: GuestDefinition, destination: str, op_id: str,
+                          driver: Driver) -> dict[str, Any]:
+        """Steps 1 and 3. Returns the result; raises MigrationError (the guest still runs here)."""
         name = definition.name
-        key = self.keys.migration(name)
-        target = definition.with_changes(host=destination, migrate_to=None)
-        record = {
-            "type": "migration", "guest": name, "source": self.keys.host, "destination": destination, "phase": "requested",
-            "definition": target.to_dict(), "requested_at": time.time(),
-        }
-        current = await self.store.get(key)
-        if current is None or current.json().get("phase") != "requested" or current.json().get("source") != self.keys.host:
-            await self.store.put(key, encode_json(record))
-        deadline = time.monotonic() + PREPARE_TIMEOUT
-        while True:
-            kv = await self.store.get(key)
-            rec = kv.json() if kv is not None else {}
-            if rec.get("phase") == "ready":
-                break
-            if rec.get("phase") == "failed" or time.monotonic() > deadline:
-                reason = rec.get("reason") or f"destination {destination} did not prepare within {PREPARE_TIMEOUT:.0f}s"
-                await self._fail(key, rec or record, reason)
-                raise MigrationError(reason, guest=name)
-            await asyncio.sleep(POLL)
-        endpoint = MigrationEndpoint(**rec["endpoint"])
+        m = await self._requested(definition, destination, op_id)
+        m = await self._ready(m)
+        assert m.body.endpoint is not None
         try:
-            result = await driver.migrate(name, endpoint)
+            result = await driver.migrate(name, MigrationEndpoint(**m.body.endpoint))
         except DriverError as exc:
-            await self._fail(key, rec, exc.reason)
+            await self._advance(m, "fail", exc.reason)
             raise MigrationError(exc.reason, guest=name) from exc
-        done = {**rec, "phase": "done", "result": asdict(result), "done_at": time.time()}
+        done = self._next(m, "migrated", None, result=asdict(result))
         # The runner lock goes straight to the destination (on its lease when it gave one), so no
         # pass that read the store before this transaction can start the guest here again.
         runner = encode_json({"host": destination})
-        dest_lease = rec.get("lease")
         outcome = None
-        for lease in ([dest_lease, None] if dest_lease else [None]):
-            ops = [
-                Op.put(key, encode_json(done)),
-                Op.put(self.keys.desired(name), encode_json(target.to_dict())),
-                Op.put(self.keys.runner(name), runner, lease),
-            ]
+        for lease in ([m.body.lease, None] if m.body.lease else [None]):
+            ops = [operations.put_op(self.keys.cluster, done), Op.put(self.keys.runner(name), runner, lease)]
             try:
-                outcome = await self.store.txn([Compare.mod_revision(key, kv.mod_revision if kv else 0)], ops)
+                outcome = await self.store.txn([Compare.mod_revision(self.keys.migration(op_id), m.revision)], ops)
                 break
             except LeaseNotFound:
                 continue  # the destination's lease just expired: hand over without one; it re-binds
         if outcome is None or not outcome.succeeded:
-            raise MigrationError("migration record changed under us; leaving the store as it is", guest=name)
+            raise MigrationError(f"migration {op_id} changed under us; leaving the store as it is", guest=name)
         self._log(f"migrated {name} to {destination} in {result.total_seconds:.2f}s "
-                  f"(downtime {result.downtime_seconds})")
-        return done
+                  f"(downtime {result.downtime_seconds}; {op_id})")
+        return asdict(result)
 
-    async def _fail(self, key: str, rec: dict[str, Any], reason: str) -> None:
-        await self.store.put(key, encode_json({**rec, "phase": "failed", "reason": reason, "failed_at": time.time()}))
+    async def _requested(self, definition: GuestDefinition, destination: str, op_id: str) -> Migration:
+        """Step 1: the operation at ``requested`` (created here) or further on (resumed)."""
+        name = definition.name
+        m = await self.load(op_id)
+        if m is None:
+            header = start(op_id, mig.MIGRATION, mig.REQUESTED, time.time(),
+                           reason=f"live migration of {name} from {self.keys.host} to {destination}")
+            body = mig.MigrationBody(guest=name, source=self.keys.host, destination=destination,
+                                     definition=mig.handed_over(definition))
+            record = OperationRecord.of(header, body.to_json())
+            await self.store.compare_and_set(self.keys.migration(op_id), encode_json(record.to_json()), 0)
+            m = await self.load(op_id)
+        if m is None or (m.body.guest, m.body.source, m.body.destination) != (name, self.keys.host, destination):
+            raise MigrationError(f"operation {op_id} is not the migration of {name} from {self.keys.host} "
+                                 f"to {destination}", guest=name)
+        if m.step not in (mig.REQUESTED, mig.READY):
+            raise MigrationError(f"migration {op_id} is {m.step} already", guest=name)
+        return m
+
+    async def _ready(self, m: Migration) -> Migration:
+        """Wait for the destination's ``ready``; fail the operation if it does not come in time."""
+        deadline = m.record.progress.get(mig.REQUESTED, m.record.created_at) + PREPARE_TIMEOUT
+        while m.step != mig.READY:
+            if m.step == mig.FAILED:
+                raise MigrationError(m.reason or "the destination failed to prepare", guest=m.body.guest)
+            if time.time() > deadline:
+                reason = f"destination {m.body.destination} did not prepare within {PREPARE_TIMEOUT:.0f}s"
+                await self._advance(m, "fail", reason)
+                raise MigrationError(reason, guest=m.body.guest)
+            await asyncio.sleep(POLL)
+            again = await self.load(m.id)
+            if again is None:
+                raise MigrationError(f"migration {m.id} vanished", guest=m.body.guest)
+            m = again
+        return m
 
     # ------------------------------------------------------------- destination side
 
-    async def incoming_unfinished(self) -> set[str]:
-        """Guests with a migration into this host that has not finished (or failed) yet."""
-        found = set()
-        for kv in await self.store.list(self.keys.ops_prefix):
-            try:
-                rec = kv.json()
-            except ValueError:
-                continue
-            if (isinstance(rec, dict) and rec.get("type") == "migration" and rec.get("destination") == self.keys.host
-                    and rec.get("phase") in ("requested", "ready", "done")):
-                found.add(str(rec.get("guest")))
-        return found
-
-    async def poll_incoming(self) -> None:
-        """Steps 2 and 4 for every migration aimed at this host; errors are written to the record."""
-        for kv in await self.store.list(self.keys.ops_prefix):
-            try:
-                rec = kv.json()
-            except ValueError:
-                continue
-            if not isinstance(rec, dict) or rec.get("type") != "migration" or rec.get("destination") != self.keys.host:
-                continue
-            phase = rec.get("phase")
-            try:
-                definition = GuestDefinition.from_dict(rec["definition"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            driver = self.drivers.get(definition.kind)
-            if driver is None:
-                if phase == "requested":
-                    await self._cas(kv.key, kv.mod_revision, {**rec, "phase": "failed",
-                                                              "reason": f"{self.keys.host} runs no {definition.kind} guests"})
-                continue
-            try:
-                await self._step(kv.key, kv.mod_revision, rec, phase, definition, driver)
-            except DriverError as exc:
-                self._log(f"incoming migration of {definition.name}: {exc.reason}")
-                if phase == "requested":
-                    await self._cas(kv.key, kv.mod_revision, {**rec, "phase": "failed", "reason": exc.reason})
-
-    async def _step(self, key: str, rev: int, rec: dict[str, Any], phase: str | None, definition: GuestDefinition,
-                    driver: Driver) -> None:
-        name = definition.name
+    async def prepare(self, op_id: str) -> None:
+        """Step 2: an incoming copy and ``ready``; ``failed`` when the driver cannot."""
+        m = await self.load(op_id)
+        if m is None or m.step != mig.REQUESTED or m.body.destination != self.keys.host:
+            return
+        definition = m.body.definition
+        driver = self._driver_for(definition)
         try:
-            state = (await driver.status(name)).state
+            endpoint = await driver.prepare_incoming(definition)
+        except DriverError as exc:
+            await self._advance(m, "fail", f"{self.keys.host} could not prepare: {exc.reason}")
+            raise
+        if not await self._advance(m, "prepared", None, endpoint=asdict(endpoint), lease=self._lease()):
+            self._log(f"migration {op_id} of {definition.name} moved on while preparing: dropping the copy")
+            await self.drop(definition.name, driver)
+
+    async def finish(self, name: str, op_id: str) -> None:
+        """Step 4: run the copy, re-bind the runner lock, ``finished``. A copy that is gone or
+        failed is not finished: the operation still ends and the guest starts afresh here."""
+        m = await self.load(op_id)
+        if m is None or m.step != mig.DONE or m.body.destination != self.keys.host:
+            return
+        driver = self._driver_for(m.body.definition)
+        try:
+            state: GuestState | None = (await driver.status(name)).state
         except GuestNotFound:
             state = None
-        if phase == "requested" and state is None:
-            endpoint = await driver.prepare_incoming(definition)
-            await self._cas(key, rev, {**rec, "phase": "ready", "endpoint": asdict(endpoint), "lease": self._lease()})
-        elif phase == "done" and state in (GuestState.INCOMING, GuestState.RUNNING):
+        reason = None
+        if state in (GuestState.INCOMING, GuestState.RUNNING):
             await driver.finish_incoming(name)
-            lease = self._lease()
-            if lease is not None:
-                await acquire_runner(self.store, self.keys, name, lease)
-            await self._cas(key, rev, {**rec, "phase": "finished", "finished_at": time.time()})
-        elif phase == "failed" and state is GuestState.INCOMING:
-            await driver.destroy(name)
+        else:
+            reason = f"the incoming copy is {state.value if state else 'gone'} on {self.keys.host}: it starts afresh"
+            self._log(f"migration {op_id} of {name}: {reason}")
+        lease = self._lease()
+        if lease is not None:
+            holder = await acquire_runner(self.store, self.keys, name, lease)
+            if holder is not None:
+                self._log(f"migration {op_id} of {name}: the runner lock is held by {holder}")
+        await self._advance(m, "finished", reason)
 
-    async def _cas(self, key: str, rev: int, rec: dict[str, Any]) -> bool:
-        return await self.store.compare_and_set(key, encode_json(rec), rev)
+    async def fail(self, op_id: str, reason: str) -> None:
+        m = await self.load(op_id)
+        if m is not None and mig.MIGRATION.allows(m.step, "fail"):
+            await self._advance(m, "fail", reason)
+            self._log(f"migration {op_id} of {m.body.guest} failed: {reason}")
+
+    async def drop(self, name: str, driver: Driver) -> None:
+        """Remove an incoming copy that never ran, keeping shared disks where the driver knows how."""
+        destroy_incoming = getattr(driver, "destroy_incoming", None)
+        with contextlib.suppress(GuestNotFound):
+            await (destroy_incoming(name) if destroy_incoming is not None else driver.destroy(name))
+
+    # ----------------------------------------------------------------------- writes
+
+    def _driver_for(self, definition: GuestDefinition) -> Driver:
+        driver = self.drivers.get(definition.kind)
+        if driver is None:
+            raise DriverError(f"{self.keys.host} runs no {definition.kind} guests", guest=definition.name)
+        return driver
+
+    def _next(self, m: Migration, event: str, reason: str | None, **changes: Any) -> OperationRecord:
+        header = transition(mig.MIGRATION, m.record.header, event, time.time(), reason)
+        return OperationRecord.of(header, replace(m.body, **changes).to_json())
+
+    async def _advance(self, m: Migration, event: str, reason: str | None, **changes: Any) -> bool:
+        """Write the step after ``event`` if the operation is still as read; False otherwise."""
+        try:
+            record = self._next(m, event, reason, **changes)
+        except IllegalTransition as exc:
+            self._log(str(exc))
+            return False
+        return await self.store.compare_and_set(self.keys.migration(m.id), encode_json(record.to_json()), m.revision)

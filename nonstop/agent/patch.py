@@ -5,7 +5,7 @@ Role (issue 8): the rolling-patch executor (nonstop/patching) never runs anythin
 it writes a request record and this module, running inside the agent process (so inside the host's
 network namespace and cgroup), carries it out and writes the result back in the same record.
 
-Request record ``ops/patch-<host>`` (``keys.op(cluster, "patch-" + host)``), written by the executor:
+Request record ``hosts/<host>/patch`` (``keys.host_patch``), written by the executor:
 
     {"type": "host-command", "id": "...", "host": H, "action": "patch" | "selftest",
      "command": "shell command" | null, "target": LEVEL, "timeout": seconds,
@@ -63,7 +63,7 @@ OUTPUT_LIMIT = 4096
 
 
 def request_key(cluster: str, host: str) -> str:
-    return keys.op(cluster, f"patch-{host}")
+    return keys.host_patch(cluster, host)
 
 
 def read_level(state_dir: Path) -> str | None:

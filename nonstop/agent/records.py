@@ -8,10 +8,15 @@ Role: the agent's view of the cluster key layout (docs/store.md) — all under `
     epoch/<guest>             the guest's fencing epoch, an integer — the controller bumps it
     hosts/<host>/alive        {"pid", "started_at", ...} on the agent's lease — agent presence
     hosts/<host>/observed     merged: the agent sets its ``guests`` and ``usage`` fields only
-    ops/migrate-<guest>       the live-migration hand-off between two agents (migration.py)
+    ops/<migration id>        a live migration between two agents (migration.py): an OperationRecord of
+                              kind ``migration``; its id is the desired record's ``migration_id``
 
 ``guests/<guest>/lock`` is left to operations (controller); the agent's own "who runs it" lock is
 ``runner`` so the two never block each other.
+
+``load_migration`` reads one migration operation by id (typed: header, body, revision);
+``latest_migration`` finds a guest's newest one for readers that know the guest but not the id
+(the patcher, the CLI).
 
 Must not: decide anything or talk to drivers.
 """
@@ -21,9 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nonstop.core.guests import migration as mig
 from nonstop.core.guests.model import GuestDefinition
 from nonstop.store import keys as store_keys
+from nonstop.store import operations
 from nonstop.store.base import Compare, KeyValue, Op, Store, encode_json
+from nonstop.store.operations import OperationRecord
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,9 @@ class AgentKeys:
     def ops_prefix(self) -> str:
         return store_keys.ops_prefix(self.cluster)
 
-    def migration(self, guest: str) -> str:
-        return store_keys.op(self.cluster, f"migrate-{guest}")
+    def migration(self, op_id: str) -> str:
+        """``ops/<id>``: the migration operation the desired record's ``migration_id`` names."""
+        return store_keys.op(self.cluster, op_id)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class ClusterGuests:
 
     def for_host(self, host: str) -> dict[str, GuestDefinition]:
         return {name: d for name, d in self.desired.items() if d.host == host}
+
+    def involving(self, host: str) -> dict[str, GuestDefinition]:
+        """Records placing a guest on ``host`` or asking to migrate one to it."""
+        return {name: d for name, d in self.desired.items() if host in (d.host, d.migrate_to)}
 
 
 async def read_guests(store: Store, keys: AgentKeys) -> ClusterGuests:
@@ -104,6 +117,64 @@ async def read_guests(store: Store, keys: AgentKeys) -> ClusterGuests:
             if leaf == "desired":
                 unreadable[name] = f"unreadable desired record: {exc}"
     return ClusterGuests(desired, runners, unreadable, observed_hosts)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One stored migration operation: the record, its typed body, the revision it was read at
+    (0 when read by a listing: re-read it before writing)."""
+
+    record: OperationRecord
+    body: mig.MigrationBody
+    revision: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def step(self) -> str:
+        return self.record.step
+
+    @property
+    def reason(self) -> str:
+        return self.record.reason
+
+    @property
+    def view(self) -> mig.MigrationView:
+        return mig.MigrationView(id=self.id, step=self.step, source=self.body.source,
+                                 destination=self.body.destination, reason=self.reason)
+
+    @classmethod
+    def of(cls, record: OperationRecord | None, revision: int = 0) -> Migration | None:
+        """None unless ``record`` is a well-formed migration operation."""
+        if record is None or record.kind != mig.KIND or record.step not in mig.MIGRATION.table:
+            return None
+        try:
+            return cls(record, mig.MigrationBody.from_json(record.body), revision)
+        except ValueError:
+            return None
+
+
+async def load_migration(store: Store, cluster: str, op_id: str) -> Migration | None:
+    """The migration operation ``ops/<op_id>`` (None when absent or not a migration)."""
+    kv = await store.get(store_keys.op(cluster, op_id))
+    return Migration.of(operations.parse(kv.value), kv.mod_revision) if kv is not None else None
+
+
+async def list_migrations(store: Store, cluster: str) -> list[Migration]:
+    """Every stored migration operation, oldest first (one listing of ``ops/``)."""
+    found = (Migration.of(r) for r in await operations.list_operations(store, cluster, kind=mig.KIND))
+    return [m for m in found if m is not None]
+
+
+async def latest_migration(store: Store, cluster: str, guest: str, *, since: float = 0.0) -> Migration | None:
+    """The newest migration of ``guest`` created at or after ``since`` (wall-clock seconds), for
+    readers that know the guest but not the operation id; its ``step`` is ``failed`` with
+    ``reason`` when it failed."""
+    found = [m for m in await list_migrations(store, cluster)
+             if m.body.guest == guest and m.record.created_at >= since]
+    return found[-1] if found else None
 
 
 async def read_epochs(store: Store, keys: AgentKeys) -> dict[str, int]:

@@ -1,36 +1,55 @@
-"""The API's mutations: each validates fully, then writes desired state and its audit event in ONE
-store transaction (nothing half-applied; a concurrent change makes the compare fail → 409).
+"""The API's mutations: each validates fully first, then changes the cluster the way its owner allows.
 
-Role: ``apply_spec`` (a validated ``ClusterSpec`` at ``keys.spec``, compare-and-set on the revision
-read, encoded as ``nonstop.store.state.put_spec`` does), ``request_maintenance`` (the operator's wish
-in ``hosts/<h>/desired``: ``{"state": "maintenance" | "up", "requested_by", "requested_at",
-"reason"}``, merged into whatever the controller keeps there), ``request_migration``
-(``migrate_to`` in the guest's desired record, the field the agents' live-migration hand-off acts on,
-docs/agent.md), and ``audit_event`` for chaos actions. Every record names who asked (the token's
-role) and why. The controller's reconcile loops act on these records; this module never moves a
-guest or touches a host itself.
+Role: ``apply_spec`` writes a validated ``ClusterSpec`` at ``keys.spec`` (compare-and-set on the
+revision read, encoded as ``nonstop.store.state.put_spec`` does) with its audit event in ONE store
+transaction. Maintenance and migration are the controller's to carry out — it is the one writer of
+``hosts/*/desired`` and ``guests/*/desired`` — so ``request_maintenance`` and ``request_migration``
+submit an **intent** (nonstop/store/intents.py; requester ``api:<token role>``, with a reason) and
+its audit event, then wait up to ``OUTCOME_WAIT`` seconds for the controller's outcome:
 
-Must not: decide placement or liveness; call the lab (chaos goes through ``nonstop.api.chaos``).
+- maintenance: ``done`` → the answer; ``refused`` → ``Conflict`` with the controller's words;
+- migrate: ``accepted`` (target chosen, the move under way) or ``done`` → the answer;
+  ``refused`` / ``failed`` → ``Conflict``;
+- no answer yet → the answer with ``status: "pending"`` and the intent id to follow.
+
+Before a migrate intent is written the request is checked against what the API sees: the guest is
+placed and not migrating, the target is another known host, a process guest is not asked to move
+live, and the target passes every placement filter (the pure ``fits_on`` the controller uses, over
+the snapshot's assignments and host conditions) — so an impossible request is a 409 naming the
+filter, not an intent. ``audit_event`` logs chaos actions. Every record names who asked and why.
+
+Must not: write ``hosts/*/desired`` or ``guests/*/desired``, or an intent's outcome; decide
+placement or liveness (the pre-check asks the core); call the lab (chaos goes through
+``nonstop.api.chaos``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
+from nonstop.api.describe import host_conditions
+from nonstop.core.controller.placing import fits_on
 from nonstop.core.spec import ClusterSpec
 from nonstop.specfile import SpecError, load_spec_text
-from nonstop.store import keys
+from nonstop.store import intents, keys
 from nonstop.store.base import Compare, Op, Store, encode_json
+
+OUTCOME_WAIT = 2.0
+"""Seconds a maintenance or migrate request waits for the controller's outcome before answering
+``pending`` (202)."""
+MOVE_ANSWERS = frozenset({"accepted", *intents.FINAL_STATUSES})
+"""A migrate intent is answered once the controller has accepted it (the move takes longer)."""
 
 
 class ActionError(Exception):
     status = 400
 
-    def __init__(self, message: str, field: str | None = None, problems: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, problems: list[dict[str, Any]] | None = None,
+                 intent: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.field, self.problems = message, field, problems or []
+        self.message, self.field, self.problems, self.intent = message, field, problems or [], intent
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"detail": self.message}
@@ -38,6 +57,8 @@ class ActionError(Exception):
             out["field"] = self.field
         if self.problems:
             out["problems"] = self.problems
+        if self.intent:
+            out["intent"] = self.intent
         return out
 
 
@@ -136,54 +157,73 @@ def _changes(before: ClusterSpec | None, after: ClusterSpec) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------ intents: maintenance and migration
+
+
+def _answer(intent: intents.IntentRequest, outcome: intents.IntentOutcome | None, answered: frozenset[str],
+            field: str) -> dict[str, Any]:
+    """The outcome part of an answer; ``Conflict`` when the controller refused or the move failed."""
+    if outcome is not None and outcome.status in ("refused", "failed"):
+        raise Conflict(outcome.message, field=field, intent=intent.id)
+    if outcome is None or outcome.status not in answered:
+        return {"intent": intent.id, "status": "pending",
+                "message": "requested; the controller has not answered yet"}
+    return {"intent": intent.id, "status": outcome.status, "message": outcome.message}
+
+
 async def request_maintenance(store: Store, cluster: str, host: str, enter: bool, by: str,
-                              reason: str = "") -> dict[str, Any]:
+                              cluster_doc: Mapping[str, Any], reason: str = "",
+                              wait: float | None = None) -> dict[str, Any]:
+    """Ask the controller to put ``host`` in maintenance (evacuating it) or take it out.
+    ``cluster_doc``: the API's snapshot (says whether this changes anything)."""
     spec = await _spec(store, cluster)
     if host not in {h.name for h in spec.hosts}:
         raise NotFound(f'no host "{host}" in cluster {cluster}; expected one of: '
                        f'{", ".join(h.name for h in spec.hosts)}', field="host")
-    key = keys.host_desired(cluster, host)
-    kv = await store.get(key)
-    record = json.loads(kv.value) if kv is not None else {}
-    if not isinstance(record, dict):
-        record = {}
     state = "maintenance" if enter else "up"
-    if record.get("state", "up") == state:
-        return {"host": host, "state": state, "changed": False}
-    record.update(state=state, evacuate=True, requested_by=by, requested_at=time.time(),
-                  reason=reason or ("enter maintenance" if enter else "exit maintenance"))
-    event, _ = event_op(cluster, "maintenance-requested", host, record["reason"], by, state=state)
-    result = await store.txn([Compare.mod_revision(key, kv.mod_revision if kv else 0)],
-                             [Op.put_json(key, record), event])
-    if not result.succeeded:
-        raise Conflict(f"host {host}'s desired record changed meanwhile; retry")
-    return {"host": host, "state": state, "changed": True}
+    desired = next((h.get("desired") or {} for h in cluster_doc["hosts"] if h["name"] == host), {})
+    changed = desired.get("state", "up") != state or (enter and desired.get("evacuate") is False)
+    reason = reason or ("enter maintenance" if enter else "exit maintenance")
+    intent = await intents.submit(store, cluster, "maintenance", requester=f"api:{by}", reason=reason, host=host,
+                                  enter=enter, evacuate=True)
+    await audit_event(store, cluster, "maintenance-requested", host, reason, by, state=state, intent=intent.id)
+    outcome = await intents.wait_outcome(store, cluster, intent.id, timeout=OUTCOME_WAIT if wait is None else wait)
+    return {"host": host, "state": state, "changed": changed,
+            **_answer(intent, outcome, intents.FINAL_STATUSES, "host")}
 
 
 async def request_migration(store: Store, cluster: str, guest: str, target: str, by: str,
-                            host_state: str | None) -> dict[str, Any]:
+                            cluster_doc: Mapping[str, Any], mode: Literal["live", "cold"] = "live", reason: str = "",
+                            wait: float | None = None) -> dict[str, Any]:
+    """Ask the controller to move ``guest`` to ``target``: live (VMs; same epoch, the agents hand
+    it over) or cold (drained, then restarted there under a new epoch). ``cluster_doc``: the API's
+    snapshot, for the checks made before anything is written."""
     spec = await _spec(store, cluster)
     hosts = [h.name for h in spec.hosts]
     if target not in hosts:
         raise NotFound(f'no host "{target}"; expected one of: {", ".join(hosts)}', field="to")
-    key = keys.guest_desired(cluster, guest)
-    kv = await store.get(key)
-    if kv is None:
+    record = next((g for g in cluster_doc["guests"] if g["name"] == guest and g.get("host")), None)
+    if record is None:
         raise NotFound(f'no guest "{guest}" is placed in cluster {cluster}', field="guest")
-    record = json.loads(kv.value)
-    if record.get("kind", "process") != "vm":
-        raise Conflict(f"{guest} is a {record.get('kind', 'process')} guest: only VMs migrate live; "
-                       f"put its host in maintenance to move it (cold)", field="guest")
+    source, kind = str(record["host"]), str(record.get("kind") or "process")
     if record.get("migrate_to"):
         raise Conflict(f"{guest} is already migrating to {record['migrate_to']}", field="guest")
-    if record.get("host") == target:
+    if source == target:
         raise Conflict(f"{guest} already runs on {target}", field="to")
-    if host_state not in ("up", "link-degraded"):
-        raise Conflict(f"{target} is {host_state}; a guest can only move to a host that is up", field="to")
-    record["migrate_to"] = target
-    event, _ = event_op(cluster, "migrate-requested", guest, f"move from {record.get('host')} to {target}", by,
-                        source_host=record.get("host"), target=target)
-    result = await store.txn([Compare.mod_revision(key, kv.mod_revision)], [Op.put_json(key, record), event])
-    if not result.succeeded:
-        raise Conflict(f"{guest}'s desired record changed meanwhile; retry")
-    return {"guest": guest, "from": record.get("host"), "to": target, "requested": True}
+    if mode == "live" and kind != "vm":
+        raise Conflict(f"{guest} is a {kind} guest: only VMs migrate live; ask for mode cold to move it "
+                       f"(drained from its balancers, then restarted on {target})", field="mode")
+    assignments = {str(g["name"]): str(g["host"]) for g in cluster_doc["guests"] if g.get("host")}
+    why = fits_on(spec, assignments, host_conditions(spec, cluster_doc), guest, target)
+    if why is not None:
+        raise Conflict(why, field="to")
+    reason = reason or f"{mode} migration {source} -> {target} asked through the API"
+    intent = await intents.submit(store, cluster, "migrate", requester=f"api:{by}", reason=reason, guest=guest,
+                                  target=target, live=mode == "live")
+    await audit_event(store, cluster, "migrate-requested", guest, f"move from {source} to {target} ({mode})", by,
+                      source_host=source, target=target, mode=mode, intent=intent.id)
+    outcome = await intents.wait_outcome(store, cluster, intent.id, timeout=OUTCOME_WAIT if wait is None else wait,
+                                         until=MOVE_ANSWERS)
+    answer = _answer(intent, outcome, MOVE_ANSWERS, "to")
+    chosen = outcome.target if outcome is not None and outcome.target and answer["status"] != "pending" else target
+    return {"guest": guest, "from": source, "to": target, "mode": mode, "target": chosen, **answer}

@@ -38,7 +38,7 @@ from nonstop.api.runtime import ApiRuntime
 from nonstop.core.patching.steps import RolloutStatus
 from nonstop.patching import SIMULATED
 from nonstop.patching import cluster as pc
-from nonstop.patching.executor import Patcher, RolloutError, lock_key
+from nonstop.patching.executor import Patcher, RolloutError
 from nonstop.patching.report import report
 from nonstop.store.base import Store
 from nonstop.store.state import get_spec
@@ -146,7 +146,7 @@ def _store(request: Request) -> tuple[ApiRuntime, Store]:
 async def _document(store: Store, cluster: str, runner: PatchRunner) -> dict[str, Any]:
     patcher = Patcher(store, cluster)
     rollout = await patcher.load()
-    holder = await store.get_json(lock_key(cluster))
+    holder = await patcher.lock_holder(rollout) if rollout is not None else None
     doc: dict[str, Any] = {"rollout": None, "report": None,
                            "runner": {"here": runner.running, "error": runner.error, "last_status": runner.last_status,
                                       "lock": holder}}
@@ -192,8 +192,8 @@ async def start(request: Request, body: PatchRequest, who: Admin) -> Any:
     except RolloutError as exc:
         raise actions.Conflict(str(exc)) from exc
     await actions.audit_event(store, runtime.cluster, "patch-requested", runtime.cluster,
-                              f"rollout {rollout.rollout_id} to {body.to} asked for through the API", who,
-                              rollout=rollout.rollout_id)
+                              f"rollout {rollout.header.id} to {body.to} asked for through the API", who,
+                              rollout=rollout.header.id)
     runner.launch()
     return {"started": True, "rollout": rollout.to_dict()}
 
@@ -207,12 +207,12 @@ async def resume(request: Request, who: Admin) -> dict[str, Any]:
     if rollout is None:
         raise actions.NotFound("no rollout in the store")
     if rollout.status in (RolloutStatus.COMPLETE, RolloutStatus.ABORTED):
-        raise actions.Conflict(f"rollout {rollout.rollout_id} is {rollout.status.value}: nothing to resume")
-    if runner.running or await store.get(lock_key(runtime.cluster)) is not None:
-        raise actions.Conflict(f"a patcher is running rollout {rollout.rollout_id} right now")
+        raise actions.Conflict(f"rollout {rollout.header.id} is {rollout.status.value}: nothing to resume")
+    if runner.running or await patcher.lock_holder(rollout) is not None:
+        raise actions.Conflict(f"a patcher is running rollout {rollout.header.id} right now")
     rollout = await patcher.resume()
     await actions.audit_event(store, runtime.cluster, "patch-requested", runtime.cluster,
-                              f"rollout {rollout.rollout_id} resumed through the API", who, rollout=rollout.rollout_id)
+                              f"rollout {rollout.header.id} resumed through the API", who, rollout=rollout.header.id)
     runner.launch()
     return {"resumed": True, "rollout": rollout.to_dict()}
 
@@ -225,8 +225,8 @@ async def abort(request: Request, who: Admin) -> dict[str, Any]:
     if rollout is None:
         raise actions.NotFound("no rollout in the store")
     await actions.audit_event(store, runtime.cluster, "patch-requested", runtime.cluster,
-                              f"abort of rollout {rollout.rollout_id} asked for through the API", who,
-                              rollout=rollout.rollout_id)
+                              f"abort of rollout {rollout.header.id} asked for through the API", who,
+                              rollout=rollout.header.id)
     try:
         await patcher.abort()
     except RolloutError as exc:

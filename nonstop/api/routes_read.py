@@ -1,8 +1,10 @@
-"""Read routes under ``/api/v1`` (any valid token): status, lists, describe, spec, events, the SSE
-stream, console and logs.
+"""Read routes under ``/api/v1`` (any valid token): status, lists, describe, spec, events, intents,
+the SSE stream, console and logs.
 
 Role: answer from the runtime's cluster snapshot (one consistent store read, cached until the
-store changes), so every list agrees with every other list of the same moment.
+store changes), so every list agrees with every other list of the same moment. Events, the spec
+and intents (requests to the controller with its outcome, nonstop/store/intents.py) are read
+from the store when asked.
 
 Must not: change anything.
 """
@@ -24,7 +26,9 @@ from nonstop.api import describe as describe_mod
 from nonstop.api.auth import require_viewer, require_viewer_or_query
 from nonstop.api.runtime import ApiRuntime
 from nonstop.core.spec import ClusterSpec
+from nonstop.store import intents as intent_store
 from nonstop.store import keys
+from nonstop.store.base import Store
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 HEARTBEAT_SECONDS = 15.0
@@ -33,6 +37,8 @@ HEARTBEAT_SECONDS = 15.0
 class Error(BaseModel):
     detail: Any
     field: str | None = None
+    intent: str | None = None
+    """On a refusal by the controller: the intent it refused."""
 
 
 def json_errors(**codes: str) -> dict[int | str, dict[str, Any]]:
@@ -86,7 +92,7 @@ def status_summary(c: dict[str, Any]) -> dict[str, Any]:
         "hosts": [{"name": h["name"], "state": h["state"], "guests": len(h["guests"])} for h in c["hosts"]],
         "host_states": count(c["hosts"], "state"), "guest_states": count(c["guests"], "state"),
         "guests": len(c["guests"]), "running": running, "services": services,
-        "active_ops": [o for o in c["ops"] if o.get("step") not in ("done", "aborted", "finished")],
+        "active_ops": [o for o in c["ops"] if not o["final"]],
         "last_events": c["events"][-5:],
     }
 
@@ -143,10 +149,49 @@ async def events(request: Request, since: Annotated[int, Query(ge=0)] = 0,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> list[dict[str, Any]]:
     runtime = _rt(request)
     assert runtime.store is not None
-    from nonstop.controller.events import read_events
+    from nonstop.store.events import read_events
 
     found = await read_events(runtime.store, runtime.cluster, since_seq=since)
     return found[-limit:]
+
+
+async def read_intents(store: Store, cluster: str) -> list[dict[str, Any]]:
+    """Every stored intent with its outcome (``status`` is the outcome's, or ``pending``), newest first."""
+    requests: dict[str, intent_store.IntentRequest] = {}
+    outcomes: dict[str, intent_store.IntentOutcome] = {}
+    for kv in await store.list(keys.intents_prefix(cluster)):
+        parsed = keys.parse(kv.key)
+        if parsed.leaf == "request" and (req := intent_store.parse_request(kv.value)) is not None:
+            requests[parsed.name] = req
+        elif parsed.leaf == "outcome" and (out := intent_store.parse_outcome(kv.value)) is not None:
+            outcomes[parsed.name] = out
+    found = [intent_record(req, outcomes.get(name)) for name, req in requests.items()]
+    return sorted(found, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+
+
+def intent_record(req: intent_store.IntentRequest, out: intent_store.IntentOutcome | None) -> dict[str, Any]:
+    return {**intent_store.dump(req), "what": req.describe(), "status": out.status if out else "pending",
+            "outcome": intent_store.dump(out) if out else None}
+
+
+@router.get("/intents", summary="Requests to the controller (maintenance, migrate, replace) and its outcomes, "
+                                "newest first")
+async def intents(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
+    runtime = _rt(request)
+    assert runtime.store is not None
+    return (await read_intents(runtime.store, runtime.cluster))[:limit]
+
+
+@router.get("/intents/{intent_id}", summary="One intent and the controller's outcome",
+            responses=json_errors(_404="no such intent"))
+async def intent(request: Request, intent_id: Name) -> dict[str, Any]:
+    runtime = _rt(request)
+    assert runtime.store is not None
+    kv = await runtime.store.get(intent_store.request_key(runtime.cluster, intent_id))
+    req = intent_store.parse_request(kv.value) if kv is not None else None
+    if req is None:
+        raise HTTPException(404, f'no intent "{intent_id}" in cluster {runtime.cluster}')
+    return intent_record(req, await intent_store.get_outcome(runtime.store, runtime.cluster, intent_id))
 
 
 @router.get("/spec", summary="The desired spec and its revision")

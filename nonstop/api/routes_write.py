@@ -2,8 +2,10 @@
 migrate and chaos. Every one is logged in the cluster's event log with who asked (``by``).
 
 Role: parse the request body (pydantic: a bad field → 422 naming it), then hand over to
-``nonstop.api.actions`` (desired state + audit event in one store transaction) or to the lab for
-chaos (``nonstop.api.chaos``), then log it.
+``nonstop.api.actions`` — the spec with its audit event in one store transaction; maintenance and
+migration as intents to the controller, answered 200 with its outcome, or 202 while it has not
+answered yet (the intent id to follow at ``GET /intents/{id}``) — or to the lab for chaos
+(``nonstop.api.chaos``), then log it.
 
 Must not: change anything a controller owns directly; decide placement or liveness.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from nonstop.api import actions, chaos
@@ -40,6 +42,34 @@ class MaintenanceRequest(BaseModel):
 
 class MigrateRequest(BaseModel):
     to: str = Field(pattern=NAME, max_length=63, description="The target host")
+    mode: Literal["live", "cold"] = Field(
+        default="live", description="live: VMs only, the guest keeps running while it moves; cold: drained from "
+                                    "its balancers, then restarted on the target (any guest)")
+    reason: str = Field(default="", max_length=500)
+
+
+class IntentAnswer(BaseModel):
+    intent: str = Field(description="The intent's id: GET /api/v1/intents/{id} follows it")
+    status: Literal["accepted", "done", "pending"] = Field(
+        description="The controller's outcome; pending: it has not answered yet")
+    message: str
+
+
+class MaintenanceAnswer(IntentAnswer):
+    host: str
+    state: Literal["maintenance", "up"] = Field(description="The state asked for")
+    changed: bool = Field(description="False when the host was in that state already")
+
+
+class MigrateAnswer(IntentAnswer):
+    guest: str
+    from_: str = Field(alias="from", description="The host the guest runs on")
+    to: str
+    mode: Literal["live", "cold"]
+    target: str = Field(description="The host the controller chose (the one asked for)")
+
+
+PENDING = "the controller has not answered yet (it may be busy or not running): follow the intent"
 
 
 class FailRequest(BaseModel):
@@ -65,21 +95,34 @@ async def apply(request: Request, body: ApplyRequest, who: Admin) -> dict[str, A
     return await actions.apply_spec(rt.store, rt.cluster, body.spec, by=who, filename=body.filename)
 
 
-@router.post("/hosts/{host}/maintenance", summary="Ask the controller to evacuate a host (enter) or use it again (exit)")
-async def maintenance(request: Request, host: Name, body: MaintenanceRequest, who: Admin) -> dict[str, Any]:
-    rt = _rt(request)
-    assert rt.store is not None
-    return await actions.request_maintenance(rt.store, rt.cluster, host, body.action == "enter", by=who,
-                                             reason=body.reason)
+def _pending(response: Response, answer: dict[str, Any]) -> dict[str, Any]:
+    if answer["status"] == "pending":
+        response.status_code = 202
+    return answer
 
 
-@router.post("/guests/{guest}/migrate", summary="Ask for a live migration of a guest to another host")
-async def migrate(request: Request, guest: Name, body: MigrateRequest, who: Admin) -> dict[str, Any]:
+@router.post("/hosts/{host}/maintenance", response_model=MaintenanceAnswer, response_model_by_alias=True,
+             summary="Ask the controller to evacuate a host (enter) or use it again (exit)",
+             responses={202: {"model": MaintenanceAnswer, "description": PENDING}})
+async def maintenance(request: Request, response: Response, host: Name, body: MaintenanceRequest,
+                      who: Admin) -> dict[str, Any]:
     rt = _rt(request)
     assert rt.store is not None
-    c = await rt.snapshot()
-    state = next((h["state"] for h in c["hosts"] if h["name"] == body.to), None)
-    return await actions.request_migration(rt.store, rt.cluster, guest, body.to, by=who, host_state=state)
+    answer = await actions.request_maintenance(rt.store, rt.cluster, host, body.action == "enter", by=who,
+                                               cluster_doc=await rt.snapshot(), reason=body.reason)
+    return _pending(response, answer)
+
+
+@router.post("/guests/{guest}/migrate", response_model=MigrateAnswer, response_model_by_alias=True,
+             summary="Ask the controller to move a guest to another host (live or cold)",
+             responses={202: {"model": MigrateAnswer, "description": PENDING}})
+async def migrate(request: Request, response: Response, guest: Name, body: MigrateRequest,
+                  who: Admin) -> dict[str, Any]:
+    rt = _rt(request)
+    assert rt.store is not None
+    answer = await actions.request_migration(rt.store, rt.cluster, guest, body.to, by=who,
+                                             cluster_doc=await rt.snapshot(), mode=body.mode, reason=body.reason)
+    return _pending(response, answer)
 
 
 async def _spec_and_guests(rt: ApiRuntime) -> tuple[Any, list[str]]:

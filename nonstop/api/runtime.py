@@ -5,8 +5,10 @@ Role: one ``ApiRuntime`` per app, started in the app's lifespan (inside the even
 serves requests, as the store requires). A single store watch on ``/nonstop/<cluster>/`` marks
 the snapshot stale and hands every change to the SSE subscribers (bounded queues: a slow
 browser loses messages, never the server's memory — it is told to refetch). A poller reads each
-known balancer's admin API (``GET /services/<svc>``, docs/lb.md) once a second and turns request
-counters into per-backend rates for the dashboard and metrics.
+known balancer's admin API (``GET /services/<svc>``, docs/lb.md, through
+``nonstop.lb.client.BalancerAdminClient``) once a second and turns request counters into
+per-backend rates for the dashboard and metrics. Beside a lab, the balancers are reached from
+the namespace the lab names (``admin_namespace``), so this module needs no lab import.
 
 Must not: write to the store (``nonstop.api.actions`` does), or block the event loop.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 from nonstop.api import snapshot
 from nonstop.api.chaos import LabChaos
-from nonstop.controller.lbsync import AdminError, http_json
+from nonstop.lb.client import BalancerAdminClient, BalancerAdminError
 from nonstop.store import keys, open_store
 from nonstop.store.base import EventType, Store, StoreError
 
@@ -31,6 +33,8 @@ log = logging.getLogger("nonstop.api")
 
 SUBSCRIBER_QUEUE = 256
 LB_POLL_SECONDS = 1.0
+LB_POLL_TIMEOUT = 0.8
+"""Seconds for each step of one poll of a balancer (connect, then the answer)."""
 
 
 class ApiRuntime:
@@ -42,6 +46,8 @@ class ApiRuntime:
         """A thread inside the lab's ctl namespace, where the balancers' admin APIs are reachable."""
         self.balancers = dict(balancers or {})
         """service → admin address of its balancer (``ip:port``)."""
+        self._admin_clients: dict[str, BalancerAdminClient] = {}
+        """admin address → its client (this loop's; a poll from the lab's namespace makes its own)."""
         self.store: Store | None = None
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.lb_stats: dict[str, dict[str, Any]] = {}
@@ -71,6 +77,10 @@ class ApiRuntime:
                 await task
         if self.store is not None:
             await self.store.close()
+        for client in self._admin_clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._admin_clients.clear()
         if self._netns_thread is not None:
             self._netns_thread.close()
 
@@ -160,33 +170,50 @@ class ApiRuntime:
                 self.publish({"type": "stats"})
             await asyncio.sleep(LB_POLL_SECONDS)
 
-    def _lab_netns(self) -> Any:
-        """The lab's ctl namespace thread, when the API runs beside a lab with one (else None)."""
-        if self._netns_thread is None and self.lab is not None and hasattr(self.lab, "bmc_ports"):
-            from nonstop.lab import names
-            from nonstop.net import netns
+    def lab_admin_namespace(self) -> str | None:
+        """The namespace the lab's balancer admin APIs are reached from, when the API runs beside
+        a lab that has one (``admin_namespace`` of ``nonstop.lab.cluster.LabCluster``), else None."""
+        ns = getattr(self.lab, "admin_namespace", None) if self.lab is not None else None
+        if not isinstance(ns, str):
+            return None
+        from nonstop.net import netns
 
-            if netns.exists(names.ctl_ns(self.cluster)):
-                self._netns_thread = netns.NetnsThread(names.ctl_ns(self.cluster))
+        return ns if netns.exists(ns) else None
+
+    def _lab_netns(self) -> Any:
+        """A thread inside the lab's admin namespace, when there is one (else None)."""
+        if self._netns_thread is None:
+            ns = self.lab_admin_namespace()
+            if ns is not None:
+                from nonstop.net import netns
+
+                self._netns_thread = netns.NetnsThread(ns)
         return self._netns_thread
 
-    async def _fetch(self, admin: str, path: str) -> tuple[int, Any]:
+    async def _read_service(self, admin: str, service: str) -> dict[str, Any]:
+        """``GET /services/<service>`` of the balancer at ``admin``, from the lab's namespace when
+        there is one (a client of that thread's own loop for each poll)."""
         thread = self._lab_netns()
         if thread is None:
-            return await http_json(admin, "GET", path, timeout=0.8)
+            client = self._admin_clients.get(admin)
+            if client is None:
+                client = self._admin_clients[admin] = BalancerAdminClient(admin, timeout=LB_POLL_TIMEOUT)
+            return await client.get_service(service)
 
-        def get() -> tuple[int, Any]:
-            return asyncio.run(http_json(admin, "GET", path, timeout=0.8))
+        async def once() -> dict[str, Any]:
+            async with BalancerAdminClient(admin, timeout=LB_POLL_TIMEOUT) as client:
+                return await client.get_service(service)
+
+        def get() -> dict[str, Any]:
+            return asyncio.run(once())
 
         return await asyncio.wrap_future(thread.submit(get))
 
     async def _poll_one(self, service: str, admin: str) -> None:
         now = time.monotonic()
         try:
-            status, doc = await self._fetch(admin, f"/services/{service}")
-            if status != 200 or not isinstance(doc, dict):
-                raise AdminError(f"HTTP {status}")
-        except AdminError as exc:
+            doc = await self._read_service(admin, service)
+        except BalancerAdminError as exc:
             self.lb_stats[service] = {"admin": admin, "error": str(exc), "backends": {}, "rate": 0.0}
             return
         backends: dict[str, Any] = {}

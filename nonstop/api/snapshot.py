@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nonstop.core.operation_kinds import is_final
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
 from nonstop.store.base import KeyValue, Store
@@ -115,8 +116,8 @@ def host_states(raw: RawCluster) -> dict[str, tuple[str, str]]:
     liveness.update({str(h): s for h, s in published.items() if isinstance(s, str)})
     failed_by: dict[str, dict[str, Any]] = {}
     for op in raw.ops.values():
-        if op.get("type") == "failover" and op.get("step") in FAILED_STEPS:
-            failed_by[str(op.get("host"))] = op
+        if op.get("kind") == "failover" and op.get("step") in FAILED_STEPS:
+            failed_by[str(_dict(op.get("body")).get("host"))] = op
     out = {}
     for name in names:
         records = raw.hosts.get(name, {})
@@ -125,7 +126,7 @@ def host_states(raw: RawCluster) -> dict[str, tuple[str, str]]:
         observed = _dict(records.get("observed"))
         if name in failed_by and not alive:
             op = failed_by[name]
-            out[name] = ("failed", f"failover {op.get('op_id')}: {op.get('step')}")
+            out[name] = ("failed", f"failover {op.get('id')}: {op.get('step')}")
         elif desired.get("state") == "maintenance":
             out[name] = ("maintenance", str(desired.get("reason") or "operator request"))
         elif name in liveness:
@@ -233,11 +234,22 @@ def guest_records(raw: RawCluster) -> list[dict[str, Any]]:
             "memory": desired.get("memory"), "max_memory": desired.get("max_memory"),
             "cpu_usage": observed.get("cpu_usage"), "memory_usage": observed.get("memory_usage"),
             "address": address, "epoch": raw.epochs.get(name, desired.get("fencing_epoch", 0)),
-            "migrate_to": desired.get("migrate_to"), "running": desired.get("running", True),
+            "migrate_to": desired.get("migrate_to"), "migration": _migration(raw, desired.get("migration_id")),
+            "running": desired.get("running", True),
             "note": observed.get("note") or observed.get("failure_reason"),
             "runner": _dict(leaves.get("runner")).get("host"), "pid": observed.get("pid"),
         })
     return out
+
+
+def _migration(raw: RawCluster, op_id: Any) -> dict[str, Any] | None:
+    """The live migration a desired record asks for (``ops/<migration_id>``, docs/agent.md)."""
+    if not isinstance(op_id, str):
+        return None
+    op = _dict(raw.ops.get(op_id))
+    body = _dict(op.get("body"))
+    return {"id": op_id, "step": op.get("step"), "source": body.get("source"),
+            "destination": body.get("destination"), "reason": op.get("reason") or None}
 
 
 def host_records(raw: RawCluster, guests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -343,7 +355,16 @@ def build(raw: RawCluster, cluster: str, lb_stats: Mapping[str, Any] | None = No
         "teams": [t for h in hosts for t in h["teams"]],
         "components": component_records(hosts),
         "switches": switch_records(raw, hosts, faults or {}),
-        "ops": sorted(raw.ops.values(), key=lambda o: str(o.get("op_id", ""))),
+        "ops": sorted((operation_record(o) for o in raw.ops.values()), key=lambda o: (o["created_at"], o["id"])),
         "events": raw.events[-EVENTS_IN_SNAPSHOT:],
         "faults": dict(faults or {}),
     }
+
+
+def operation_record(op: dict[str, Any]) -> dict[str, Any]:
+    """A stored operation (nonstop/store/operations.py) as the API shows it: the record, plus
+    ``final`` from its kind's machine and its subject (``host`` or ``guest``) lifted from the body."""
+    body = _dict(op.get("body"))
+    kind, step = str(op.get("kind", "")), str(op.get("step", ""))
+    return {**op, "id": str(op.get("id", "")), "created_at": float(op.get("created_at") or 0.0),
+            "final": is_final(kind, step), "host": body.get("host"), "guest": body.get("guest")}

@@ -2,8 +2,8 @@
 
 Role: a lab host *is* its network namespace ``nonstop-<cluster>-<host>`` and the processes
 in it (agent, guests, QEMU). Cutting its power therefore means: find every PID whose
-``/proc/<pid>/ns/net`` is that namespace (same device and inode as the bind mount in
-/run/netns), SIGKILL them, and repeat until none is left — a process may fork between
+``/proc/<pid>/ns/net`` is that namespace (same device and inode as its bind mount,
+``nonstop.net.netns.netns_path``), SIGKILL them, and repeat until none is left — a process may fork between
 our scan and our kill, so one pass is not enough. Zombies drop out on their own: a
 process that has exited no longer has a namespace to compare.
 
@@ -20,17 +20,11 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-NETNS_DIR = Path("/run/netns")
-
-
-def netns_path(name_or_path: str) -> Path:
-    """``nonstop-c1-h1`` → /run/netns/nonstop-c1-h1; absolute paths pass through."""
-    return Path(name_or_path) if name_or_path.startswith("/") else NETNS_DIR / name_or_path
+from nonstop.net.netns import netns_path
 
 
-def namespace_id(path: Path) -> tuple[int, int] | None:
+def namespace_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -100,7 +94,7 @@ def kill_namespace(name_or_path: str, *, sig: int = signal.SIGKILL, timeout: flo
     anything) survived the timeout. Blocking: call it from a thread in async code.
     """
     path = netns_path(name_or_path)
-    report = KillReport(str(path))
+    report = KillReport(path)
     ns = namespace_id(path)
     if ns is None:
         report.namespace_missing = True

@@ -1,9 +1,12 @@
 """CLI verbs that read or change a running cluster through its API server.
 
-Role: ``nonstop api serve``; and the client verbs ``status``, ``get KIND``, ``describe KIND NAME``,
-``apply FILE``, ``maintenance enter|exit HOST``, ``migrate GUEST --to HOST``, ``console GUEST``,
-``logs [--follow]``, ``fail host|link|guest|switch|psu|drive|nic NAME``, ``partition HOST``,
-``heal``. Every client verb takes ``--json`` (print the API's answer as JSON), ``--api URL``,
+Role: ``nonstop api serve``; and the client verbs ``status``, ``get KIND``, ``get intent ID``,
+``describe KIND NAME``, ``apply FILE``, ``maintenance enter|exit HOST``,
+``migrate GUEST --to HOST [--mode live|cold]``, ``console GUEST``, ``logs [--follow]``,
+``fail host|link|guest|switch|psu|drive|nic NAME``, ``partition HOST``, ``heal``. ``maintenance``
+and ``migrate`` print the controller's outcome (done, accepted → target) or, when it has not
+answered within the API's wait (HTTP 202), the intent to follow with ``nonstop get intent ID``.
+Every client verb takes ``--json`` (print the API's answer as JSON), ``--api URL``,
 ``--cluster NAME`` and ``--token-file PATH`` (defaults: the endpoint file the server wrote, see
 nonstop/api/server.py). Exit codes (docs/architecture.md, docs/api.md): 0 success, 1 the
 operation failed (server unreachable, 401/403, 5xx), 2 bad input (invalid spec, unknown name,
@@ -36,7 +39,7 @@ ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name (default: 
 TokenOpt = typer.Option(None, "--token-file", envvar="NONSTOP_TOKEN_FILE", help="Token file (default: the server's).")
 JsonOpt = typer.Option(False, "--json", help="Print the API's answer as JSON.")
 
-KINDS = ("hosts", "guests", "services", "networks", "teams", "components", "events", "switches")
+KINDS = ("hosts", "guests", "services", "networks", "teams", "components", "events", "switches", "intents")
 FAIL_TARGETS = ("host", "link", "guest", "switch", "psu", "drive", "nic")
 STATE_STYLE = {"up": "green", "running": "green", "maintenance": "blue", "failed": "red", "dead": "red",
                "down": "red", "suspect": "yellow", "link-degraded": "yellow", "pending": "yellow",
@@ -67,6 +70,38 @@ def _state(state: Any) -> str:
     return f"[{STATE_STYLE.get(str(state), 'white')}]{state}[/]"
 
 
+def _one_of(value: str, allowed: tuple[str, ...], what: str = "") -> None:
+    if value not in allowed:
+        err.print(f'[red]error:[/] expected {what}{" or ".join(allowed)}, got "{value}"')
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _ask(api: str | None, cluster: str | None, token_file: str | None, path: str, body: dict[str, Any],
+         as_json: bool, asked: str) -> dict[str, Any] | None:
+    """POST a request the controller answers (an intent): the answer to print, or None when it is
+    printed already (``--json``, or not answered yet: then the intent to follow)."""
+    r: dict[str, Any] = _call(_client(api, cluster, token_file), "POST", path, body)
+    if as_json:
+        _json(r)
+        return None
+    if r["status"] == "pending":
+        out.print(f"{asked} requested; the controller has not answered yet: "
+                  f"follow with `nonstop get intent {r['intent']}`")
+        return None
+    return r
+
+
+def _print_intent(i: dict[str, Any]) -> None:
+    outcome = i.get("outcome") or {}
+    out.print(f"[bold]intent {i['id']}[/]: {i['what']}")
+    at = time.strftime("%H:%M:%S", time.localtime(float(i["created_at"])))
+    for key, value in (("asked", f"{at} by {i['requester']}: {i['reason']}"), ("status", _state(i["status"])),
+                       ("outcome", outcome.get("message")), ("from", outcome.get("source")),
+                       ("target", outcome.get("target"))):
+        if value:
+            out.print(f"  {key:<8} {value}")
+
+
 def _json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -89,7 +124,8 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Table:
         for g in rows:
             where = g["host"] or "-"
             if g.get("migrate_to"):
-                where += f" → {g['migrate_to']}"
+                step = (g.get("migration") or {}).get("step")
+                where += f" → {g['migrate_to']}" + (f" ({step})" if step else "")
             t.add_row(g["name"], _state(g["state"]), where, str(g["kind"]), str(g["vcpus"]),
                       format_size(g["memory"]) if g["memory"] else "-", str(g["address"] or "-"), str(g["epoch"]))
     elif kind == "services":
@@ -124,6 +160,12 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Table:
                     f" (failed {', '.join(g['failed'])})" if g["failed"] else "")
             t.add_row(c["host"], _state(c["health"]), cell("power"), cell("network"), cell("storage"), cell("cooling"),
                       str(c.get("placement") or "-"))
+    elif kind == "intents":
+        for col in ("intent", "asked", "requester", "status", "outcome"):
+            t.add_column(col)
+        for i in rows:
+            t.add_row(str(i["id"]), str(i["what"]), str(i["requester"]), _state(i["status"]),
+                      str((i.get("outcome") or {}).get("message") or "-"))
     elif kind == "switches":
         t.add_column("switch")
         t.add_column("state")
@@ -180,17 +222,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
                       if svc["health_unknown"] == svc["backends"] else f"{svc['healthy']}/{svc['backends']} backends up")
             out.print(f"  service {svc['name']:<10} {svc['listen']}  {health}, {svc['rate']:g} req/s")
         for op in s["active_ops"]:
-            out.print(f"  [yellow]operation[/] {op.get('op_id')}: {op.get('step')}")
+            out.print(f"  [yellow]operation[/] {op.get('op_id') or op.get('id')}: {op.get('step')}")
         for warning in s.get("warnings", []):
             out.print(f"  [yellow]warning[/] {warning}")
 
     @app.command("get")
-    def get(kind: str = typer.Argument(..., help="|".join(KINDS)), as_json: bool = JsonOpt, api: str = ApiOpt,
-            cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
-        """List hosts, guests, services, networks, teams, components, switches or events."""
-        if kind not in KINDS:
-            err.print(f'[red]error:[/] unknown kind "{kind}"; expected one of: {", ".join(KINDS)}')
+    def get(kind: str = typer.Argument(..., help="|".join(KINDS) + "|intent"),
+            name: str = typer.Argument(None, help="With intent(s): one intent's id."), as_json: bool = JsonOpt,
+            api: str = ApiOpt, cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
+        """List hosts, guests, services, networks, teams, components, switches, events or intents;
+        `get intent ID`: one request to the controller and its outcome."""
+        one = kind in ("intent", "intents") and bool(name)
+        if (kind not in KINDS or name) and not one:
+            err.print(f'[red]error:[/] unknown kind "{kind}"; expected one of: {", ".join(KINDS)}, or intent ID')
             raise typer.Exit(EXIT_BAD_INPUT)
+        if one:
+            i = _call(_client(api, cluster, token_file), "GET", f"/intents/{name}")
+            return _json(i) if as_json else _print_intent(i)
         rows = _call(_client(api, cluster, token_file), "GET", f"/{kind}")
         if as_json:
             return _json(rows)
@@ -268,19 +316,25 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place lists every ve
                     reason: str = typer.Option("", "--reason"), as_json: bool = JsonOpt, api: str = ApiOpt,
                     cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
         """Ask the controller to evacuate HOST (enter) or to use it again (exit)."""
-        if action not in ("enter", "exit"):
-            err.print(f'[red]error:[/] expected enter or exit, got "{action}"')
-            raise typer.Exit(EXIT_BAD_INPUT)
-        r = _call(_client(api, cluster, token_file), "POST", f"/hosts/{host}/maintenance",
-                  {"action": action, "reason": reason})
-        _json(r) if as_json else out.print(f"{host}: {r['state']}" + ("" if r["changed"] else " (already)"))
+        _one_of(action, ("enter", "exit"))
+        state = "maintenance" if action == "enter" else "up"
+        r = _ask(api, cluster, token_file, f"/hosts/{host}/maintenance", {"action": action, "reason": reason},
+                 as_json, f"{host}: {state}")
+        if r is not None:
+            out.print(f"{host}: {_state(state)}" + ("" if r["changed"] else " (already)") + f" — {r['message']}")
 
     @app.command("migrate")
     def migrate(guest: str = typer.Argument(...), to: str = typer.Option(..., "--to", help="Target host."),
-                as_json: bool = JsonOpt, api: str = ApiOpt, cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
-        """Ask for a live migration of GUEST to another host."""
-        r = _call(_client(api, cluster, token_file), "POST", f"/guests/{guest}/migrate", {"to": to})
-        _json(r) if as_json else out.print(f"{guest}: migration {r['from']} → {r['to']} requested")
+                mode: str = typer.Option("live", "--mode", help="live (VMs: keeps running) or cold (drained, "
+                                                                "restarted on the target)."),
+                reason: str = typer.Option("", "--reason"), as_json: bool = JsonOpt, api: str = ApiOpt,
+                cluster: str = ClusterOpt, token_file: str = TokenOpt) -> None:
+        """Ask the controller to move GUEST to another host (live by default; --mode cold for any guest)."""
+        _one_of(mode, ("live", "cold"), "--mode ")
+        r = _ask(api, cluster, token_file, f"/guests/{guest}/migrate", {"to": to, "mode": mode, "reason": reason},
+                 as_json, f"{guest}: {mode} migration to {to}")
+        if r is not None:
+            out.print(f"{guest}: {mode} migration {r['from']} → {r['target']} {r['status']} — {r['message']}")
 
     @app.command("console")
     def console(guest: str = typer.Argument(...), lines: int = typer.Option(200, "--lines", "-n"),

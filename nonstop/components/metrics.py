@@ -12,26 +12,53 @@ time, what the watcher last read — so the numbers never lag behind the store r
 | ``nonstop_bmc_read_seconds`` | host | duration of the last Redfish read |
 | ``nonstop_bmc_read_errors_total`` | host | unreadable polls since start |
 
-Must not: read a BMC or the store itself.
+The watcher is seen through the ``WatchedHosts`` Protocol (defined here): watcher.py
+registers this collector, so this module never imports it.
+
+Must not: read a BMC or the store itself, or import the watcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from nonstop.core.components.policy import PolicyState
-from nonstop.core.components.redundancy import GroupState, HostHealth
+from nonstop.core.components.policy import HostPolicy, PolicyState
+from nonstop.core.components.redundancy import MEMBER_KINDS, GroupState, HostAssessment, HostHealth
+from nonstop.core.ha.hardware import HardwareInventory
 
-if TYPE_CHECKING:
-    from nonstop.components.watcher import HardwareWatcher
+
+class WatchedHost(Protocol):
+    """What the collector reads of one watched host (``watcher.HostWatch``)."""
+
+    @property
+    def assessment(self) -> HostAssessment | None: ...
+
+    @property
+    def inventory(self) -> HardwareInventory | None: ...
+
+    @property
+    def policy(self) -> HostPolicy: ...
+
+    @property
+    def read_seconds(self) -> float: ...
+
+    @property
+    def errors(self) -> int: ...
+
+
+class WatchedHosts(Protocol):
+    """What the collector reads of the watcher (``watcher.HardwareWatcher``): its hosts."""
+
+    @property
+    def hosts(self) -> Mapping[str, WatchedHost]: ...
 
 
 class ComponentCollector(Collector):
-    def __init__(self, watcher: HardwareWatcher) -> None:
+    def __init__(self, watcher: WatchedHosts) -> None:
         self.watcher = watcher
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -48,8 +75,6 @@ class ComponentCollector(Collector):
         for name, w in self.watcher.hosts.items():
             current = w.assessment
             if w.inventory is not None:
-                from nonstop.core.components.redundancy import MEMBER_KINDS
-
                 for reading in w.inventory.components:
                     if reading.kind in MEMBER_KINDS.get(reading.group, ()):
                         up.add_metric([name, reading.group.value, reading.name], 0.0 if reading.failed else 1.0)

@@ -183,7 +183,7 @@ class MirrorReconciler:
     """Keeps every mirrored disk of this host's VMs on two working drives."""
 
     def __init__(self, store: Any, cluster: str, host: str, qemu_state_dir: Path, disk_root: Path) -> None:
-        from nonstop.controller.events import EventLog
+        from nonstop.store.events import EventLog
 
         self.store, self.cluster, self.host = store, cluster, host
         self.qemu_state_dir, self.disk_root = Path(qemu_state_dir), Path(disk_root)

@@ -6,7 +6,7 @@ Role: one asyncio task per host reads the host's hardware through sushy
 
 - writes ``hosts/<h>/components`` (health, groups, policy state, ``placement``) when it changes;
 - emits one event per transition (``component``, ``group-state``, ``host-health``) and per
-  policy action into the cluster's event log (``nonstop.controller.events.EventLog``);
+  policy action into the cluster's event log (``nonstop.store.events.EventLog``);
 - steps the host's policy machine (nonstop/core/components/policy.py) and applies its actions:
   ``alert`` (an event), ``restrict`` (``placement: no-new-guests`` in the components key),
   ``evacuate`` (a maintenance request with evacuation in ``hosts/<h>/desired`` — the
@@ -46,6 +46,7 @@ from nonstop.core.ha.hardware import HardwareInventory
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
 from nonstop.store.base import Compare, Op, Store, StoreError, encode_json
+from nonstop.store.events import EventLog
 
 log = logging.getLogger("nonstop.components")
 
@@ -93,8 +94,6 @@ class HardwareWatcher:
         """``system_ids``: the Redfish system Id of a host when it is not the host's name.
         ``redfish_events``: subscribe to BMC events where offered, with a listener on
         ``event_address`` (in ``netns`` when given: where the BMCs are)."""
-        from nonstop.controller.events import EventLog
-
         self.store, self.spec, self.interval, self.netns, self.timeout = store, spec, interval, netns, timeout
         self.events = EventLog(store, spec.cluster)
         self.on_event = on_event

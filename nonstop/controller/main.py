@@ -26,7 +26,8 @@ import os
 import signal
 from pathlib import Path
 
-from nonstop.controller.controller import Controller, Endpoint
+from nonstop.controller.controller import Controller
+from nonstop.controller.endpoints import Endpoint
 
 log = logging.getLogger("nonstop.controller")
 

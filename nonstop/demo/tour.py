@@ -120,7 +120,7 @@ class Tour:
         return open_store(self.record["store"])
 
     async def events(self, since: float) -> list[dict[str, Any]]:
-        from nonstop.controller.events import read_events
+        from nonstop.store.events import read_events
 
         store = await self._store()
         try:
@@ -129,18 +129,12 @@ class Tour:
             await store.close()
 
     async def placement(self) -> dict[str, str]:
-        from nonstop.store import keys
+        from nonstop.store.cluster_records import read_guests
 
         store = await self._store()
         try:
-            out = {}
-            for kv in await store.list(keys.guests_prefix(self.spec.cluster)):
-                parsed = keys.parse(kv.key)
-                if parsed.leaf == "observed":
-                    rec = json.loads(kv.value)
-                    if rec.get("state") == "running":
-                        out[parsed.name] = str(rec.get("host"))
-            return out
+            return {name: str(rec.observed.host) for name, rec in (await read_guests(store, self.spec.cluster)).items()
+                    if rec.observed is not None and rec.observed.state == "running"}
         finally:
             await store.close()
 

@@ -3,7 +3,9 @@
 Role: run as ``python -S -E launch.py --procs F... --netns PATH --status-fd N -- argv...``: write its own pid into
 each cgroup ``cgroup.procs`` file (so nothing the workload allocates escapes the limits), enter the
 guest's network namespace with setns(2), then exec the workload. Using a separate process keeps
-``preexec_fn`` (unsafe in a threaded asyncio agent) out of the driver.
+``preexec_fn`` (unsafe in a threaded asyncio agent) out of the driver. This is the one setns(2)
+outside ``nonstop.net.netns``: running with -S, the shim cannot import it (and importing it would
+add tens of milliseconds to every guest start).
 
 Must not: import anything outside the standard library (it runs with -S), fork, or linger: it
 either execs or exits 127 with the reason on stderr (which is the guest's console log).

@@ -19,24 +19,20 @@ or touch interfaces it did not name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
-import os
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nonstop.core.guests.model import VnicDefinition, short_id
 from nonstop.core.net import names as net_names
-from nonstop.net.netns import NetnsThread
+from nonstop.net import netns
+from nonstop.net.netns import netns_path as netns_path  # the launcher's --netns argument
 
 T = TypeVar("T")
 
-NETNS_DIR = Path("/var/run/netns")
 TBF_LATENCY_MS = 50
 
 
@@ -46,10 +42,6 @@ class VnicError(Exception):
 
 def netns_name(cluster: str, guest: str) -> str:
     return f"nonstop-{cluster}-g-{guest}"
-
-
-def netns_path(name: str) -> str:
-    return str(NETNS_DIR / name)
 
 
 def host_ifname(cluster: str, guest: str, index: int) -> str:
@@ -114,50 +106,14 @@ def unplug(host_netns: str | None, cluster: str, guest: str, index: int, ifname:
 def create_netns(name: str) -> None:
     """A fresh namespace: leftovers of a crashed run under the same name are dropped first."""
     remove_netns(name)
-    try:
-        _create_in_thread(name)
-    except OSError:
-        netns.create(name)  # pyroute2's way: a forked helper (slower, but no assumptions)
+    netns.create(name)
     in_netns(name, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up"))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-MS_BIND = 4096
-
-
-def _create_in_thread(name: str) -> None:
-    """``ip netns add`` without a helper process: a short-lived thread unshares its own network
-    namespace and bind-mounts it on /run/netns/<name> (both are per-thread operations)."""
-    path = NETNS_DIR / name
-    if not NETNS_DIR.is_dir():
-        raise OSError(f"{NETNS_DIR} is not set up")  # let pyroute2 make it the first time
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
-    errors: list[str] = []
-
-    def body() -> None:
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            errors.append(f"unshare: {os.strerror(ctypes.get_errno())}")
-        elif _libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), None, MS_BIND, None) != 0:
-            errors.append(f"mount: {os.strerror(ctypes.get_errno())}")
-
-    thread = threading.Thread(target=body, name=f"netns-create-{name}")
-    thread.start()
-    thread.join()
-    if errors:
-        path.unlink(missing_ok=True)
-        raise OSError(f"cannot create network namespace {name}: {errors[0]}")
 
 
 def remove_netns(name: str) -> None:
     """Removing the namespace also deletes the guest ends of its veths, and so their host ends."""
-    if (NETNS_DIR / name).exists():
-        with contextlib.suppress(FileNotFoundError, OSError):
-            netns.remove(name)
-
-
-def netns_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
+    with contextlib.suppress(FileNotFoundError, OSError):
+        netns.delete(name)
 
 
 def _with_iproute(fn: Callable[[IPRoute], T]) -> T:
@@ -171,9 +127,8 @@ def in_netns(name: str | None, fn: Callable[[IPRoute], T]) -> T:
     forks a helper process, and that matters for start latency on a loaded host."""
     if name is None:
         return _with_iproute(fn)
-    with NetnsThread(name) as thread:
-        result: T = thread.call(_with_iproute, fn)
-        return result
+    result: T = netns.call(name, _with_iproute, fn)
+    return result
 
 
 def _shape(ipr: IPRoute, index: int, bandwidth: int) -> None:

@@ -3,9 +3,9 @@
 Role: the small I/O steps ``nonstop.drivers.qemu`` composes — decide KVM vs TCG with a
 bounded boot probe (cached per kernel + QEMU build), create disk images with ``qemu-img``,
 bridge a VM's tap in the host's network namespace (pyroute2) and cap its bandwidth (tbf +
-nftables policing, as nonstop.net renders them), spawn QEMU inside that
-namespace (``nsenter --net``), recognise our own QEMU processes by pid + start time +
-``-name guest=...``, and open short QMP sessions (qemu.qmp).
+nftables policing, as nonstop.net renders them), spawn QEMU inside that namespace
+(``nonstop.net.netns.spawn``: forked by a thread inside it), recognise our own QEMU
+processes by pid + start time + ``-name guest=...``, and open short QMP sessions (qemu.qmp).
 
 Must not: keep per-guest state (the driver does), decide what a guest should look like
 (the pure renderer does), or touch processes it cannot prove are its own.
@@ -215,10 +215,12 @@ def shape_tap(netns: str | None, tap: str, bandwidth: int | None) -> None:
 
 def unshape_tap(netns: str | None, tap: str) -> None:
     """Drop a tap's policing table (its tbf goes with the tap). Succeeds if nothing is left."""
-    if netns is None or not Path(f"/run/netns/{netns}").exists():
-        return
     from nonstop.core.net import names
+    from nonstop.net import netns as namespaces
     from nonstop.net import nft
+
+    if netns is None or not namespaces.exists(netns):
+        return
 
     table = names.bandwidth_table_name(tap)
     with contextlib.suppress(nft.NftError, OSError):
@@ -232,9 +234,11 @@ def unshape_tap(netns: str | None, tap: str) -> None:
 def spawn(argv: list[str], netns: str | None, log_path: Path) -> subprocess.Popen[bytes]:
     """Start QEMU in its own session (it outlives the agent) inside ``netns``."""
     if netns:
-        if not Path(f"/run/netns/{netns}").exists():
+        from nonstop.net import netns as namespaces
+
+        if not namespaces.exists(netns):
             raise RuntimeFailure(f"network namespace {netns} does not exist")
-        argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+        return namespaces.spawn(netns, argv, log_path=str(log_path))
     with log_path.open("ab") as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 

@@ -4,7 +4,8 @@ Role: build, with pyroute2 only, namespaces ``nonstop-vm<token>{a,b,c}``: host A
 each with a Linux bridge (the host's virtual switch for guests, also carrying the migration
 traffic) joined by a veth "cable", and a client namespace cabled into A's bridge. Everything
 carries the random token and is removed by ``close()``. Also: an HTTP client that runs in a
-namespace (a thread that ``setns``-es itself) and parses the built-in guest's page.
+namespace (on a thread inside it, through ``nonstop.net.netns``) and parses the built-in
+guest's page.
 
 Must not: touch anything outside its own namespaces, or route to the machine's interfaces.
 """
@@ -12,24 +13,19 @@ Must not: touch anything outside its own namespaces, or route to the machine's i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
-import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
+from nonstop.net import netns
+
 SUBNET = "198.18.10"
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -96,21 +92,11 @@ class TwoHostLab:
         for ns in reversed(self.created):
             for _ in range(3):
                 with contextlib.suppress(Exception):
-                    netns.remove(ns)
-                if not os.path.exists(f"/run/netns/{ns}"):
+                    netns.delete(ns)
+                if not netns.exists(ns):
                     break
                 time.sleep(0.2)
         self.created.clear()
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (only) into namespace ``name``."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
 
 
 PAGE_FIELD = re.compile(r"^(\w+)=(\S*)$", re.M)
@@ -130,29 +116,9 @@ def _get(address: str, path: str, timeout: float) -> tuple[int, str]:
         conn.close()
 
 
-def run_in(ns: str, fn: Callable[[], T]) -> T:
-    """Call ``fn`` on a helper thread that entered namespace ``ns``; its exception is re-raised."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enter_netns(ns)
-            result.append(fn())
-        except BaseException as exc:  # reported to the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
-
-
 def fetch_in(ns: str, address: str, path: str = "/", timeout: float = 3.0) -> tuple[int, str]:
     """One HTTP GET from inside namespace ``ns`` (on a helper thread)."""
-    return run_in(ns, lambda: _get(address, path, timeout))
+    return netns.call(ns, _get, address, path, timeout)
 
 
 def transfer_in(ns: str, address: str, path: str, body: bytes | None = None, *, skip: int = 0,
@@ -177,7 +143,7 @@ def transfer_in(ns: str, address: str, path: str, body: bytes | None = None, *, 
         finally:
             conn.close()
 
-    return run_in(ns, exchange)
+    return netns.call(ns, exchange)
 
 
 def wait_http(ns: str, address: str, timeout: float, path: str = "/health") -> float:
@@ -214,7 +180,7 @@ class PagePoller:
         return self
 
     def _run(self) -> None:
-        enter_netns(self.ns)
+        netns.enter(self.ns)  # this thread polls from the namespace until stopped
         while not self._stop.is_set():
             began = time.monotonic()
             try:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nonstop.core.spec import ClusterSpec
+from nonstop.core.spec import ClusterSpec, ServiceSpec
 from nonstop.lab import cluster_procs as procs
 from nonstop.lab import fabric, faults, names, state
 from nonstop.net import netns
@@ -145,14 +145,14 @@ class LabCluster:
         finally:
             await store.close()
 
-    def start_balancer(self, index: int, service: Any) -> None:
+    def start_balancer(self, index: int, service: ServiceSpec) -> None:
         """One ``nonstop lb`` for ``service`` in the out namespace and its 127.0.0.1 forwarder."""
         from nonstop.lab.forward import start_forward
         from nonstop.lab.services import LB_LISTEN_BASE, balancer_admin, write_balancer_config
 
         out = names.out_ns(self.cluster)
         inner = LB_LISTEN_BASE + index
-        config = write_balancer_config(self, index, service)
+        config = write_balancer_config(self.run_dir, index, service)
         proc = netns.spawn(out, [sys.executable, "-m", "nonstop.cli.main", "lb", "--config", str(config),
                                  "--log-level", "warning"], log_path=str(self.run_dir / f"lb-{service.name}.log"))
         self._record(f"lb:{service.name}", proc.pid)
@@ -164,6 +164,22 @@ class LabCluster:
             fwd = start_forward(self.cluster, "out", ("127.0.0.1", inner), listen_port=0)
         self.services[service.name] = {"listen": fwd["listen"], "port": fwd["port"], "admin": balancer_admin(index),
                                        "pid": proc.pid, "index": index, "inner": inner}
+
+    def stop_balancer(self, name: str) -> dict[str, Any]:
+        """Stop service ``name``'s balancer (a graceful stop) and its 127.0.0.1 forwarder; what
+        was recorded of them."""
+        from nonstop.lab.forward import stop_forward
+
+        info = self.services.pop(name)
+        netns.stop_pids([int(info["pid"])])
+        stop_forward(self.cluster, int(info["port"]))
+        self._record(f"lb:{name}", None)
+        return info
+
+    @property
+    def admin_namespace(self) -> str:
+        """The namespace the balancers' admin APIs and the BMCs are reached from (ctl)."""
+        return names.ctl_ns(self.cluster)
 
     @staticmethod
     def _wait_tcp(ns: str, ip: str, port: int, pid: int, timeout: float = 15.0) -> None:

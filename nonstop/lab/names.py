@@ -13,7 +13,9 @@ agree without asking the kernel. The plan (documented in docs/lab.md):
   named ``<sw>`` inside ctl and out;
 * management subnet per switch: switch k is 198.18.k.0/24 (k < 8), ctl .1, out .254,
   host number i (spec order) .(10 + i), .2 to .9 reserved for lab services; a host's
-  uplink (team or NIC) gets the address of every switch its NICs are cabled to;
+  uplink (team or NIC) gets the address of every switch its NICs are cabled to (the plan
+  itself lives in nonstop/core/net/management.py, shared with the controller; its names
+  are re-exported here);
 * guest networks come from the spec and must lie in 198.18.0.0/15 outside
   198.18.0.0/21; out holds each bridged network's gateway and routes between them.
 
@@ -24,17 +26,25 @@ from __future__ import annotations
 
 import ipaddress
 
+from nonstop.core.net.management import (
+    CTL_OCTET,
+    HOST_OCTET_BASE,
+    MANAGEMENT_RANGE,
+    MAX_SWITCHES,
+    OUT_OCTET,
+    host_addresses,
+    host_default_gateway,
+    host_octet,
+    switch_address,
+    switch_subnet,
+    uplink_switches,
+)
 from nonstop.core.net.names import fit
-from nonstop.core.net.render import gateway_address, uplink_device
-from nonstop.core.spec import ClusterSpec, HostSpec, NetworkMode
+from nonstop.core.net.render import gateway_address
+from nonstop.core.spec import ClusterSpec, NetworkMode
 
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
-MANAGEMENT_RANGE = ipaddress.IPv4Network("198.18.0.0/21")
-MAX_SWITCHES = 8
 MAX_HOSTS = 200
-CTL_OCTET = 1
-OUT_OCTET = 254
-HOST_OCTET_BASE = 10
 STATE_ROOT = "/run/nonstop"
 
 
@@ -109,53 +119,6 @@ def switch_lags(spec: ClusterSpec) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def switch_subnet(k: int) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(f"198.18.{k}.0/24")
-
-
-def switch_address(k: int, octet: int) -> str:
-    return f"198.18.{k}.{octet}"
-
-
-def host_octet(spec: ClusterSpec, host: str) -> int:
-    return HOST_OCTET_BASE + [h.name for h in spec.hosts].index(host)
-
-
-def uplink_switches(spec: ClusterSpec, host: HostSpec, uplink: str) -> list[int]:
-    """Indexes of the switches an uplink (team or NIC) reaches."""
-    members = next((t.members for t in host.teams if t.name == uplink), [uplink])
-    out: list[int] = []
-    for i, nic in enumerate(host.nics):
-        if nic.name in members:
-            k = spec.switches.index(spec.nic_switch(host, i))
-            if k not in out:
-                out.append(k)
-    return out
-
-
-def host_addresses(spec: ClusterSpec, host: HostSpec) -> list[tuple[str, str]]:
-    """(device, CIDR) of the host's management addresses; the first is its primary."""
-    octet = host_octet(spec, host.name)
-    claimed: set[int] = set()
-    out = []
-    for uplink in host.uplink_names():
-        device = uplink_device(spec, host, uplink)
-        for k in uplink_switches(spec, host, uplink):
-            if k not in claimed:
-                claimed.add(k)
-                out.append((device, f"{switch_address(k, octet)}/24"))
-    return out
-
-
-def host_default_gateway(spec: ClusterSpec, host: HostSpec) -> str | None:
-    """out's address on the switch of the host's primary address."""
-    addresses = host_addresses(spec, host)
-    if not addresses:
-        return None
-    k = int(addresses[0][1].split(".")[2])
-    return switch_address(k, OUT_OCTET)
-
-
 def bridged_gateways(spec: ClusterSpec) -> list[str]:
     """CIDRs out holds: the gateway of every bridged network."""
     return [
@@ -182,3 +145,13 @@ def check_plan(spec: ClusterSpec) -> list[str]:
         if len(ns_prefix(spec.cluster) + host.name) > 64:
             problems.append(f"host {host.name}: namespace name too long")
     return problems
+
+
+__all__ = [
+    "CTL_OCTET", "HOST_OCTET_BASE", "LAB_RANGE", "LAG_MODES", "MANAGEMENT_RANGE", "MAX_HOSTS", "MAX_SWITCHES",
+    "OUT_OCTET", "STATE_ROOT", "all_namespaces", "bridged_gateways", "check_plan", "ctl_ns", "fabric_ns",
+    "host_addresses", "host_default_gateway", "host_ns", "host_octet", "isl_names", "lag_name", "leg_names",
+    "ns_prefix", "out_ns", "port_name", "state_dir", "switch_address", "switch_lags", "switch_subnet",
+    "uplink_switches",
+]
+"""The lab's names, and the management plan's (nonstop.core.net.management) re-exported for its callers."""

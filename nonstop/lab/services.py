@@ -14,8 +14,12 @@ balancers were started with. ``service_changes`` (pure) says what differs; then,
 - when the set of services changed, the controller is restarted (a graceful stop: its lease is
   revoked and its successor leads at once) so it syncs the new set of balancers.
 
-Must not: touch guests or placement (the controller does), or change hosts and switches (a
-new lab: ``apply_to_running`` refuses those before anything is stored).
+The running lab is seen through the ``RunningLab`` Protocol (defined here): cluster.py
+starts balancers with this module's config writer, so this module never imports it.
+
+Must not: touch guests or placement (the controller does), change hosts and switches (a
+new lab: ``apply_to_running`` refuses those before anything is stored), or import the lab
+cluster.
 """
 
 from __future__ import annotations
@@ -24,18 +28,32 @@ import json
 import os
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from nonstop.core.spec import ClusterSpec, ServiceSpec
-from nonstop.net import netns
-
-if TYPE_CHECKING:
-    from nonstop.lab.cluster import LabCluster
 
 LB_ADMIN_BASE = 19000
 """A lab balancer's admin API port: this + the service's index, on the out namespace's sw0 address."""
 LB_LISTEN_BASE = 18000
 """A lab balancer's listening port inside the out namespace: this + the service's index."""
+
+
+class RunningLab(Protocol):
+    """What ``apply_services`` uses of the running lab (``nonstop.lab.cluster.LabCluster``)."""
+
+    cluster: str
+    spec: ClusterSpec
+    run_dir: Path
+    services: dict[str, dict[str, Any]]
+    """service → {"listen", "port", "admin", "pid", "index", "inner"} of its balancer."""
+
+    def start_balancer(self, index: int, service: ServiceSpec) -> None: ...
+
+    def stop_balancer(self, name: str) -> dict[str, Any]:
+        """Stop the service's balancer and its 127.0.0.1 forwarder; what was recorded of them."""
+
+    def restart_controller(self, kill: bool = True, delay: float = 0.0) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -79,17 +97,17 @@ def balancer_config(index: int, service: ServiceSpec, servers: list[dict[str, An
     return {"admin": balancer_admin(index), "services": [svc]}
 
 
-def write_balancer_config(lab: LabCluster, index: int, service: ServiceSpec,
-                          servers: list[dict[str, Any]] | None = None) -> Any:
-    """Write the config file (JSON is YAML) atomically; its path."""
-    path = lab.run_dir / f"lb-{service.name}.yaml"
+def write_balancer_config(run_dir: Path, index: int, service: ServiceSpec,
+                          servers: list[dict[str, Any]] | None = None) -> Path:
+    """Write the config file (JSON is YAML) into the lab's ``run_dir`` atomically; its path."""
+    path = run_dir / f"lb-{service.name}.yaml"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(balancer_config(index, service, servers or [])))
     os.replace(tmp, path)
     return path
 
 
-def apply_services(lab: LabCluster, spec: ClusterSpec, stored_backends: dict[str, list[dict[str, Any]]]) -> list[str]:
+def apply_services(lab: RunningLab, spec: ClusterSpec, stored_backends: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Make the lab's balancers match ``spec.services``; what was done (empty: nothing differed).
     ``stored_backends``: service → the backends the controller last stored for it."""
     from nonstop.lab.forward import start_forward, stop_forward
@@ -100,16 +118,13 @@ def apply_services(lab: LabCluster, spec: ClusterSpec, stored_backends: dict[str
     wanted = {s.name: s for s in spec.services}
     done = []
     for name in changes.removed:
-        info = lab.services.pop(name)
-        netns.stop_pids([int(info["pid"])])
-        stop_forward(lab.cluster, int(info["port"]))
-        lab._record(f"lb:{name}", None)
+        info = lab.stop_balancer(name)
         done.append(f"service {name} removed (balancer and 127.0.0.1:{info['port']} stopped)")
     for name in changes.changed:
         service, info = wanted[name], lab.services[name]
         servers = [{"name": b["name"], "address": b["address"], "weight": b.get("weight", 1)}
                    for b in stored_backends.get(name, [])]
-        write_balancer_config(lab, int(info["index"]), service, servers)
+        write_balancer_config(lab.run_dir, int(info["index"]), service, servers)
         os.kill(int(info["pid"]), signal.SIGHUP)
         port = int(service.listen.rpartition(":")[2] or 0)
         if port and port != int(info["port"]):

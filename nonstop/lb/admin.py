@@ -6,8 +6,12 @@ weight, reload the config, and scrape metrics. Requests are tiny, so this is a m
 asyncio streams handler (one request per connection, ``Connection: close``), kept off the
 data planes' hot path. Routes are documented in docs/lb.md.
 
-Must not: block the event loop, or change anything except through the balancer's methods
-(which keep the pools, the nft table and worker processes in step).
+The balancer is seen through the ``BalancerControl`` Protocol (defined here): runtime.py
+builds this server, so this module never imports it. The client side of these routes is
+nonstop/lb/client.py.
+
+Must not: block the event loop, change anything except through the balancer's methods
+(which keep the pools, the nft table and worker processes in step), or import the runtime.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -24,9 +28,6 @@ from nonstop.core.lb.health import AdminState
 from nonstop.core.lb.pool import UnknownBackend
 from nonstop.core.spec import StaticServer
 from nonstop.specfile import SpecError
-
-if TYPE_CHECKING:
-    from nonstop.lb.runtime import Balancer
 
 log = logging.getLogger("nonstop.lb.admin")
 
@@ -40,13 +41,36 @@ class AdminError(Exception):
         self.message = message
 
 
+class BalancerControl(Protocol):
+    """What the admin API reads and changes on the balancer (``nonstop.lb.runtime.Balancer``)."""
+
+    generation: int
+
+    def metrics_text(self) -> str: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+    async def reload(self) -> None:
+        """Re-read the config file; raises SpecError when it is invalid (the running config stays)."""
+
+    def add_server(self, service: str, server: StaticServer) -> None: ...
+
+    def remove_server(self, service: str, name: str) -> None: ...
+
+    def set_state(self, service: str, name: str, state: AdminState) -> None: ...
+
+    def set_weight(self, service: str, name: str, weight: int) -> None: ...
+
+
 _BACKEND = re.compile(r"^/services/([^/]+)/backends/([^/]+)$")
 _BACKENDS = re.compile(r"^/services/([^/]+)/backends$")
 _SERVICE = re.compile(r"^/services/([^/]+)$")
 
 
 class AdminServer:
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: BalancerControl) -> None:
         self.balancer = balancer
         self.server: asyncio.base_events.Server | None = None
 
@@ -183,4 +207,4 @@ class AdminServer:
         raise AdminError(404, f'no backend "{name}" in service "{service}"')
 
 
-__all__ = ["AdminError", "AdminServer", "UnknownBackend"]
+__all__ = ["AdminError", "AdminServer", "BalancerControl", "UnknownBackend"]

@@ -1,14 +1,21 @@
-"""The HTTP half of a balanced service at run time: dispatch, upstream pools, retries.
+"""The HTTP half of a balanced service at run time: the upstream pool, dispatch and retries.
 
-Role: what ``ServiceRuntime`` (nonstop/lb/service.py) does for the L7 proxy, kept in a mixin
-of its own: pick a backend through the pool for each exchange, take a pooled keep-alive
-connection (LIFO) or open one, send the request, park the connection when the response is
-done, record stats, and turn upstream failures into retries on another backend or 502/504
-answers as ``core.lb.retry`` decides. Requests wait in a bounded queue while every backend
-is at its connection limit.
+Role: ``UpstreamPool`` is the object a ``ServiceRuntime`` (nonstop/lb/service.py) holds for
+its L7 side: it picks a backend through the (pure) backend pool for each exchange, takes a
+pooled keep-alive connection (LIFO) or opens one, sends the request, parks the connection
+when the response is done, records stats, and turns upstream failures into retries on
+another backend or 502/504 answers as ``core.lb.retry`` decides. Requests wait in a bounded
+queue while every backend is at its connection limit. Its ``sweep`` enforces the upstream
+deadlines (server timeout, drain deadline, idle keep-alive age, queue wait).
+
+Imports run one way — http_head ← http_upstream ← http_proxy, http_upstream ← http_dispatch,
+and service over all of them: the pool knows the service only through ``ServiceEvents`` (one
+callback) and the client connection only through ``http_upstream.ClientSide``. Each client
+connection keeps a reference to this object (``HttpClient.upstreams``), so a request costs
+one attribute load and a plain method call to reach it, as when this was a mixin.
 
 Must not: parse HTTP (http_proxy / http_upstream do), choose backends itself (the pool
-does), or block.
+does), block, or import the client side (http_proxy) or the service.
 """
 
 from __future__ import annotations
@@ -17,46 +24,84 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
 from time import perf_counter
+from typing import Protocol
 
 from nonstop.core.lb.health import SERVING, AdminState
 from nonstop.core.lb.pool import ALL_FULL, Backend, Pool, PoolEvent
 from nonstop.core.lb.retry import IDEMPOTENT_METHODS, Failure, RetryBudget, decide_retry
 from nonstop.core.spec import ServiceSpec
-from nonstop.lb.http_proxy import access_log
-from nonstop.lb.http_upstream import Exchange, HttpUpstream
+from nonstop.lb.http_upstream import PAUSE_UNSENT, Exchange, HttpUpstream
 from nonstop.lb.stats import LATENCY_BUCKETS, BackendStats, ServiceStats
 
 log = logging.getLogger("nonstop.lb")
+access_log = logging.getLogger("nonstop.lb.access")
 
 NON_IDEMPOTENT_MAX_IDLE_AGE = 2.0
 """A POST never goes on a pooled connection idle longer than this (it could be half-closed)."""
 MAX_IDLE_PER_BACKEND = 512
+UPSTREAM_IDLE_TIMEOUT = 15.0
+"""A parked keep-alive connection unused this long is closed by the sweeper."""
 
 
-class HttpDispatch:
-    """Mixed into ``ServiceRuntime``; the attributes below are its."""
+class ServiceEvents(Protocol):
+    """What the upstream pool calls back on the service that owns it."""
+
+    def on_pool_event(self, event: PoolEvent) -> None:
+        """A backend's health changed because of traffic (a failure or an outlier ejection)."""
+
+
+class UpstreamPool:
+    """Upstream connections of one HTTP service: idle (per backend, LIFO), busy, and the wait queue."""
 
     spec: ServiceSpec
-    loop: asyncio.AbstractEventLoop
-    pool: Pool
     uses_key: bool
-    stats: ServiceStats
-    backend_stats: dict[str, BackendStats]
-    budget: RetryBudget
-    idle: dict[str, list[HttpUpstream]]
-    busy: set[HttpUpstream]
-    waiters: deque[Exchange]
-    clock: float
     server_timeout: float
     access_log: bool
-    _parkable: set[Backend]
-    _parkable_version: int
-    _outbox: list[HttpUpstream]
-    on_pool_event: Callable[[PoolEvent], None]
+    """Copies of settings the hot path reads (plain attributes; ``configure`` refreshes them)."""
 
-    def http_dispatch(self, ex: Exchange) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool,
+        *,
+        stats: ServiceStats,
+        backend_stats: dict[str, BackendStats],
+        budget: RetryBudget,
+        service: ServiceEvents,
+        uses_key: bool,
+    ) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.stats = stats
+        self.backend_stats = backend_stats
+        self.budget = budget
+        self.on_pool_event = service.on_pool_event
+        """Bound once: a failure reports to the service with no lookup through it."""
+        self.idle: dict[str, list[HttpUpstream]] = {}
+        self.busy: set[HttpUpstream] = set()
+        self.waiters: deque[Exchange] = deque()
+        self.clock = loop.time()
+        """The service's coarse clock, advanced by its sweeper (saves a clock read per request)."""
+        self._parkable: set[Backend] = set()
+        self._parkable_version = -1
+        """Backends whose idle connections may be kept (ready, serving, still members),
+        recomputed when the pool's version moves."""
+        self._outbox: list[HttpUpstream] = []
+        """Upstream connections with request bytes queued for this loop iteration (``send``)."""
+        self.configure(spec, uses_key)
+
+    def configure(self, spec: ServiceSpec, uses_key: bool) -> None:
+        """Take a reloaded spec's settings (plain attributes: the hot path reads them)."""
+        self.spec = spec
+        self.uses_key = uses_key
+        self.server_timeout = spec.server_timeout
+        self.access_log = spec.access_log
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, ex: Exchange) -> None:
         pool = self.pool
         now = self.clock
         backend = pool.choose(now, ex.client.client_ip if self.uses_key else b"", ex.tried)
@@ -97,12 +142,12 @@ class HttpDispatch:
     async def _connect(self, ex: Exchange, backend: Backend) -> None:
         try:
             _, up = await asyncio.wait_for(
-                self.loop.create_connection(lambda: HttpUpstream(self, backend), backend.host, backend.port),  # type: ignore[arg-type]  # self is the ServiceRuntime
+                self.loop.create_connection(lambda: HttpUpstream(self, backend), backend.host, backend.port),
                 self.spec.connect_timeout,
             )
         except (TimeoutError, OSError) as exc:
             if not ex.cancelled and ex.backend is backend:
-                self._http_failed(ex, backend, Failure.CONNECT, f"connect to {backend.name} failed: {exc or 'timeout'}")
+                self._failed(ex, backend, Failure.CONNECT, f"connect to {backend.name} failed: {exc or 'timeout'}")
             return
         self.backend_stats[backend.name].connections += 1
         if ex.cancelled or ex.backend is not backend:
@@ -111,7 +156,7 @@ class HttpDispatch:
         self._attach(ex, up, self.loop.time())
 
     def _attach(self, ex: Exchange, up: HttpUpstream, now: float) -> None:
-        """Send ``ex`` on ``up`` (fresh, or parked clean by ``http_exchange_done``)."""
+        """Send ``ex`` on ``up`` (fresh, or parked clean by ``exchange_done``)."""
         up.exchange = ex
         ex.upstream = up
         up.deadline = now + self.server_timeout
@@ -128,7 +173,7 @@ class HttpDispatch:
         self.send(up, data)
         client = ex.client
         if client.paused:
-            client.resume(4)
+            client.resume(PAUSE_UNSENT)
         if client.write_paused or up.reading_paused:
             up.set_reading(not client.write_paused)
 
@@ -177,7 +222,9 @@ class HttpDispatch:
         if t is not None:
             t.close()
 
-    def http_exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
+    # ------------------------------------------------------------------ upstream callbacks (UpstreamEvents)
+
+    def exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
         up.exchange = None
         ex.upstream = None
         self.busy.discard(up)
@@ -222,10 +269,11 @@ class HttpDispatch:
         while self.waiters:
             ex = self.waiters.popleft()
             if not ex.cancelled:
-                self.http_dispatch(ex)
+                self.dispatch(ex)
                 return
 
-    def _detach_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+    def detach_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        """Take ``up`` out of service (aborted) and fail or retry the exchange it carried."""
         ex = up.exchange
         up.exchange = None
         up.reusable = False
@@ -234,12 +282,12 @@ class HttpDispatch:
             up.transport.abort()
         if ex is not None:
             ex.upstream = None
-            self._http_failed(ex, up.backend, failure, detail)
+            self._failed(ex, up.backend, failure, detail)
 
-    def http_upstream_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
-        self._detach_failed(up, failure, detail)
+    def upstream_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        self.detach_failed(up, failure, detail)
 
-    def http_upstream_lost(self, up: HttpUpstream, exc: Exception | None) -> None:
+    def upstream_lost(self, up: HttpUpstream, exc: Exception | None) -> None:
         self.busy.discard(up)
         ex = up.exchange
         if ex is None:
@@ -251,12 +299,12 @@ class HttpDispatch:
         ex.upstream = None
         if up.head_done and not up.framed and exc is None:
             up.reusable = False
-            self.http_exchange_done(up, ex)  # close-delimited body ended by EOF
+            self.exchange_done(up, ex)  # close-delimited body ended by EOF
             return
         failure = Failure.RESET_AFTER_RESPONSE_STARTED if up.received else Failure.RESET_BEFORE_RESPONSE
-        self._http_failed(ex, up.backend, failure, f"backend {up.backend.name} closed the connection")
+        self._failed(ex, up.backend, failure, f"backend {up.backend.name} closed the connection")
 
-    def _http_failed(self, ex: Exchange, backend: Backend, failure: Failure, detail: str) -> None:
+    def _failed(self, ex: Exchange, backend: Backend, failure: Failure, detail: str) -> None:
         if ex.backend is backend:
             backend.active -= 1
             ex.backend = None
@@ -285,7 +333,7 @@ class HttpDispatch:
             self.stats.retries += 1
             if bst is not None:
                 bst.retries_from += 1
-            self.http_dispatch(ex)
+            self.dispatch(ex)
             return
         log.debug("%s: not retried: %s (%s)", self.spec.name, decision.reason, detail)
         client = ex.client
@@ -297,7 +345,7 @@ class HttpDispatch:
         status = 504 if failure is Failure.TIMEOUT else 502
         client.send_error(ex, status, detail)
 
-    def http_cancel(self, ex: Exchange) -> None:
+    def cancel(self, ex: Exchange) -> None:
         """The client went away: free what ``ex`` holds."""
         if ex.queued_at:
             try:
@@ -317,3 +365,54 @@ class HttpDispatch:
             if self.waiters:
                 self._wake_waiter()
 
+    # ------------------------------------------------------------------ health, deadlines, shutdown
+
+    def close_idle(self, name: str) -> None:
+        """Close the parked connections to backend ``name`` (it stopped serving or left)."""
+        for up in self.idle.pop(name, []):
+            if up.transport is not None:
+                up.transport.close()
+
+    def abort_in_flight(self, backend: Backend, *, replayable_only: bool = False) -> None:
+        """The backend stopped serving: requests it has not started answering go elsewhere
+        (``core.lb.retry`` decides which are retried; the others get a 502). With
+        ``replayable_only``, only those a retry will resend are taken away."""
+        for up in [u for u in self.busy if u.backend is backend and not u.received]:
+            ex = up.exchange
+            if replayable_only and (ex is None or ex.method not in IDEMPOTENT_METHODS or ex.chunks is None):
+                continue
+            self.detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} went down")
+
+    def sweep(self, now: float) -> None:
+        """Enforce the upstream deadlines: server timeout, drain deadline, idle age, queue wait."""
+        spec = self.spec
+        drain = spec.drain_timeout
+        for up in list(self.busy):
+            backend = up.backend
+            if now > up.deadline:
+                if up.received and up.exchange is not None and up.exchange.answered:
+                    self.detach_failed(up, Failure.RESET_AFTER_RESPONSE_STARTED, "backend stalled mid-response")
+                else:
+                    self.detach_failed(
+                        up, Failure.TIMEOUT, f"backend {backend.name} did not answer within {spec.server_timeout:g}s"
+                    )
+            elif backend.admin is not AdminState.READY and now > backend.admin_since + drain:
+                self.detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} drain deadline passed")
+        for name, idle in list(self.idle.items()):
+            keep = [u for u in idle if u.transport is not None and now - u.idle_since < UPSTREAM_IDLE_TIMEOUT]
+            for u in idle:
+                if u not in keep and u.transport is not None:
+                    u.transport.close()
+            self.idle[name] = keep
+        while self.waiters and now - self.waiters[0].queued_at > spec.queue_timeout:
+            ex = self.waiters.popleft()
+            if not ex.cancelled:
+                ex.client.send_error(ex, 503, "waited too long for a free backend slot")
+
+    def close_all_idle(self) -> None:
+        """Close every parked connection (the service is stopping)."""
+        for conns in self.idle.values():
+            for up in conns:
+                if up.transport is not None:
+                    up.transport.close()
+        self.idle.clear()

@@ -13,8 +13,14 @@ pipelining: later requests wait, their bodies buffered with reads paused). Every
 timeout (header read, idle keep-alive, body, upstream, queue, drain) is a deadline field
 checked by the service's sweeper a few times a second — no timer objects per request.
 
-Must not: decide policy (the pool and core.lb.retry do), or let one connection's error
-escape into the event loop: every failure becomes a response or a closed connection.
+The service and its upstream pool are seen through the ``HttpService`` and ``Upstreams``
+Protocols (defined here), so this module imports only http_head and http_upstream below it,
+never the service or the upstream pool. A connection keeps the pool in a slot of its own:
+one attribute load and a plain method call per request, as when the pool was a mixin.
+
+Must not: decide policy (the pool and core.lb.retry do), let one connection's error escape
+into the event loop (every failure becomes a response or a closed connection), or import
+the service or the upstream pool.
 """
 
 from __future__ import annotations
@@ -22,18 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from nonstop.core.spec import ServiceSpec
 from nonstop.lb.http_head import REQUEST_HOP_BY_HOP, error_response, plain_request
-from nonstop.lb.http_upstream import PAUSE_PIPELINE, PAUSE_UNSENT, Exchange
-
-if TYPE_CHECKING:
-    from nonstop.lb.service import ServiceRuntime
+from nonstop.lb.http_upstream import PAUSE_PIPELINE, PAUSE_UNSENT, Exchange, HttpUpstream
+from nonstop.lb.stats import ServiceStats
 
 log = logging.getLogger("nonstop.lb.http")
-access_log = logging.getLogger("nonstop.lb.access")
 
 _H_CONTENT_LENGTH, _H_HOST, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_FORWARDED_FOR, _H_DROP = range(1, 7)
 _HEADER_KIND: dict[bytes, int] = {
@@ -54,6 +58,33 @@ PAUSE_BUFFER = 256 * 1024
 DEADLINE_NONE, DEADLINE_HEADER, DEADLINE_IDLE, DEADLINE_BODY = 0, 1, 2, 3
 
 
+class Upstreams(Protocol):
+    """What a client connection uses of its service's upstream pool
+    (``nonstop.lb.http_dispatch.UpstreamPool``)."""
+
+    def dispatch(self, ex: Exchange) -> None:
+        """Send an exchange to a backend (or queue or answer it)."""
+
+    def cancel(self, ex: Exchange) -> None:
+        """The client went away: free what the exchange holds."""
+
+    def send(self, up: HttpUpstream, data: bytes) -> None:
+        """Queue request body bytes for an upstream connection."""
+
+
+class HttpService(Protocol):
+    """What a client connection uses of its service (``nonstop.lb.service.ServiceRuntime``)."""
+
+    spec: ServiceSpec
+    clients: set[HttpClient]
+    stats: ServiceStats
+    clock: float
+    client_timeout: float
+
+    @property
+    def upstreams(self) -> Upstreams: ...
+
+
 class ClientError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -65,14 +96,15 @@ class HttpClient(asyncio.Protocol):
     """A client connection: parse requests, hand them to the service, write answers in order."""
 
     __slots__ = (
-        "svc", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes",
+        "svc", "upstreams", "transport", "parser", "client_ip", "queue", "parsing", "in_head", "head_bytes",
         "url", "cl_count", "field_bytes", "te", "has_host", "parts", "xff", "drop", "tail", "error", "header_count",
         "max_headers", "max_header_bytes", "deadline", "deadline_kind", "closing", "paused", "write_paused",
         "closed",
     )  # fmt: skip
 
-    def __init__(self, svc: ServiceRuntime) -> None:
+    def __init__(self, svc: HttpService) -> None:
         self.svc = svc
+        self.upstreams = svc.upstreams
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.client_ip = b"unknown"
@@ -126,7 +158,7 @@ class HttpClient(asyncio.Protocol):
         svc.stats.active_connections -= 1
         for ex in self.queue:
             ex.cancelled = True
-            svc.http_cancel(ex)
+            self.upstreams.cancel(ex)
         self.queue.clear()
 
     def write(self, data: bytes) -> None:
@@ -169,7 +201,7 @@ class HttpClient(asyncio.Protocol):
                 svc.stats.requests += 1
                 self.deadline_kind = DEADLINE_NONE
                 if len(queue) == 1:
-                    svc.http_dispatch(ex)
+                    self.upstreams.dispatch(ex)
                 else:
                     self.pause(PAUSE_PIPELINE)
                 return
@@ -310,7 +342,7 @@ class HttpClient(asyncio.Protocol):
         self.deadline = svc.clock + svc.client_timeout
         self.deadline_kind = DEADLINE_BODY
         if len(self.queue) == 1:
-            svc.http_dispatch(ex)
+            self.upstreams.dispatch(ex)
         else:
             self.pause(PAUSE_PIPELINE)
 
@@ -343,7 +375,7 @@ class HttpClient(asyncio.Protocol):
                 ex.chunks = [data]
         up = ex.upstream
         if up is not None and up.transport is not None:
-            self.svc.send(up, data)
+            self.upstreams.send(up, data)
             return
         if ex.unsent:
             ex.unsent.append(data)
@@ -372,7 +404,7 @@ class HttpClient(asyncio.Protocol):
         if self.queue:
             nxt = self.queue[0]
             self.resume(PAUSE_PIPELINE)
-            self.svc.http_dispatch(nxt)
+            self.upstreams.dispatch(nxt)
         elif not self.in_head:
             self.deadline = self.svc.clock + self.svc.client_timeout
             self.deadline_kind = DEADLINE_IDLE

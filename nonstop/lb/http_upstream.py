@@ -8,14 +8,19 @@ when chunked. The common case — a final response whose head and whole body arr
 read, with a head seen before — costs one dict lookup and one write. Back-pressure: a full
 client pauses reading here, a full upstream pauses the client.
 
-Must not: choose backends or decide retries (the service and core.lb.retry do), or parse
-requests (http_proxy does).
+The other sides are seen through two Protocols defined here, so this module imports neither
+the client side nor the pool: ``ClientSide`` (what an exchange needs of its client
+connection, ``http_proxy.HttpClient``) and ``UpstreamEvents`` (what a connection reports to
+the pool that owns it, ``http_dispatch.UpstreamPool``).
+
+Must not: choose backends or decide retries (the upstream pool and core.lb.retry do), parse
+requests (http_proxy does), or import the client side, the upstream pool or the service.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -33,14 +38,47 @@ from nonstop.lb.http_head import (
     response_head_cached,
 )
 
-if TYPE_CHECKING:
-    from nonstop.lb.http_proxy import HttpClient
-    from nonstop.lb.service import ServiceRuntime
-
 MAX_RESPONSE_HEAD = 64 * 1024
 
 # reasons a client's reading is paused (a bitmask: resume only when none is left)
 PAUSE_PIPELINE, PAUSE_UPSTREAM_FULL, PAUSE_UNSENT = 1, 2, 4
+
+
+class ClientSide(Protocol):
+    """What an exchange and its upstream connection use of the client connection
+    (``nonstop.lb.http_proxy.HttpClient``)."""
+
+    transport: asyncio.Transport | None
+    client_ip: bytes
+    closing: bool
+    paused: int
+    write_paused: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause(self, reason: int) -> None: ...
+
+    def resume(self, reason: int) -> None: ...
+
+    def send_error(self, ex: Exchange, status: int, detail: str) -> None:
+        """A proxy-made answer for ``ex`` in its place in the response order."""
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        """The response to ``ex`` is complete: go on with the connection's next request."""
+
+
+class UpstreamEvents(Protocol):
+    """What an upstream connection reports to the pool that owns it
+    (``nonstop.lb.http_dispatch.UpstreamPool``)."""
+
+    def exchange_done(self, up: HttpUpstream, ex: Exchange) -> None:
+        """The whole response to ``ex`` went to the client."""
+
+    def upstream_failed(self, up: HttpUpstream, failure: Failure, detail: str) -> None:
+        """The backend answered something unusable: abort ``up``, retry or fail its exchange."""
+
+    def upstream_lost(self, up: HttpUpstream, exc: Exception | None) -> None:
+        """The connection closed (EOF or error), busy or parked."""
 
 
 class Exchange:
@@ -57,7 +95,7 @@ class Exchange:
     )  # fmt: skip
 
     def __init__(
-        self, client: HttpClient, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, complete: bool
+        self, client: ClientSide, method: bytes, head: bytes, keep_alive: bool, http10: bool, chunked: bool, complete: bool
     ) -> None:
         self.client = client
         self.method = method
@@ -93,13 +131,13 @@ class HttpUpstream(asyncio.Protocol):
     on the hot path); only chunked bodies go through an httptools response parser."""
 
     __slots__ = (
-        "svc", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
+        "owner", "backend", "transport", "parser", "exchange", "head_buf", "head_done", "received",
         "done", "reusable", "framed", "deadline", "status", "idle_since", "remaining", "paused_client",
         "reading_paused", "pending",
     )  # fmt: skip
 
-    def __init__(self, svc: ServiceRuntime, backend: Backend) -> None:
-        self.svc = svc
+    def __init__(self, owner: UpstreamEvents, backend: Backend) -> None:
+        self.owner = owner
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.parser: HttpResponseParser | None = None
@@ -114,12 +152,12 @@ class HttpUpstream(asyncio.Protocol):
         self.status = 0
         self.idle_since = 0.0
         self.remaining = 0
-        self.paused_client: HttpClient | None = None
+        self.paused_client: ClientSide | None = None
         """The client whose reads this connection's full write buffer paused (resumed even
         if the exchange ended meanwhile)."""
         self.reading_paused = False
         self.pending: bytes | None = None
-        """Request bytes queued for this loop iteration's batched send (``HttpDispatch.send``)."""
+        """Request bytes queued for this loop iteration's batched send (``UpstreamPool.send``)."""
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,7 +188,7 @@ class HttpUpstream(asyncio.Protocol):
                         t = ex.client.transport
                         if t is not None:
                             t.write(hit[0] + data[end + 4 :])
-                        self.svc.http_exchange_done(self, ex)
+                        self.owner.exchange_done(self, ex)
                         return
             data = self._head(ex, data)
             if not self.head_done:
@@ -176,7 +214,7 @@ class HttpUpstream(asyncio.Protocol):
             if t is not None:
                 t.write(data)
         if self.done:
-            self.svc.http_exchange_done(self, ex)
+            self.owner.exchange_done(self, ex)
 
     def _feed_chunked(self, data: bytes) -> None:
         assert self.parser is not None
@@ -198,7 +236,7 @@ class HttpUpstream(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
-                    self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "response head too big")
+                    self.owner.upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, "response head too big")
                     return b""
                 self.head_buf = buf
                 return b"".join(out)
@@ -208,7 +246,7 @@ class HttpUpstream(asyncio.Protocol):
                 rewritten, body, reusable, status = response_head_cached(head, ex.response_flags | client.closing)
             except BadResponse as exc:
                 self.head_buf = b""
-                self.svc.http_upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, str(exc))
+                self.owner.upstream_failed(self, Failure.RESET_AFTER_RESPONSE_STARTED, str(exc))
                 return b""
             out.append(rewritten)
             if 100 <= status < 200 and status != 101:
@@ -252,7 +290,7 @@ class HttpUpstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.resume_writing()
-        self.svc.http_upstream_lost(self, exc)
+        self.owner.upstream_lost(self, exc)
 
     def eof_received(self) -> bool:
         return False

@@ -1,10 +1,12 @@
 """The kernel L4 data plane: keep one nftables table in step with the nft-mode services.
 
 Role: render (``nonstop.core.lb.nft_render``) and load the balancer's own table with ONE
-``nft -f -`` transaction whenever a backend of an nft-mode service changes health, admin
-state or weight (changes within a few milliseconds are coalesced), and delete the table
-on shutdown. Loading a nat table turns on connection tracking for all traffic, so the
-table exists only while an nft-mode service runs.
+``nft -f -`` transaction (``nonstop.net.nft.apply``, in the balancer's namespace) whenever
+a backend of an nft-mode service changes health, admin state or weight (changes within a
+few milliseconds are coalesced), and delete the table on shutdown. Loading a nat table
+turns on connection tracking for all traffic, so the table exists only while an nft-mode
+service runs. A refused or timed-out transaction is logged and changes nothing (nft
+applies all of a script or none of it); the next change renders and tries again.
 
 Must not: touch any table but its own (the name must start with ``nonstop_``), or run
 ``nft`` for a table it did not create.
@@ -20,21 +22,12 @@ from typing import TYPE_CHECKING
 
 from nonstop.core.lb.nft_render import NftBackend, NftService, render_delete, render_table
 from nonstop.lb.config import parse_address
+from nonstop.net import nft
 
 if TYPE_CHECKING:
     from nonstop.lb.service import ServiceRuntime
 
 log = logging.getLogger("nonstop.lb.nft")
-
-
-class NftError(RuntimeError):
-    pass
-
-
-def run_nft(script: str) -> None:
-    proc = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True, timeout=10, check=False)
-    if proc.returncode != 0:
-        raise NftError(f"nft failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
 def describe(services: Sequence[ServiceRuntime], now: float) -> list[NftService]:
@@ -73,7 +66,7 @@ class NftPlane:
         self._pending = None
         try:
             self.apply()
-        except (NftError, OSError, subprocess.TimeoutExpired) as exc:
+        except (nft.NftError, OSError, subprocess.TimeoutExpired) as exc:
             log.error("nft table %s not updated: %s", self.table, exc)
 
     def apply(self) -> None:
@@ -83,7 +76,7 @@ class NftPlane:
         script = render_table(self.table, describe(self.services, self.loop.time()))
         if script == self.last_script and self.loaded:
             return
-        run_nft(script)
+        nft.apply(None, script)
         self.loaded = True
         self.last_script = script
         self.applies += 1
@@ -94,6 +87,6 @@ class NftPlane:
             self._pending.cancel()
             self._pending = None
         if self.loaded:
-            run_nft(render_delete(self.table))
+            nft.apply(None, render_delete(self.table))
             self.loaded = False
             self.last_script = ""

@@ -1,13 +1,17 @@
 """One balanced service at run time: its listener, pool, upstream connections and timers.
 
 Role: the glue between the pure pool (``nonstop.core.lb.pool``) and the data planes. It
-owns the listening socket, the per-backend LIFO keep-alive pools, the in-flight upstream
-set, the bounded wait queue, the retry budget and the stats; it dispatches HTTP
-exchanges and TCP connections, turns upstream failures into retries or 502/504 answers,
-reacts to health changes (in-flight requests on a backend that went down are retried
-elsewhere when safe; its idle connections are closed), and runs the sweeper that enforces
-every deadline. ``update`` applies a reloaded ServiceSpec in place, so connections that
-are open keep working across a reload.
+owns the listening socket, the retry budget and the stats, and holds the HTTP side's
+upstream pool (``http_dispatch.UpstreamPool``: keep-alive connections, in-flight set, wait
+queue, retries) as an object of its own; it dispatches TCP connections, reacts to health
+changes (in-flight requests on a backend that went down are retried elsewhere when safe;
+its idle connections are closed), and runs the sweeper that enforces every deadline.
+``update`` applies a reloaded ServiceSpec in place, so connections that are open keep
+working across a reload.
+
+The top of the data plane's imports: it builds on http_proxy, http_dispatch, http_upstream
+and tcp_proxy, which know it only through Protocols (``HttpService``, ``ServiceEvents``,
+``TcpService``); nothing below imports it.
 
 Must not: parse HTTP (http_proxy does), choose backends itself (the pool does), or block.
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,19 +28,17 @@ from nonstop.core.lb.algorithms import make_balancer
 from nonstop.core.lb.health import AdminState, Health
 from nonstop.core.lb.outlier import OutlierPolicy
 from nonstop.core.lb.pool import Backend, Pool, PoolEvent
-from nonstop.core.lb.retry import IDEMPOTENT_METHODS, Failure, RetryBudget
+from nonstop.core.lb.retry import RetryBudget
 from nonstop.core.spec import ServiceSpec, StaticServer
 from nonstop.lb.config import parse_address
-from nonstop.lb.http_dispatch import HttpDispatch
+from nonstop.lb.http_dispatch import UpstreamPool
 from nonstop.lb.http_proxy import HttpClient
-from nonstop.lb.http_upstream import Exchange, HttpUpstream
 from nonstop.lb.stats import BackendStats, ServiceStats
 from nonstop.lb.tcp_proxy import TcpClient, TcpUpstream
 
 log = logging.getLogger("nonstop.lb")
 
 SWEEP_INTERVAL = 0.1
-UPSTREAM_IDLE_TIMEOUT = 15.0
 
 
 def _pool_for(spec: ServiceSpec) -> Pool:
@@ -50,7 +51,7 @@ def _pool_for(spec: ServiceSpec) -> Pool:
     )
 
 
-class ServiceRuntime(HttpDispatch):
+class ServiceRuntime:
     def __init__(self, spec: ServiceSpec, loop: asyncio.AbstractEventLoop, *, reuse_port: bool = False) -> None:
         self.spec = spec
         self.loop = loop
@@ -61,9 +62,6 @@ class ServiceRuntime(HttpDispatch):
         self.backend_stats: dict[str, BackendStats] = {}
         self.budget = RetryBudget(spec.retry_budget)
         self.clients: set[HttpClient] = set()
-        self.idle: dict[str, list[HttpUpstream]] = {}
-        self.busy: set[HttpUpstream] = set()
-        self.waiters: deque[Exchange] = deque()
         self.tcp_clients: set[TcpClient] = set()
         self.server: asyncio.base_events.Server | None = None
         self.listening: tuple[str, int] | None = None
@@ -73,17 +71,14 @@ class ServiceRuntime(HttpDispatch):
         self.clock = loop.time()
         """A coarse clock for deadlines, advanced by the sweeper (saves a clock read per request)."""
         self.client_timeout = spec.client_timeout
-        self.server_timeout = spec.server_timeout
-        self.access_log = spec.access_log
-        """Copies of spec settings the hot path reads (plain attributes; ``update`` refreshes them)."""
+        """A copy of a spec setting the hot path reads (a plain attribute; ``update`` refreshes it)."""
         self._budget_counted = 0
         """Requests already credited to the retry budget (the sweeper credits in batches)."""
-        self._parkable: set[Backend] = set()
-        self._parkable_version = -1
-        """Backends whose idle connections may be kept (ready, serving, still members),
-        recomputed when the pool's version moves."""
-        self._outbox: list[HttpUpstream] = []
-        """Upstream connections with request bytes queued for this loop iteration (``send``)."""
+        self.upstreams = UpstreamPool(
+            spec, loop, self.pool, stats=self.stats, backend_stats=self.backend_stats, budget=self.budget,
+            service=self, uses_key=self.uses_key,
+        )
+        """The HTTP side's upstream connections; each HttpClient keeps a reference of its own."""
         for server in spec.servers:
             self.add_server(server, ramp=False)
 
@@ -109,7 +104,7 @@ class ServiceRuntime(HttpDispatch):
         if self.server is not None:
             self.server.close()
         deadline = self.loop.time() + grace
-        while (self.busy or self.tcp_clients or any(c.queue for c in self.clients)) and self.loop.time() < deadline:
+        while (self.upstreams.busy or self.tcp_clients or any(c.queue for c in self.clients)) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -119,11 +114,7 @@ class ServiceRuntime(HttpDispatch):
         for tcp in list(self.tcp_clients):
             if tcp.transport is not None:
                 tcp.transport.close()
-        for conns in self.idle.values():
-            for up in conns:
-                if up.transport is not None:
-                    up.transport.close()
-        self.idle.clear()
+        self.upstreams.close_all_idle()
 
     @property
     def address(self) -> str:
@@ -152,20 +143,20 @@ class ServiceRuntime(HttpDispatch):
 
     def remove_server(self, name: str) -> None:
         backend = self.pool.remove(name, self.loop.time())
-        self._close_idle(backend.name)
+        self.upstreams.close_idle(backend.name)
         # A removed backend is no longer health-checked, so a host that went silent would
         # hold the requests still on it until the server timeout: the unanswered idempotent
         # ones go to another backend now; the rest may finish within the drain deadline
         # (the pool marks a removed backend draining).
-        self._abort_in_flight(backend, replayable_only=True)
+        self.upstreams.abort_in_flight(backend, replayable_only=True)
         self._notify(None)
 
     def set_admin(self, name: str, state: AdminState) -> Backend:
         backend = self.pool.set_admin(name, state, self.loop.time())
         if state is not AdminState.READY:
-            self._close_idle(name)
+            self.upstreams.close_idle(name)
         if state is AdminState.MAINT:
-            self._abort_in_flight(backend)
+            self.upstreams.abort_in_flight(backend)
         self._notify(None)
         return backend
 
@@ -179,11 +170,10 @@ class ServiceRuntime(HttpDispatch):
         old = self.spec
         self.spec = spec
         self.client_timeout = spec.client_timeout
-        self.server_timeout = spec.server_timeout
-        self.access_log = spec.access_log
         if spec.algorithm != old.algorithm:
             self.pool.balancer = make_balancer(spec.algorithm.value)
             self.uses_key = self.pool.balancer.uses_key
+        self.upstreams.configure(spec, self.uses_key)
         pool = self.pool
         pool.rise, pool.fall, pool.slow_start = spec.health.rise, spec.health.fall, spec.slow_start
         pool.outlier_policy = OutlierPolicy(spec.outlier_errors, spec.outlier_ejection, spec.outlier_max_ejection)
@@ -220,10 +210,10 @@ class ServiceRuntime(HttpDispatch):
         change = event.change
         log.info("%s/%s: %s -> %s (%s)", self.spec.name, event.backend, change.before.value, change.after.value, change.event.value)
         if change.stopped_serving:
-            self._close_idle(event.backend)
+            self.upstreams.close_idle(event.backend)
             backend = self.pool.backends.get(event.backend)
             if backend is not None:
-                self._abort_in_flight(backend)
+                self.upstreams.abort_in_flight(backend)
         self._notify(event)
 
     def _notify(self, event: PoolEvent | None) -> None:
@@ -232,21 +222,6 @@ class ServiceRuntime(HttpDispatch):
                 listener(event)
             except Exception:  # a listener's bug must not stop the data plane
                 log.exception("state listener failed")
-
-    def _close_idle(self, name: str) -> None:
-        for up in self.idle.pop(name, []):
-            if up.transport is not None:
-                up.transport.close()
-
-    def _abort_in_flight(self, backend: Backend, *, replayable_only: bool = False) -> None:
-        """The backend stopped serving: requests it has not started answering go elsewhere
-        (``core.lb.retry`` decides which are retried; the others get a 502). With
-        ``replayable_only``, only those a retry will resend are taken away."""
-        for up in [u for u in self.busy if u.backend is backend and not u.received]:
-            ex = up.exchange
-            if replayable_only and (ex is None or ex.method not in IDEMPOTENT_METHODS or ex.chunks is None):
-                continue
-            self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} went down")
 
     # ------------------------------------------------------------------ TCP
 
@@ -309,7 +284,7 @@ class ServiceRuntime(HttpDispatch):
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                self.clock = now = self.loop.time()
+                self.clock = self.upstreams.clock = now = self.loop.time()
                 self.sweep(now)
             except Exception:
                 log.exception("%s: sweeper failed", self.spec.name)
@@ -321,28 +296,8 @@ class ServiceRuntime(HttpDispatch):
             self._budget_counted = requests
         for client in [c for c in self.clients if c.deadline_kind and now > c.deadline]:
             client.on_deadline(now)
+        self.upstreams.sweep(now)
         drain = self.spec.drain_timeout
-        for up in list(self.busy):
-            backend = up.backend
-            if now > up.deadline:
-                if up.received and up.exchange is not None and up.exchange.answered:
-                    self._detach_failed(up, Failure.RESET_AFTER_RESPONSE_STARTED, "backend stalled mid-response")
-                else:
-                    self._detach_failed(
-                        up, Failure.TIMEOUT, f"backend {backend.name} did not answer within {self.spec.server_timeout:g}s"
-                    )
-            elif backend.admin is not AdminState.READY and now > backend.admin_since + drain:
-                self._detach_failed(up, Failure.BACKEND_DOWN, f"backend {backend.name} drain deadline passed")
-        for name, idle in list(self.idle.items()):
-            keep = [u for u in idle if u.transport is not None and now - u.idle_since < UPSTREAM_IDLE_TIMEOUT]
-            for u in idle:
-                if u not in keep and u.transport is not None:
-                    u.transport.close()
-            self.idle[name] = keep
-        while self.waiters and now - self.waiters[0].queued_at > self.spec.queue_timeout:
-            ex = self.waiters.popleft()
-            if not ex.cancelled:
-                ex.client.send_error(ex, 503, "waited too long for a free backend slot")
         for tcp in list(self.tcp_clients):
             b = tcp.backend
             expired = b is not None and b.admin is not AdminState.READY and now > b.admin_since + drain

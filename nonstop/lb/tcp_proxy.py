@@ -7,18 +7,28 @@ protocol's ``data_received`` *is* the other transport's write, so no Python code
 read — pausing reads on one side when the other side's write buffer is full, and passing
 half-closes (EOF) through.
 
-Must not: look at the bytes, or decide policy (the service and the pool do).
+The service is seen through the ``TcpService`` Protocol (defined here).
+
+Must not: look at the bytes, decide policy (the service and the pool do), or import the
+service.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nonstop.core.lb.pool import Backend
 
-if TYPE_CHECKING:
-    from nonstop.lb.service import ServiceRuntime
+
+class TcpService(Protocol):
+    """What a client connection reports to its service (``nonstop.lb.service.ServiceRuntime``)."""
+
+    def tcp_accepted(self, client: TcpClient) -> None:
+        """A client connected (reads paused): pick a backend and connect to it."""
+
+    def tcp_closed(self, client: TcpClient) -> None:
+        """The client connection is gone: release its backend slot."""
 
 
 class TcpUpstream(asyncio.Protocol):
@@ -70,7 +80,7 @@ class TcpUpstream(asyncio.Protocol):
 class TcpClient(asyncio.Protocol):
     __slots__ = ("svc", "transport", "upstream", "backend", "tried", "eof", "key", "pending", "data_received")
 
-    def __init__(self, svc: ServiceRuntime) -> None:
+    def __init__(self, svc: TcpService) -> None:
         self.svc = svc
         self.transport: asyncio.Transport | None = None
         self.upstream: TcpUpstream | None = None

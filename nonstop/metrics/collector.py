@@ -42,11 +42,12 @@ def failover_durations(ops: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Heartbeat gap at detection, fence time and failover time from persisted failover operations."""
     out: dict[str, list[float]] = {"gap": [], "fence": [], "failover": []}
     for op in ops:
-        if op.get("type") != "failover":
+        if op.get("kind") != "failover":
             continue
-        detected = op.get("detected_at")
-        heard = op.get("last_heard")
-        times = op.get("times") or {}
+        body = op.get("body") or {}
+        detected = body.get("detected_at")
+        heard = body.get("last_heard")
+        times = op.get("progress") or {}
         if isinstance(detected, (int, float)) and isinstance(heard, (int, float)):
             out["gap"].append(float(detected) - float(heard))
         if isinstance(detected, (int, float)):
@@ -175,7 +176,7 @@ class ClusterCollector:
         ops = GaugeMetricFamily("nonstop_failover_operations", "Failover operations by step", labels=["step"])
         steps: dict[str, int] = {}
         for op in c["ops"]:
-            if op.get("type") == "failover":
+            if op.get("kind") == "failover":
                 steps[str(op.get("step"))] = steps.get(str(op.get("step")), 0) + 1
         for step, n in sorted(steps.items()):
             ops.add_metric([step], n)

@@ -1,11 +1,16 @@
 """Network namespaces: create, list, delete, run code and processes inside them.
 
-Role: the one place that calls setns(2). ``NetnsThread`` is a worker thread that entered a
-named namespace once; everything it runs (sockets it opens, /proc/sys it writes,
-subprocesses it starts) belongs to that namespace, because Linux keeps the network
-namespace per thread and a child inherits the namespace of the thread that forks it.
-``spawn`` starts a long-lived process in a namespace (forked by a thread inside it).
-``iproute`` gives pyroute2's IPRoute a netlink socket made by such a thread.
+Role: the one place that knows where named namespaces live (``NETNS_DIR``) and the one
+place that calls setns(2). ``NetnsThread`` is a worker thread that entered a named
+namespace once; everything it runs (sockets it opens, /proc/sys it writes, subprocesses it
+starts) belongs to that namespace, because Linux keeps the network namespace per thread
+and a child inherits the namespace of the thread that forks it. ``call`` runs one function
+on such a thread (a socket made there stays in the namespace and works from any thread);
+``run`` and ``spawn`` start a short or long-lived process in a namespace (forked by a
+thread inside it); ``iproute`` gives pyroute2's IPRoute a netlink socket made by such a
+thread; ``enter`` moves the calling thread for good (a daemon that lives in one namespace).
+The one other setns(2) is ``nonstop/drivers/launch.py``, an exec shim that runs with
+``python -S`` and so cannot import this module.
 
 Nothing here runs Python in a forked child (no ``preexec_fn``, no pyroute2 helper processes):
 a process with other threads — the etcd client's gRPC threads, asyncio's executor — may hold
@@ -13,7 +18,9 @@ locks at fork time, and the child then crashes or hangs. An agent on an etcd sto
 guest starts fail that way ("child process is dead, status: -11", nft exiting silently).
 
 Must not: create a namespace as a side effect of entering one (pyroute2's ``setns``
-defaults to O_CREAT; we never use it), or touch namespaces without the caller's name.
+defaults to O_CREAT; we never use it), touch namespaces without the caller's name, or
+import pyroute2 before a function needs it (the balancer and the BMC use this module and
+start faster without it).
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as _pyroute2_netns
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -41,6 +48,7 @@ T = TypeVar("T")
 
 
 def netns_path(name: str) -> str:
+    """``nonstop-c1-h1`` -> /run/netns/nonstop-c1-h1; an absolute path passes through."""
     return os.path.join(NETNS_DIR, name)
 
 
@@ -73,7 +81,9 @@ def create(name: str) -> bool:
     if os.path.isdir(NETNS_DIR):
         _create_in_thread(name)
     else:
-        _pyroute2_netns.create(name)  # first use: it also makes /run/netns a shared mount
+        from pyroute2 import netns as pyroute2_netns
+
+        pyroute2_netns.create(name)  # first use: it also makes /run/netns a shared mount
     return True
 
 
@@ -105,7 +115,9 @@ def _create_in_thread(name: str) -> None:
 def delete(name: str) -> bool:
     if not exists(name):
         return False
-    _pyroute2_netns.remove(name)
+    from pyroute2 import netns as pyroute2_netns
+
+    pyroute2_netns.remove(name)
     return True
 
 
@@ -202,13 +214,20 @@ def _missing(name: str) -> OSError:
     return FileNotFoundError(2, f"network namespace {name} does not exist", netns_path(name))
 
 
-def run(name: str, argv: list[str], input: bytes | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
-    """Run a short command inside ``name`` and wait for it (used for ``nft``). Forked by a
-    thread inside the namespace, so the child inherits it and no Python runs in the child."""
+def call(name: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``fn(*args, **kwargs)`` on a short-lived thread inside ``name``; its exception is re-raised.
+    For one step that must happen in the namespace: opening a socket (it stays there and
+    works from any thread), writing /proc/sys, starting a process without ``preexec_fn``."""
     if not exists(name):
         raise _missing(name)
     with NetnsThread(name) as thread:
-        return thread.call(subprocess.run, argv, input=input, capture_output=True, timeout=timeout, check=False)
+        return thread.call(fn, *args, **kwargs)
+
+
+def run(name: str, argv: list[str], input: bytes | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """Run a short command inside ``name`` and wait for it (used for ``nft``). Forked by a
+    thread inside the namespace, so the child inherits it and no Python runs in the child."""
+    return call(name, subprocess.run, argv, input=input, capture_output=True, timeout=timeout, check=False)
 
 
 def spawn(name: str, argv: list[str], log_path: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -218,9 +237,8 @@ def spawn(name: str, argv: list[str], log_path: str | None = None, env: dict[str
         raise _missing(name)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        with NetnsThread(name) as thread:
-            return thread.call(subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                               start_new_session=True)
+        return call(name, subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                    start_new_session=True)
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
@@ -248,13 +266,11 @@ def open_iproute(name: str | None) -> IPRoute:
     """pyroute2's IPRoute on a netlink socket that belongs to namespace ``name`` (None: the calling
     thread's). The socket is made by a thread inside the namespace, not by pyroute2's forked
     helper (``IPRoute(netns=...)``), and works from any thread. The caller closes it."""
+    from pyroute2 import IPRoute
+
     if name is None:
         return IPRoute()
-    if not exists(name):
-        raise _missing(name)
-    with NetnsThread(name) as thread:
-        sock = thread.call(_netlink_socket)
-    return IPRoute(fileno=sock.detach())
+    return IPRoute(fileno=call(name, _netlink_socket).detach())
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ data path inside a host's network namespace, through netlink (pyroute2) and one
   installs the initial data path chosen by the pure state machine from the members'
   carrier (members with carrier start up, as when bonding enslaves them);
 * ``teardown_team`` removes the table and the pair and leaves the members alone;
-* ``team_status`` reports what the kernel really does (which members the rules use,
-  each member's carrier and counters);
+* ``team_status`` reports what the kernel really does (which members the rules use —
+  read back from the table by ``chain_rules`` / ``forward_targets`` — each member's
+  carrier and counters);
 * ``setup_switch_lag`` is the same machinery on a lab switch: a veth "lag" port on the
   bridge, forwarded from/to two or more switch ports (a static LAG, balance-xor).
 
@@ -38,8 +39,8 @@ from nonstop.core.net.team_render import (
     table_name,
 )
 from nonstop.core.spec import HashPolicy, TeamMode, TeamSpec
+from nonstop.net import nft
 from nonstop.net.netns import open_iproute
-from nonstop.net.team_nft import apply_script, chain_rules, forward_targets, list_table
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -138,14 +139,14 @@ def setup_team(
     decision = initial_state(config, {m: i["carrier"] for m, i in infos.items()}, time.monotonic())
     path = data_path_for("team", config, decision.state, peer_name(team.name), probe_macs(infos, team_mac))
     # Delete + create in one transaction: a re-setup with other members leaves no stale chain.
-    apply_script(netns, render_delete(path.table) + render_ruleset(path))
+    nft.apply(netns, render_delete(path.table) + render_ruleset(path))
     return team.name
 
 
 def teardown_team(netns: str, team: TeamSpec) -> None:
     """Remove the team's table and veth pair; members stay. Succeeds when already gone."""
     try:
-        apply_script(netns, render_delete(table_name("team", team.name)))
+        nft.apply(netns, render_delete(table_name("team", team.name)))
     except FileNotFoundError:
         return  # the namespace is gone, and everything in it
     _delete_pair(netns, team.name)
@@ -160,7 +161,7 @@ def _delete_pair(netns: str, logical: str) -> None:
 
 
 def _status(netns: str, table: str, logical: str, members: list[str], mode: str) -> dict[str, Any]:
-    objects = list_table(netns, table)
+    objects = nft.list_table(netns, "netdev", table)
     chains = chain_rules(objects or [])
     port = peer_name(logical)
     transmit = [t for t in forward_targets(chains.get("tx", [])) if t in members]
@@ -190,6 +191,43 @@ def _status(netns: str, table: str, logical: str, members: list[str], mode: str)
             "counters": info["counters"] if info else {},
         }
     return status
+
+
+def chain_rules(objects: list[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
+    """Chain name -> its rules' expression lists, from ``nft.list_table`` output."""
+    chains: dict[str, list[list[dict[str, Any]]]] = {}
+    for obj in objects:
+        if "chain" in obj:
+            chains.setdefault(obj["chain"]["name"], [])
+        elif "rule" in obj:
+            chains.setdefault(obj["rule"]["chain"], []).append(obj["rule"]["expr"])
+    return chains
+
+
+def forward_targets(rules: list[list[dict[str, Any]]]) -> list[str]:
+    """Every device a chain's ``fwd``/``dup`` statements can send a frame to, in order."""
+    targets: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("fwd", "dup") and isinstance(value, dict):
+                    dev = value.get("dev", value.get("addr"))  # nft 1.0.6 prints "dup to" as addr
+                    if isinstance(dev, str):
+                        targets.append(dev)
+                    else:
+                        walk(dev)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            if len(node) == 2 and isinstance(node[0], int) and isinstance(node[1], str):
+                targets.append(node[1])  # a map element: [index, "device"]
+            else:
+                for item in node:
+                    walk(item)
+
+    walk(rules)
+    return list(dict.fromkeys(targets))
 
 
 def team_status(netns: str, team: TeamSpec) -> dict[str, Any]:
@@ -231,14 +269,14 @@ def setup_switch_lag(
         infos = _require(ipr, ports, f"namespace {fabric_ns}")
     decision = initial_state(config, {p: i["carrier"] for p, i in infos.items()}, time.monotonic())
     path = data_path_for("lag", config, decision.state, peer_name(name))
-    apply_script(fabric_ns, render_delete(path.table) + render_ruleset(path))
+    nft.apply(fabric_ns, render_delete(path.table) + render_ruleset(path))
     return name
 
 
 def teardown_switch_lag(fabric_ns: str, name: str) -> None:
     """Remove the LAG's table and veth pair (its former ports stay, off the bridge)."""
     try:
-        apply_script(fabric_ns, render_delete(table_name("lag", name)))
+        nft.apply(fabric_ns, render_delete(table_name("lag", name)))
     except FileNotFoundError:
         return
     _delete_pair(fabric_ns, name)

@@ -29,17 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
 from nonstop.core.spec import ClusterSpec, HostSpec, TeamSpec
+from nonstop.net import netns, nft
 from nonstop.net.team import link_info, setup_switch_lag, setup_team
-from nonstop.net.team_nft import apply_script, in_netns, netns_path
 
 
 def popen_in(name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Start ``argv`` inside namespace ``name`` (through ``nsenter``: no ``preexec_fn``,
+    """Start ``argv`` inside namespace ``name``: forked by a thread inside it (no ``preexec_fn``,
     which is unsafe in a process with other threads)."""
-    return subprocess.Popen(["nsenter", f"--net={netns_path(name)}", *argv], **kwargs)
+    popen: subprocess.Popen[Any] = netns.call(name, subprocess.Popen, argv, **kwargs)
+    return popen
 
 
 class TeamTestbed:
@@ -131,9 +132,8 @@ class TeamTestbed:
         The guest has no IPv6, so it sends nothing unless told to (no router solicitations
         or MLD reports that would teach the switch its MAC behind a test's back).
         """
-        with in_netns(self.g):
-            for scope in ("all", "default"):
-                Path(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6").write_text("1")
+        for scope in ("all", "default"):
+            netns.call(self.g, netns.write_sysctl, f"net/ipv6/conf/{scope}/disable_ipv6", "1")
         with IPRoute(netns=self.h1) as ipr:
             ipr.link("add", ifname="brg", kind="bridge")
             bridge = ipr.link_lookup(ifname="brg")[0]
@@ -153,8 +153,7 @@ class TeamTestbed:
 
         deadline = time.monotonic() + timeout
         while True:
-            with in_netns(self.h1):
-                sock = socket.socket()
+            sock = netns.call(self.h1, socket.socket)
             sock.settimeout(0.5)
             try:
                 sock.connect((self.h2_ip, 9))
@@ -170,7 +169,7 @@ class TeamTestbed:
         self.stop_daemon()
         for ns in self.namespaces():
             with contextlib.suppress(Exception):
-                netns.remove(ns)
+                netns.delete(ns)
         with contextlib.suppress(FileNotFoundError):
             for child in self.workdir.iterdir():
                 child.unlink()
@@ -198,7 +197,7 @@ class TeamTestbed:
         script = f"add table netdev {table}\ndelete table netdev {table}\n"
         if on:
             script += f'table netdev {table} {{\n\tchain c {{\n\t\ttype filter hook ingress device "{port}" priority -10; policy drop;\n\t}}\n}}\n'
-        apply_script(self.sw, script)
+        nft.apply(self.sw, script)
 
     def shape(self, member: str, rate: str, burst: int = 131072) -> None:
         """Limit what h1 sends out of ``member`` with a tbf qdisc (e.g. ``rate="200mbit"``)."""

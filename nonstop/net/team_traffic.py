@@ -156,15 +156,13 @@ class TcpStream:
 
     def __init__(self, client_ns: str, server_ns: str, server_ip: str, port: int = 7008,
                  chunk: int = 16384, pause: float = 0.002):
-        from nonstop.net.team_nft import in_netns
+        from nonstop.net import netns
 
-        with in_netns(server_ns):
-            self.listener = socket.socket()
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.listener.bind((server_ip, port))
-            self.listener.listen(1)
-        with in_netns(client_ns):
-            self.client = socket.socket()
+        self.listener = netns.call(server_ns, socket.socket)  # made in the namespace, used from here
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((server_ip, port))
+        self.listener.listen(1)
+        self.client = netns.call(client_ns, socket.socket)
         self.client.settimeout(5)
         self.client.connect((server_ip, port))
         self.conn, _ = self.listener.accept()

@@ -1,15 +1,18 @@
-"""What the patcher reads and writes in the store, besides its own rollout record.
+"""What the patcher reads of the cluster, and how it asks the controller for changes.
 
 Role: one read of the cluster as the patcher needs it (``Snapshot``: spec, guest placement, host
-conditions as the controller reports them, each host's patch level and agent record), the
-balancer admin calls of the drain (``Balancers``: set a backend ``drain``/``ready``, wait until its
-in-flight requests are done), host maintenance through ``hosts/<h>/desired`` (the controller's
-documented interface), guest moves (live migration of VMs through ``migrate_to``, cold moves of
-process guests by reassignment, both the controller's own transactions in
-nonstop/controller/view.py), and host commands through the agent (``ops/patch-<host>``,
-nonstop/agent/patch.py). Also ``patch_level_warning`` for ``nonstop status``.
+conditions as the controller reports them, each host's patch level and agent record); the current
+operation of a kind (``latest``: the newest ``ops/<id>`` record of that kind); the balancer admin
+calls of the drain (``Balancers``: set a backend ``drain``/``ready``, wait until its in-flight
+requests are done); intents to the controller (``ask``: write one, wait for the first answer —
+``accepted`` or final — and turn a refusal into ``IntentFailed`` with the controller's words;
+``wait_on``: until a moved guest runs on its target, or the controller says the move failed); host
+commands through the agent (``hosts/<h>/patch``, nonstop/agent/patch.py). Also
+``patch_level_warning`` for ``nonstop status``.
 
-Must not: decide (the core planner and step machine do) or hold rollout state.
+Must not: decide (the core planner and step machine do), hold rollout state, or write guest
+placement or host state (``guests/*/desired``, ``hosts/*/desired``): only the controller does, on
+the intents written here.
 """
 
 from __future__ import annotations
@@ -22,25 +25,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nonstop.agent.patch import request_key
-from nonstop.controller import view as cv
-from nonstop.controller.lbsync import http_json
+from nonstop.core.guests.model import GuestDefinition
 from nonstop.core.patching.planner import placement_conditions
+from nonstop.core.patching.steps import KIND as ROLLOUT_KIND
 from nonstop.core.spec import ClusterSpec
-from nonstop.store import keys
-from nonstop.store.base import Compare, Op, Store, encode_json
+from nonstop.lb.client import BalancerAdminClient, BalancerAdminError
+from nonstop.store import intents, keys, operations
+from nonstop.store.base import Compare, Op, Store
+from nonstop.store.cluster_records import ClusterRecords, ObservedGuestRecord, read_cluster
+from nonstop.store.intents import IntentKind, IntentOutcome
+from nonstop.store.operations import OperationRecord
 from nonstop.store.state import get_spec
 
 CONTROLLER_FRESH = 5.0
 """The controller publishes its status every second; older than this, nobody is watching the cluster."""
+INTENT_TIMEOUT = 30.0
+"""How long a first answer to an intent may take (a controller restarting answers once it leads)."""
+ANSWERED = frozenset({"accepted", *intents.FINAL_STATUSES})
 
 
 @dataclass
 class Snapshot:
     spec: ClusterSpec
-    view: cv.ClusterView
+    records: ClusterRecords
     controller: dict[str, Any]
     host_observed: dict[str, dict[str, Any]] = field(default_factory=dict)
     alive: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def desired(self) -> dict[str, GuestDefinition]:
+        return {g: r.desired for g, r in self.records.guests.items() if r.desired is not None}
+
+    @property
+    def observed(self) -> dict[str, ObservedGuestRecord]:
+        return {g: r.observed for g, r in self.records.guests.items() if r.observed is not None}
+
+    def assignments(self) -> dict[str, str]:
+        return self.records.assignments()
 
     def controller_fresh(self, now: float) -> bool:
         return bool(self.controller) and now - float(self.controller.get("updated_at", 0)) < CONTROLLER_FRESH
@@ -51,7 +72,8 @@ class Snapshot:
         maintenance = set(self.controller.get("maintenance", []))
         out = {}
         for host in self.spec.hosts:
-            if host.name in maintenance or self.view.host_desired.get(host.name, {}).get("state") == "maintenance":
+            rec = self.records.hosts.get(host.name)
+            if host.name in maintenance or (rec is not None and rec.desired.state == "maintenance"):
                 out[host.name] = "maintenance"
             else:
                 out[host.name] = str(states.get(host.name, "unknown"))
@@ -65,22 +87,22 @@ class Snapshot:
         return {h.name: self.host_observed.get(h.name, {}).get("patch_level") for h in self.spec.hosts}
 
     def guests_on(self, host: str) -> list[str]:
-        return sorted(g for g, d in self.view.desired.items() if d.host == host)
+        return sorted(g for g, d in self.desired.items() if d.host == host)
 
     def running_on(self, guest: str, host: str) -> bool:
-        obs = self.view.observed.get(guest, {})
-        d = self.view.desired.get(guest)
-        return (d is not None and d.host == host and d.migrate_to is None and obs.get("host") == host
-                and obs.get("state") == "running")
+        obs = self.observed.get(guest)
+        d = self.desired.get(guest)
+        return (d is not None and obs is not None and d.host == host and d.migrate_to is None and obs.host == host
+                and obs.state == "running")
 
 
 async def snapshot(store: Store, cluster: str) -> Snapshot:
     stored = await get_spec(store, cluster)
     if stored is None:
         raise RuntimeError(f"no spec for cluster {cluster} in the store")
-    view = await cv.read_view(store, cluster)
+    records = await read_cluster(store, cluster)
     controller = await store.get_json(keys.leader(cluster)) or {}
-    snap = Snapshot(stored.spec, view, controller if isinstance(controller, dict) else {})
+    snap = Snapshot(stored.spec, records, controller if isinstance(controller, dict) else {})
     for kv in await store.list(keys.hosts_prefix(cluster)):
         parsed = keys.parse(kv.key)
         with contextlib.suppress(ValueError):
@@ -91,27 +113,74 @@ async def snapshot(store: Store, cluster: str) -> Snapshot:
     return snap
 
 
+async def latest(store: Store, cluster: str, kind: str) -> OperationRecord | None:
+    """The newest stored operation of ``kind`` (the current rollout for ``patch-rollout``)."""
+    records = await operations.list_operations(store, cluster, kind)
+    return records[-1] if records else None
+
+
 async def patch_level_warning(store: Store, cluster: str) -> str | None:
     """For ``nonstop status``: a warning while hosts report different patch levels (or a rollout
     is not complete), else None."""
     snap = await snapshot(store, cluster)
     levels = snap.levels()
     distinct = {lv for lv in levels.values()}
-    rollout = await store.get_json(keys.op(cluster, "patch-rollout"))
+    rollout = await latest(store, cluster, ROLLOUT_KIND)
     parts = []
     if len(distinct) > 1:
         parts.append("patch levels differ: " + ", ".join(f"{h}={lv or 'unknown'}" for h, lv in sorted(levels.items())))
-    if isinstance(rollout, dict) and rollout.get("status") in ("running", "failed"):
-        parts.append(f"patch rollout to {rollout.get('target')} is {rollout.get('status')}")
+    if rollout is not None and rollout.step in ("running", "failed"):
+        parts.append(f"patch rollout to {rollout.body.get('target')} is {rollout.step}")
     return "; ".join(parts) or None
 
 
-# ------------------------------------------------------------------ maintenance
+# ------------------------------------------------------------------ intents to the controller
 
 
-async def set_maintenance(store: Store, cluster: str, host: str, on: bool, reason: str) -> None:
-    value = {"state": "maintenance", "evacuate": False, "reason": reason} if on else {"state": "up", "reason": reason}
-    await store.put(keys.host_desired(cluster, host), encode_json(value))
+class IntentFailed(Exception):
+    """The controller refused an intent or reported it failed (its message), or did not answer."""
+
+
+async def ask(store: Store, cluster: str, kind: IntentKind, *, requester: str, reason: str,
+              timeout: float = INTENT_TIMEOUT, **fields: Any) -> IntentOutcome:
+    """Write an intent and wait for the controller's first answer: ``accepted`` (the move is under
+    way: ``target`` says where) or ``done`` is returned; ``refused``, ``failed`` or no answer
+    within ``timeout`` raise ``IntentFailed``."""
+    intent = await intents.submit(store, cluster, kind, requester=requester, reason=reason, **fields)
+    outcome = await intents.wait_outcome(store, cluster, intent.id, timeout=timeout, until=ANSWERED)
+    if outcome is None:
+        raise IntentFailed(f"the controller did not answer the intent to {intent.describe()} within "
+                           f"{timeout:.0f} s (intent {intent.id})")
+    if outcome.status in ("refused", "failed"):
+        raise IntentFailed(f"the controller {outcome.status} to {intent.describe()}: {outcome.message}")
+    return outcome
+
+
+async def wait_on(store: Store, cluster: str, guest: str, target: str, *, timeout: float,
+                  intent_id: str | None = None, source: str | None = None) -> None:
+    """Until ``guest`` runs on ``target`` (or the controller says the intent ``intent_id`` is
+    done). Raises ``IntentFailed`` when the controller reports the intent failed (a live
+    migration the agents gave up), when — with no intent: a migration already under way when a
+    patcher resumed — the guest is back on ``source`` with no migration pending, or at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = await snapshot(store, cluster)
+        if snap.running_on(guest, target):
+            return
+        if intent_id is not None:
+            outcome = await intents.get_outcome(store, cluster, intent_id)
+            if outcome is not None and outcome.status == "done":
+                return
+            if outcome is not None and outcome.status in ("failed", "refused"):
+                raise IntentFailed(f"moving {guest} to {target} {outcome.status}: {outcome.message}")
+        else:
+            d = snap.desired.get(guest)
+            if d is not None and d.host == source and d.migrate_to is None:
+                raise IntentFailed(f"the migration of {guest} to {target} under way when the patcher stopped "
+                                   f"ended with {guest} still on {source}")
+        if time.monotonic() > deadline:
+            raise IntentFailed(f"timed out after {timeout:.0f} s waiting for {guest} on {target}")
+        await asyncio.sleep(0.2)
 
 
 # ------------------------------------------------------------------ balancers
@@ -123,23 +192,30 @@ class Balancers:
     def __init__(self, admins: dict[str, str], timeout: float = 2.0) -> None:
         self.admins = dict(admins)
         self.timeout = timeout
+        self._clients: dict[str, BalancerAdminClient] = {}
+
+    def client(self, service: str) -> BalancerAdminClient:
+        """One client per service, made in (and bound to) the loop that first uses it."""
+        if service not in self._clients:
+            self._clients[service] = BalancerAdminClient(self.admins[service], timeout=self.timeout)
+        return self._clients[service]
 
     async def backends(self, service: str) -> list[dict[str, Any]]:
-        status, body = await http_json(self.admins[service], "GET", f"/services/{service}/backends", timeout=self.timeout)
-        return list(body) if status == 200 and isinstance(body, list) else []
+        try:
+            return await self.client(service).get_backends(service)
+        except BalancerAdminError:
+            return []
 
     async def set_state(self, guests: list[str], state: str) -> list[str]:
         """Set every backend named after one of ``guests`` to ``state`` on every balancer; what was changed."""
         done = []
-        for service, address in self.admins.items():
-            with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
-                names = {b.get("name") for b in await self.backends(service)}
-                for guest in guests:
-                    if guest in names:
-                        status, _ = await http_json(address, "PATCH", f"/services/{service}/backends/{guest}",
-                                                    {"state": state}, timeout=self.timeout)
-                        if status == 200:
-                            done.append(f"{service}/{guest}")
+        for service in self.admins:
+            names = {b.get("name") for b in await self.backends(service)}
+            for guest in guests:
+                if guest in names:
+                    with contextlib.suppress(BalancerAdminError):
+                        await self.client(service).set_state(service, guest, state)
+                        done.append(f"{service}/{guest}")
         return done
 
     async def wait_idle(self, guests: list[str], timeout: float) -> int:
@@ -148,9 +224,8 @@ class Balancers:
         while True:
             active = 0
             for service in self.admins:
-                with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
-                    active += sum(int(b.get("active") or 0) for b in await self.backends(service)
-                                  if b.get("name") in guests)
+                active += sum(int(b.get("active") or 0) for b in await self.backends(service)
+                              if b.get("name") in guests)
             if active == 0 or time.monotonic() > deadline:
                 return active
             await asyncio.sleep(0.1)
@@ -163,32 +238,6 @@ class Balancers:
                     if b.get("name") == guest:
                         return bool(b.get("serving"))
         return False
-
-
-# ------------------------------------------------------------------ guest moves
-
-
-async def move_guest(store: Store, cluster: str, snap: Snapshot, guest: str, target: str) -> str:
-    """Live-migrate a VM, cold-move anything else; returns how (``live`` / ``cold``)."""
-    definition = snap.view.desired[guest]
-    if definition.kind == "vm":
-        if definition.migrate_to != target:
-            ok = await cv.request_migration(store, cluster, definition, target, snap.view.desired_rev[guest])
-            if not ok:
-                raise RuntimeError(f"{guest}: its record changed while requesting the migration")
-        return "live"
-    await cv.assign(store, cluster, definition, target,
-                    max(snap.view.epochs.get(guest, 0), definition.fencing_epoch))
-    return "cold"
-
-
-async def migration_failure(store: Store, cluster: str, guest: str, since: float) -> str | None:
-    """The reason a live migration of ``guest`` requested at or after ``since`` failed (the agents'
-    hand-over record ``ops/migrate-<guest>``, docs/agent.md), else None."""
-    op = await store.get_json(keys.op(cluster, f"migrate-{guest}"))
-    if isinstance(op, dict) and op.get("phase") == "failed" and float(op.get("requested_at") or 0) >= since - 1.0:
-        return str(op.get("reason") or "no reason given")
-    return None
 
 
 # ------------------------------------------------------------------ host commands (through the agent)

@@ -3,27 +3,33 @@ every step in the store so a killed patcher resumes where it was.
 
 Role: ``Patcher(store, cluster, balancers=...)``:
 - ``plan(target, hosts, max_unavailable)``: the pure planner on a fresh snapshot;
-- ``start(...)`` writes a new rollout to ``ops/patch-rollout`` (refused while another rollout is
-  running or failed — resume or abort it first);
-- ``run()`` holds ``ops/patch-rollout-lock`` on a lease (one patcher at a time; a killed one's
-  lock goes with its lease), then loops: ``transition(rollout, observation, now)`` → persist →
-  run the steps it asks for (hosts of one batch concurrently) → feed each result back;
-- ``resume()`` / ``abort()``: the operator's observations.
+- ``start(...)`` stores a new rollout, an operation of kind ``patch-rollout`` at ``ops/<id>``
+  with a generated id (refused while the current one — the newest of that kind — is running or
+  failed: resume or abort it first);
+- ``run()`` holds ``op-control/<id>/lock`` on a lease (one patcher at a time; a killed one's lock goes
+  with its lease), then loops: ``transition(rollout, observation, now)`` → persist → run the steps
+  it asks for (hosts of one batch concurrently) → feed each result back;
+- ``resume()`` / ``abort()``: the operator's observations (an abort reaches a running patcher in
+  any process through ``op-control/<id>/abort``).
 
-Per-host step procedures are idempotent (a resumed step runs again from its beginning):
-precheck (controller alive and fresh, cluster healthy, ``check_batch``), enter-maintenance
-(``hosts/<h>/desired`` with ``evacuate: false``, wait until the controller reports it — from then on
-the HA controller never fences or fails the host over), drain (backends of the host's guests set
-``drain`` on every balancer, in-flight requests finish), evacuate (one guest at a time: VMs by live
-migration, process guests by reassignment; wait until it runs on the target and serves), patch
-(request through the agent, wait for the result), await-agent (the agent re-executed, reports the
-target level and its version), postcheck (a self-test guest boots on the host), exit-maintenance
-(wait until the controller hears the host on every link: ``up``, not ``link-degraded``), failback
-(per ``policies.ha.failback``: ``manual`` leaves guests where they are, ``auto`` moves the
-evacuated ones back, ``balanced`` applies the controller's rebalance plan).
+The patcher never writes guest placement or host state: it asks the controller with intents
+(nonstop/store/intents.py, requester ``patcher``) and waits for their outcome; a refusal fails the
+step with the controller's message. Per-host step procedures are idempotent (a resumed step runs
+again from its beginning): precheck (controller alive and fresh, cluster healthy,
+``check_batch``), enter-maintenance (a ``maintenance`` intent with ``evacuate: false``, then wait
+until the controller reports the host in maintenance — from then on it never fences or fails the
+host over), drain (backends of the host's guests set ``drain`` on every balancer, in-flight
+requests finish), evacuate (one guest at a time: drained, a ``migrate`` intent with
+``avoid=host``, wait until it runs on the target the controller chose and serves), patch (request
+through the agent, wait for the result), await-agent (the agent re-executed, reports the target
+level and its version), postcheck (a self-test guest boots on the host), exit-maintenance (an
+intent to leave, then wait until the controller hears the host on every link), failback (per
+``policies.ha.failback``: ``manual`` leaves guests where they are, ``auto`` asks for the evacuated
+ones back home, ``balanced`` asks for the moves of the controller's rebalance plan).
 
-Must not: decide order, batches or safety (nonstop/core/patching does), or run anything on a host
-itself (the agent does).
+Must not: decide order, batches or safety (nonstop/core/patching does), choose evacuation targets
+(the controller does), write ``guests/*/desired`` or ``hosts/*/desired``, or run anything on a
+host itself (the agent does).
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from nonstop.controller.events import EventLog
-from nonstop.core.controller.placing import move_off, rebalance_moves
+from nonstop.core.controller.placing import rebalance_moves
 from nonstop.core.patching.planner import RolloutPlan, check_batch, plan_rollout
 from nonstop.core.patching.steps import (
+    KIND,
     Abort,
     Finished,
     Moved,
@@ -56,30 +62,21 @@ from nonstop.core.patching.steps import (
     transition,
 )
 from nonstop.patching import cluster as pc
-from nonstop.store import keys
+from nonstop.store import keys, operations
 from nonstop.store.base import Compare, Op, Store
+from nonstop.store.events import EventLog
+from nonstop.store.intents import IntentKind, IntentOutcome
 from nonstop.store.lease import LeaseKeeper
+from nonstop.store.operations import OperationRecord
 
 log = logging.getLogger("nonstop.patching")
 
 Progress = Callable[[Rollout, str], None]
+REQUESTER = "patcher"
 
 
 class RolloutError(Exception):
     pass
-
-
-def rollout_key(cluster: str) -> str:
-    return keys.op(cluster, "patch-rollout")
-
-
-def lock_key(cluster: str) -> str:
-    return keys.op(cluster, "patch-rollout-lock")
-
-
-def abort_key(cluster: str) -> str:
-    """An operator's request to abort the rollout a running patcher holds (it polls for it)."""
-    return keys.op(cluster, "patch-rollout-abort")
 
 
 class Patcher:
@@ -97,35 +94,41 @@ class Patcher:
 
     # ------------------------------------------------------------------ records
 
-    async def load(self) -> Rollout | None:
-        data = await self.store.get_json(rollout_key(self.cluster))
-        return Rollout.from_dict(data) if isinstance(data, dict) else None
+    async def load(self, rollout_id: str | None = None) -> Rollout | None:
+        """Rollout ``rollout_id``, or the current one: the newest operation of kind ``patch-rollout``."""
+        record = (await operations.load(self.store, self.cluster, rollout_id) if rollout_id
+                  else await pc.latest(self.store, self.cluster, KIND))
+        return Rollout.from_body(record.header, record.body) if record is not None and record.kind == KIND else None
 
     async def _save(self, rollout: Rollout) -> None:
-        await self.store.put_json(rollout_key(self.cluster), rollout.to_dict())
+        await operations.save(self.store, self.cluster, OperationRecord.of(rollout.header, rollout.body()))
+
+    async def lock_holder(self, rollout: Rollout) -> dict[str, Any] | None:
+        """Who runs ``rollout`` right now (``op-control/<id>/lock``), or None."""
+        holder = await self.store.get_json(keys.op_lock(self.cluster, rollout.header.id))
+        return holder if isinstance(holder, dict) else None
 
     async def plan(self, target: str, hosts: list[str] | None = None, max_unavailable: int = 1) -> RolloutPlan:
         snap = await pc.snapshot(self.store, self.cluster)
-        return plan_rollout(snap.spec, snap.view.assignments(), snap.conditions(), snap.levels(), target,
+        return plan_rollout(snap.spec, snap.assignments(), snap.conditions(), snap.levels(), target,
                             hosts=hosts, max_unavailable=max_unavailable)
 
     async def start(self, target: str, *, hosts: list[str] | None = None, max_unavailable: int = 1,
                     command: str | None = None, restart_agent: bool = True, timeout: float = 120.0) -> Rollout:
         current = await self.load()
         if current is not None and current.status in (RolloutStatus.RUNNING, RolloutStatus.FAILED):
-            raise RolloutError(f"rollout {current.rollout_id} to {current.target} is {current.status.value}: "
+            raise RolloutError(f"rollout {current.header.id} to {current.target} is {current.status.value}: "
                                "resume or abort it first")
         plan = await self.plan(target, hosts, max_unavailable)
         if not plan.ok:
             raise RolloutError("the planner refuses: " + "; ".join(plan.refused))
         snap = await pc.snapshot(self.store, self.cluster)
-        await self.store.delete(abort_key(self.cluster))  # a request left over from an earlier rollout
-        now = time.time()
-        rollout = new_rollout(f"patch-{int(now * 1000)}", target, plan.batches, now, levels=snap.levels(),
+        rollout = new_rollout(operations.new_op_id(KIND), target, plan.batches, time.time(), levels=snap.levels(),
                               command=command, restart_agent=restart_agent, timeout=timeout,
-                              max_unavailable=max_unavailable)
+                              max_unavailable=max_unavailable,
+                              reason=f"patch {', '.join(h for b in plan.batches for h in b)} to {target} ({self.id})")
         await self._save(rollout)
-        await self.events.emit("patch-rollout", self.cluster, f"rollout {rollout.rollout_id} to {target} planned: "
+        await self.events.emit("patch-rollout", self.cluster, f"rollout {rollout.header.id} to {target} planned: "
                                + " | ".join(",".join(b) for b in plan.batches), batches=[list(b) for b in plan.batches])
         return rollout
 
@@ -138,29 +141,29 @@ class Patcher:
                 hosts[host] = replace(hosts[host], attempt=hosts[host].attempt + 1)
         rollout, _ = transition(replace(rollout, hosts=hosts), Resume(), time.time())
         await self._save(rollout)
-        await self.events.emit("patch-resumed", self.cluster, f"rollout {rollout.rollout_id} resumed"
+        await self.events.emit("patch-resumed", self.cluster, f"rollout {rollout.header.id} resumed"
                                + (f" ({', '.join(failed)} retried)" if failed else ""))
         return rollout
 
     async def abort(self, wait: float = 60.0) -> Rollout:
         """End the rollout, leaving the cluster serving. When a patcher is running it (its lock is
-        held), ask it through ``ops/patch-rollout-abort`` and wait until it has stopped its steps and
+        held), ask it through ``op-control/<id>/abort`` and wait until it has stopped its steps and
         recorded the abort (it may live in another process); otherwise abort the record here."""
         rollout = await self._require()
         if rollout.status in (RolloutStatus.COMPLETE, RolloutStatus.ABORTED):
-            raise RolloutError(f"rollout {rollout.rollout_id} is already {rollout.status.value}")
-        if await self.store.get(lock_key(self.cluster)) is None:
+            raise RolloutError(f"rollout {rollout.header.id} is already {rollout.status.value}")
+        if await self.lock_holder(rollout) is None:
             return await self._apply_abort(rollout)
-        await self.store.put_json(abort_key(self.cluster), {"requested_at": time.time()})
+        await self.store.put_json(keys.op_abort(self.cluster, rollout.header.id), {"requested_at": time.time()})
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            current = await self._require()
+            current = await self._require(rollout.header.id)
             if current.status is RolloutStatus.ABORTED:
                 return current
-            if await self.store.get(lock_key(self.cluster)) is None:  # it ended without seeing the request
-                return await self._apply_abort(await self._require())
-        raise RolloutError(f"the patcher running rollout {rollout.rollout_id} did not stop within {wait:.0f} s; "
+            if await self.lock_holder(current) is None:  # it ended without seeing the request
+                return await self._apply_abort(current)
+        raise RolloutError(f"the patcher running rollout {rollout.header.id} did not stop within {wait:.0f} s; "
                            "the abort stays requested")
 
     async def _apply_abort(self, rollout: Rollout) -> Rollout:
@@ -173,36 +176,43 @@ class Patcher:
         for host, p in rollout.hosts.items():
             step = p.failed_step if p.step is Step.FAILED else p.step
             if step in leave and snap.conditions().get(host) == "maintenance":
-                await pc.set_maintenance(self.store, self.cluster, host, False, f"patch {rollout.rollout_id} aborted")
+                try:  # the controller acts on the intent whenever it can; the abort does not wait longer
+                    await self._ask("maintenance", f"patch {rollout.header.id} aborted", timeout=10.0, host=host,
+                                    enter=False)
+                except pc.IntentFailed as exc:
+                    self.progress(rollout, f"{host}: leaving maintenance: {exc}")
         rollout, _ = transition(rollout, Abort(), time.time())
         await self._save(rollout)
-        await self.store.delete(abort_key(self.cluster))
-        await self.events.emit("patch-aborted", self.cluster, f"rollout {rollout.rollout_id} aborted")
+        await self.store.delete(keys.op_abort(self.cluster, rollout.header.id))
+        await self.events.emit("patch-aborted", self.cluster, f"rollout {rollout.header.id} aborted")
         self.rollout = rollout
         return rollout
 
-    async def _require(self) -> Rollout:
-        rollout = await self.load()
+    async def _require(self, rollout_id: str | None = None) -> Rollout:
+        rollout = await self.load(rollout_id)
         if rollout is None:
-            raise RolloutError("no rollout in the store")
+            raise RolloutError(f"no rollout {rollout_id} in the store" if rollout_id else "no rollout in the store")
         return rollout
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> Rollout:
+        """Run the current rollout to its end (or its failure, or an abort)."""
+        rollout = await self._require()
+        lock = keys.op_lock(self.cluster, rollout.header.id)
         async with LeaseKeeper(self.store, 5) as lease:
             while True:
-                got = await self.store.txn([Compare.missing(lock_key(self.cluster))],
-                                           [Op.put_json(lock_key(self.cluster), {"patcher": self.id}, lease=lease.id)])
+                got = await self.store.txn([Compare.missing(lock)],
+                                           [Op.put_json(lock, {"patcher": self.id}, lease=lease.id)])
                 if got.succeeded:
                     break
-                self.progress(await self._require(), "another patcher holds the rollout; waiting for its lease")
+                self.progress(rollout, "another patcher holds the rollout; waiting for its lease")
                 await asyncio.sleep(1.0)
             try:
-                return await self._loop()
+                return await self._loop(rollout.header.id)
             finally:
                 with contextlib.suppress(Exception):
-                    await self.store.delete(lock_key(self.cluster))
+                    await self.store.delete(lock)
 
     async def _observe(self, obs: Observation) -> tuple[Rollout, tuple[Any, ...]]:
         async with self._lock:
@@ -212,10 +222,11 @@ class Patcher:
             return self.rollout, actions
 
     async def _abort_requested(self) -> bool:
-        return await self.store.get(abort_key(self.cluster)) is not None
+        assert self.rollout is not None
+        return await self.store.get(keys.op_abort(self.cluster, self.rollout.header.id)) is not None
 
-    async def _loop(self) -> Rollout:
-        self.rollout = await self._require()
+    async def _loop(self, rollout_id: str) -> Rollout:
+        self.rollout = await self._require(rollout_id)  # as it is now that the lock is held
         if self.rollout.status in (RolloutStatus.COMPLETE, RolloutStatus.ABORTED):
             return self.rollout
         if await self._abort_requested():
@@ -253,7 +264,7 @@ class Patcher:
         if finished is not None or self.rollout.status is not RolloutStatus.RUNNING:
             text = finished.reason if finished else self.rollout.status.value
             await self.events.emit(f"patch-{self.rollout.status.value}", self.cluster,
-                                   f"rollout {self.rollout.rollout_id}: {text}")
+                                   f"rollout {self.rollout.header.id}: {text}")
             self.progress(self.rollout, f"rollout {self.rollout.status.value}: {text}")
         return self.rollout
 
@@ -271,7 +282,7 @@ class Patcher:
             except TimeoutError:
                 result = StepResult(host, step, ok=False, error=f"{step.value} did not finish in "
                                     f"{self._timeout(step):.0f} s")
-            except RolloutError as exc:
+            except (RolloutError, pc.IntentFailed) as exc:
                 result = StepResult(host, step, ok=False, error=str(exc))
             except Exception as exc:  # a step that raised is a failed step, with the reason
                 log.exception("%s: step %s raised", host, step.value)
@@ -283,10 +294,10 @@ class Patcher:
             p = rollout.hosts[host]
             if result.ok:
                 await self.events.emit("patch-step", host, f"{step.value} done", step=step.value,
-                                       rollout=rollout.rollout_id)
+                                       rollout=rollout.header.id)
             else:
                 await self.events.emit("patch-failed", host, f"{step.value} failed: {result.error}",
-                                       step=step.value, output=result.output, rollout=rollout.rollout_id)
+                                       step=step.value, output=result.output, rollout=rollout.header.id)
                 self.progress(rollout, f"{host}: {step.value} FAILED: {result.error}")
             if p.step is not step and p.step is Step.DONE:
                 self.progress(rollout, f"{host}: done ({p.level_before} -> {p.level_after})")
@@ -334,7 +345,7 @@ class Patcher:
             if host not in snap.alive:
                 reasons.append(f"the agent of {host} is not alive")
             conditions = {h: ("up" if c == "up" else c) for h, c in snap.conditions().items()}
-            check = check_batch(snap.spec, snap.view.assignments(), conditions, batch, ignore=batch)
+            check = check_batch(snap.spec, snap.assignments(), conditions, batch, ignore=batch)
             reasons.extend(check.reasons)
             if not reasons or time.monotonic() > deadline:
                 break
@@ -342,12 +353,17 @@ class Patcher:
         return StepResult(host, Step.PRECHECK, ok=not reasons, error="; ".join(reasons) or None,
                           level_before=snap.levels().get(host))
 
+    async def _ask(self, kind: IntentKind, reason: str, timeout: float = pc.INTENT_TIMEOUT,
+                   **fields: Any) -> IntentOutcome:
+        return await pc.ask(self.store, self.cluster, kind, requester=REQUESTER, reason=reason, timeout=timeout,
+                            **fields)
+
     async def _enter(self, host: str) -> StepResult:
-        assert self.rollout is not None
-        await pc.set_maintenance(self.store, self.cluster, host, True, f"patch {self.rollout.rollout_id}")
+        outcome = await self._ask("maintenance", f"patch {self._now().header.id}", host=host, enter=True,
+                                  evacuate=False)
         await self._wait(f"the controller to put {host} in maintenance",
                          lambda s: host in s.controller.get("maintenance", []), 20.0)
-        return StepResult(host, Step.ENTER_MAINTENANCE, ok=True)
+        return StepResult(host, Step.ENTER_MAINTENANCE, ok=True, output=outcome.message)
 
     async def _drain(self, host: str) -> StepResult:
         snap = await pc.snapshot(self.store, self.cluster)
@@ -357,60 +373,71 @@ class Patcher:
         note = f"drained {', '.join(drained) or 'nothing'}" + (f"; {left} request(s) still in flight" if left else "")
         return StepResult(host, Step.DRAIN, ok=True, output=note)
 
-    async def _move_one(self, owner: str, step: Step, source: str, guest: str,
-                        target: str) -> tuple[str, str, str, str]:
-        """Drain, move, wait until it runs on the target and serves, undrain. The move is recorded
-        in the rollout (``Moved``) before it is asked for, so a patcher killed meanwhile knows
-        after the resume what to fail back."""
+    async def _move_one(self, owner: str, step: Step, source: str, guest: str, *, target: str | None = None,
+                        avoid: str | None = None, under_way: bool = False) -> tuple[str, str, str, str]:
+        """Drain, ask the controller to move the guest (to ``target``, or anywhere but ``avoid``),
+        record the move in the rollout (``Moved``) as soon as it is accepted — so a patcher killed
+        while it is under way knows after the resume what to fail back — wait until the guest runs
+        where the controller put it and serves, undrain. ``under_way``: a resumed step finds the
+        live migration to ``target`` it asked for before it stopped; it is recorded and waited for,
+        never asked again (the controller would refuse). A refusal or a failed move undrains the
+        guest (it still runs where it was) and fails the step with the controller's words."""
+        snap = await pc.snapshot(self.store, self.cluster)
+        how = "live" if snap.desired[guest].kind == "vm" else "cold"
         await self.balancers.set_state([guest], "drain")
         await self.balancers.wait_idle([guest], self.drain_timeout)
-        snap = await pc.snapshot(self.store, self.cluster)
-        how = "live" if snap.view.desired[guest].kind == "vm" else "cold"
-        move = (guest, source, target, how)
-        await self._observe(Moved(owner, step, move))
-        asked = time.time()
-        await pc.move_guest(self.store, self.cluster, snap, guest, target)
-        deadline = time.monotonic() + self.step_timeout
-        while not (await pc.snapshot(self.store, self.cluster)).running_on(guest, target):
-            failure = await pc.migration_failure(self.store, self.cluster, guest, since=asked) if how == "live" else None
-            if failure:
-                raise RolloutError(f"live migration of {guest} to {target} failed: {failure}")
-            if time.monotonic() > deadline:
-                raise RolloutError(f"timed out after {self.step_timeout:.0f} s waiting for {guest} on {target}")
-            await asyncio.sleep(0.2)
+        try:
+            intent_id = None
+            if under_way and target is not None:
+                move = (guest, source, target, how)
+            else:
+                outcome = await self._ask("migrate", f"patch {self._now().header.id}: {step.value} {owner}",
+                                          guest=guest, target=target, avoid=avoid, live=how == "live")
+                intent_id = outcome.id
+                move = (guest, outcome.source or source, outcome.target or target or source, how)
+            if move[1] != move[2]:
+                await self._observe(Moved(owner, step, move))
+            await pc.wait_on(self.store, self.cluster, guest, move[2], timeout=self.step_timeout,
+                             intent_id=intent_id, source=None if intent_id else source)
+        except pc.IntentFailed:
+            await self.balancers.set_state([guest], "ready")
+            raise
+        await self._serve(guest, snap)
+        return move
+
+    async def _serve(self, guest: str, snap: pc.Snapshot) -> None:
+        """Undrain, and wait (20 s at most) until the balancers serve the guest again."""
         await self.balancers.set_state([guest], "ready")
         if self.balancers.admins and self._in_service(snap, guest):
             deadline = time.monotonic() + 20.0
             while not await self.balancers.serving(guest) and time.monotonic() < deadline:
                 await self.balancers.set_state([guest], "ready")
                 await asyncio.sleep(0.2)
-        return move
 
     @staticmethod
     def _in_service(snap: pc.Snapshot, guest: str) -> bool:
-        group = snap.view.desired[guest].group
+        group = snap.desired[guest].group
         return any(s.backends is not None and s.backends.group == group for s in snap.spec.services)
 
     async def _evacuate(self, host: str) -> StepResult:
+        """One guest at a time: a ``migrate`` intent with ``avoid=host``; the controller picks the
+        target. A refusal ("no other host fits ...") fails the step with the controller's words."""
         moves: list[tuple[str, str, str, str]] = []
         while True:
             snap = await pc.snapshot(self.store, self.cluster)
             guests = snap.guests_on(host)
             if not guests:
                 break
-            decision = move_off(snap.spec, snap.view.assignments(), snap.placement(), guests[:1], avoid=host)
-            if not decision.moves:
-                reason = decision.unplaced[0][1] if decision.unplaced else "no target"
-                return StepResult(host, Step.EVACUATE, ok=False, error=f"cannot move {guests[0]}: {reason}",
+            guest = guests[0]
+            in_flight = snap.desired[guest].migrate_to
+            self.progress(self._now(), f"{host}: moving {guest} off" + (f" (to {in_flight})" if in_flight else ""))
+            try:
+                under_way = bool(in_flight) and in_flight != host
+                moves.append(await self._move_one(host, Step.EVACUATE, host, guest, avoid=host, under_way=under_way,
+                                                  target=in_flight if under_way else None))
+            except pc.IntentFailed as exc:
+                return StepResult(host, Step.EVACUATE, ok=False, error=f"cannot move {guest}: {exc}",
                                   moves=tuple(moves))
-            guest, target = decision.moves[0]
-            in_flight = snap.view.desired[guest].migrate_to
-            if in_flight and in_flight != host:
-                # A resumed evacuation: never re-target a live migration under way (the agents
-                # are moving the memory); wait for it — a failed one fails the step with its reason.
-                target = in_flight
-            self.progress(self._now(), f"{host}: moving {guest} -> {target}")
-            moves.append(await self._move_one(host, Step.EVACUATE, host, guest, target))
         return StepResult(host, Step.EVACUATE, ok=True, moves=tuple(moves))
 
     def _now(self) -> Rollout:
@@ -419,7 +446,7 @@ class Patcher:
 
     def _request_id(self, host: str, kind: str) -> str:
         assert self.rollout is not None
-        return f"{self.rollout.rollout_id}/{host}/{self.rollout.hosts[host].attempt}/{kind}"
+        return f"{self.rollout.header.id}/{host}/{self.rollout.hosts[host].attempt}/{kind}"
 
     async def _command(self, host: str, kind: str, **kwargs: Any) -> dict[str, Any]:
         request_id = self._request_id(host, kind)
@@ -477,34 +504,38 @@ class Patcher:
         return StepResult(host, Step.POSTCHECK, ok=ok, error=None if ok else detail, output=detail)
 
     async def _exit(self, host: str) -> StepResult:
-        assert self.rollout is not None
-        await pc.set_maintenance(self.store, self.cluster, host, False, f"patch {self.rollout.rollout_id} done")
+        rollout_id = self._now().header.id
+        await self._ask("maintenance", f"patch {rollout_id} done", host=host, enter=False)
         try:
             await self._wait(f"the controller to hear {host} on every link", lambda s: (
                 host not in s.controller.get("maintenance", []) and s.controller.get("hosts", {}).get(host) == "up"),
                 30.0)
         except RolloutError as exc:
-            await pc.set_maintenance(self.store, self.cluster, host, True, "patch post-check: links not all heard")
+            with contextlib.suppress(pc.IntentFailed):  # the step fails either way, with the links' reason
+                await self._ask("maintenance", f"patch {rollout_id} post-check: links not all heard", host=host,
+                                enter=True, evacuate=False)
             return StepResult(host, Step.EXIT_MAINTENANCE, ok=False, error=str(exc))
         return StepResult(host, Step.EXIT_MAINTENANCE, ok=True)
 
     async def _failback(self, host: str) -> StepResult:
-        assert self.rollout is not None
+        """``auto``: the guests this rollout moved off ``host`` and that are still where they went
+        are asked back (explicit target ``host``); ``balanced``: the pure rebalance plan only
+        chooses targets, the controller re-checks each one. A refusal fails the step."""
         snap = await pc.snapshot(self.store, self.cluster)
         policy = snap.spec.policies.ha.failback.value
         wanted: list[tuple[str, str]] = []
         if policy == "auto":
-            wanted = [(g, src) for g, src, dst, _how in self.rollout.hosts[host].moves
-                      if src == host and g in snap.view.desired and snap.view.desired[g].host == dst]
+            wanted = [(g, src) for g, src, dst, _how in self._now().hosts[host].moves
+                      if src == host and g in snap.desired and snap.desired[g].host == dst]
         elif policy == "balanced":
-            wanted = list(rebalance_moves(snap.spec, snap.view.assignments(), snap.placement()).moves)
+            wanted = list(rebalance_moves(snap.spec, snap.assignments(), snap.placement()).moves)
         moves = []
         for guest, target in wanted:
-            current = (await pc.snapshot(self.store, self.cluster)).view.desired[guest].host
+            current = (await pc.snapshot(self.store, self.cluster)).desired[guest].host
             if current != target:
-                moves.append(await self._move_one(host, Step.FAILBACK, current, guest, target))
+                moves.append(await self._move_one(host, Step.FAILBACK, current, guest, target=target))
         note = f"policy {policy}: " + (", ".join(f"{g} -> {t} ({how})" for g, _s, t, how in moves) or "nothing moved")
         return StepResult(host, Step.FAILBACK, ok=True, output=note, moves=tuple(moves))
 
 
-__all__ = ["Patcher", "RolloutError", "abort_key", "lock_key", "rollout_key"]
+__all__ = ["REQUESTER", "Patcher", "RolloutError"]

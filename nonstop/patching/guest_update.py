@@ -2,20 +2,23 @@
 service never losing capacity; rolled back when the new version is not healthy.
 
 Role: ``GuestUpdater(store, cluster)`` runs the pure machine of nonstop/core/patching/update.py,
-persisting it in ``ops/guest-update-<group>`` after every phase (a killed updater resumes with
-``run()``):
+an operation of kind ``guest-update`` stored at ``ops/<id>`` (generated id; the group's update is
+the one of that kind whose body names the group and that is not final), saved after every phase
+(a killed updater resumes with ``run()``):
 
 - surge: the spec's group gets the new version and one more replica; the controller places the
   surge replica; healthy = running where assigned AND admitted to the service's backend list by
   the controller (its readiness gate: the port accepts), within ``health_timeout``;
-- replace(i): replica i is drained on the balancers, then reassigned with the new version to
-  another host (the old process is removed by its agent, a fresh one spawned), and must become
-  healthy the same way; then it is set ``ready`` again;
+- replace(i): replica i is drained on the balancers, then a ``replace`` intent asks the controller
+  to reassign it cold with the new version to another host (the old process is removed by its
+  agent, a fresh one spawned); it must become healthy the same way, then it is set ``ready``
+  again. A refusal (no other host fits) counts as unhealthy: the update rolls back;
 - shrink: the surge replica is drained and the group goes back to its replica count (all new);
 - rolling-back: the spec goes back to the old version and count, every replica already replaced is
-  reassigned with the old version; done when every replica runs the old version and serves.
+  replaced again with the old version; done when every replica runs the old version and serves.
 
-Must not: decide the order or when to roll back (the core does), or start guests (agents do).
+Must not: decide the order or when to roll back (the core does), write guest placement (the
+controller does, on the intents written here), or start guests (agents do).
 """
 
 from __future__ import annotations
@@ -25,21 +28,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nonstop.controller import view as cv
-from nonstop.core.controller.placing import move_off
 from nonstop.core.guests.model import GuestDefinition
-from nonstop.core.patching.update import FINAL_PHASES, GuestUpdate, Phase, advance
+from nonstop.core.patching.update import FINAL_PHASES, KIND, GuestUpdate, Phase, advance, new_update
 from nonstop.core.spec import ClusterSpec
 from nonstop.patching import cluster as pc
-from nonstop.store import keys
+from nonstop.store import keys, operations
 from nonstop.store.base import Store
+from nonstop.store.operations import OperationRecord
 from nonstop.store.state import get_spec, put_spec
 
 FIELDS = ("command", "image")
-
-
-def update_key(cluster: str, group: str) -> str:
-    return keys.op(cluster, f"guest-update-{group}")
+REQUESTER = "guest-update"
 
 
 class UpdateError(Exception):
@@ -73,11 +72,16 @@ class GuestUpdater:
         self.say = progress or (lambda _t: None)
 
     async def load(self, group: str) -> GuestUpdate | None:
-        data = await self.store.get_json(update_key(self.cluster, group))
-        return GuestUpdate.from_dict(data) if isinstance(data, dict) else None
+        """The group's unfinished update, else its newest one (None when it never had one)."""
+        updates = [GuestUpdate.from_body(r.header, r.body)
+                   for r in await operations.list_operations(self.store, self.cluster, KIND)
+                   if r.body.get("group") == group]
+        unfinished = [u for u in updates if u.phase not in FINAL_PHASES]
+        candidates = unfinished or updates
+        return candidates[-1] if candidates else None
 
     async def _save(self, update: GuestUpdate) -> None:
-        await self.store.put_json(update_key(self.cluster, update.group), update.to_dict())
+        await operations.save(self.store, self.cluster, OperationRecord.of(update.header, update.body()))
 
     async def start(self, group: str, new: dict[str, Any]) -> GuestUpdate:
         current = await self.load(group)
@@ -93,7 +97,7 @@ class GuestUpdater:
         if unknown:
             raise UpdateError(f"only {', '.join(FIELDS)} can be rolled out (got {', '.join(sorted(unknown))})")
         old = {k: getattr(spec_group, k) for k in new}
-        update = GuestUpdate(f"update-{int(time.time() * 1000)}", group, spec_group.replicas, old, dict(new))
+        update = new_update(operations.new_op_id(KIND), group, spec_group.replicas, old, dict(new), time.time())
         await self._save(update)
         return update
 
@@ -107,9 +111,9 @@ class GuestUpdater:
             ok, reason = await self._phase(update)
             if not ok:
                 self.say(f"{update.group}: unhealthy: {reason}; rolling back")
-            update = advance(update, ok, reason)
+            update = advance(update, ok, time.time(), reason)
             await self._save(update)
-        self.say(f"{update.group}: {update.phase.value}" + (f" ({update.reason})" if update.reason else ""))
+        self.say(f"{update.group}: {update.phase.value}" + (f" ({update.header.reason})" if update.header.reason else ""))
         return update
 
     # ------------------------------------------------------------------ phases
@@ -119,7 +123,7 @@ class GuestUpdater:
             await self._put_group(u.group, u.new, u.replicas + 1)
             return await self._healthy(u.surge_name(), u.new)
         if u.phase is Phase.REPLACE:
-            return await self._replace(u.current(), u.new)
+            return await self._replace(u.current(), u.new, u.header.id)
         if u.phase is Phase.SHRINK:
             await self.balancers.set_state([u.surge_name()], "drain")
             await self.balancers.wait_idle([u.surge_name()], 10.0)
@@ -129,7 +133,7 @@ class GuestUpdater:
         while True:
             await self._put_group(u.group, u.old, u.replicas)
             await self._gone(u.surge_name())
-            results = [await self._replace(g, u.old) for g in dict.fromkeys([*u.replaced, u.current()])]
+            results = [await self._replace(g, u.old, u.header.id) for g in dict.fromkeys([*u.replaced, u.current()])]
             if all(ok for ok, _ in results):
                 return True, None
             await asyncio.sleep(1.0)
@@ -144,19 +148,20 @@ class GuestUpdater:
         last = "not placed yet"
         while time.monotonic() < deadline:
             snap = await pc.snapshot(self.store, self.cluster)
-            d = snap.view.desired.get(guest)
+            d = snap.desired.get(guest)
             if d is not None:
-                obs = snap.view.observed.get(guest, {})
-                last = f"{guest} is {obs.get('state', 'not reported')} on {obs.get('host')}"
+                obs = snap.observed.get(guest)
+                last = (f"{guest} is {obs.state or 'not reported'} on {obs.host}" if obs is not None
+                        else f"{guest} is not reported")
                 if _is_version(d, fields) and snap.running_on(guest, d.host) and await self._in_backends(snap, guest):
                     return True, None
-                if obs.get("state") == "running" and snap.running_on(guest, d.host):
+                if obs is not None and obs.state == "running" and snap.running_on(guest, d.host):
                     last = f"{guest} runs on {d.host} but is not admitted to its service (not ready)"
             await asyncio.sleep(0.2)
         return False, f"new version not healthy after {self.health_timeout:.0f} s: {last}"
 
     async def _in_backends(self, snap: pc.Snapshot, guest: str) -> bool:
-        group = snap.view.desired[guest].group
+        group = snap.desired[guest].group
         services = [s.name for s in snap.spec.services if s.backends is not None and s.backends.group == group]
         for service in services:
             value = await self.store.get_json(keys.service_backends(self.cluster, service))
@@ -169,27 +174,29 @@ class GuestUpdater:
         deadline = time.monotonic() + self.health_timeout
         while time.monotonic() < deadline:
             snap = await pc.snapshot(self.store, self.cluster)
-            if guest not in snap.view.desired and guest not in snap.view.observed:
+            if guest not in snap.desired and guest not in snap.observed:
                 return True, None
             await asyncio.sleep(0.2)
         return False, f"{guest} was not removed"
 
-    async def _replace(self, guest: str, fields: dict[str, Any]) -> tuple[bool, str | None]:
+    async def _replace(self, guest: str, fields: dict[str, Any], update_id: str) -> tuple[bool, str | None]:
         snap = await pc.snapshot(self.store, self.cluster)
-        d = snap.view.desired.get(guest)
+        d = snap.desired.get(guest)
         if d is None:
             return False, f"{guest} has no desired record"
         if not _is_version(d, fields):
             await self.balancers.set_state([guest], "drain")
             await self.balancers.wait_idle([guest], 10.0)
-            decision = move_off(snap.spec, snap.view.assignments(), snap.placement(), [guest], avoid=d.host)
-            target = decision.moves[0][1] if decision.moves else d.host
-            await cv.assign(self.store, self.cluster, d.with_changes(**_definition_fields(fields)), target,
-                            max(snap.view.epochs.get(guest, 0), d.fencing_epoch))
+            try:
+                await pc.ask(self.store, self.cluster, "replace", requester=REQUESTER, guest=guest, avoid=d.host,
+                             changes=dict(fields), reason=f"rolling update {update_id} of {d.group}: {guest}")
+            except pc.IntentFailed as exc:
+                await self.balancers.set_state([guest], "ready")  # it still runs where it was
+                return False, str(exc)
         ok, reason = await self._healthy(guest, fields)
         if ok:
             await self.balancers.set_state([guest], "ready")
         return ok, reason
 
 
-__all__ = ["GuestUpdater", "UpdateError", "update_key"]
+__all__ = ["REQUESTER", "GuestUpdater", "UpdateError"]

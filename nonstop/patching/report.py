@@ -31,9 +31,9 @@ def report(rollout: Rollout, levels_now: dict[str, str | None]) -> dict[str, Any
             })
     complete = all(levels_now.get(h) == rollout.target for h in rollout.hosts)
     return {
-        "rollout": rollout.rollout_id, "target": rollout.target, "status": rollout.status.value,
+        "rollout": rollout.header.id, "target": rollout.target, "status": rollout.status.value,
         "complete": complete and rollout.status.value == "complete",
-        "total_seconds": round(rollout.updated_at - rollout.created_at, 3),
+        "total_seconds": round(rollout.header.updated_at - rollout.header.created_at, 3),
         "step_medians": step_medians([rollout]), "hosts": hosts,
     }
 

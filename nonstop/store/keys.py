@@ -143,6 +143,52 @@ def op(cluster: str, op_id: str) -> str:
     return f"{ops_prefix(cluster)}{_part(op_id)}"
 
 
+# ------------------------------------------------------------ intents and memory
+
+
+def intents_prefix(cluster: str) -> str:
+    return f"{cluster_prefix(cluster)}intents/"
+
+
+def intent_prefix(cluster: str, intent_id: str) -> str:
+    """``intents/<id>/``: ``request`` (written once by whoever asks) and ``outcome`` (written by
+    the leading controller only); nonstop/store/intents.py."""
+    return f"{intents_prefix(cluster)}{_part(intent_id)}/"
+
+
+def controller_memory(cluster: str) -> str:
+    """The controller's own memory (failback homes, host failures, up-since, back-off): written
+    by the leader so that a successor resumes failback windows exactly."""
+    return f"{cluster_prefix(cluster)}controller/memory"
+
+
+# ------------------------------------------------------ operation control, host requests
+
+
+def op_control(cluster: str, op_id: str) -> str:
+    """``op-control/<id>/``: records about operation ``op_id`` that are not the operation itself
+    (kept out of ``ops/``, so whoever lists ``ops/`` sees operation records only)."""
+    return f"{cluster_prefix(cluster)}op-control/{_part(op_id)}/"
+
+
+def op_lock(cluster: str, op_id: str) -> str:
+    """Held (lease-bound) by the one process running operation ``op_id`` (a rolling patch); a
+    killed runner's lock goes with its lease."""
+    return f"{op_control(cluster, op_id)}lock"
+
+
+def op_abort(cluster: str, op_id: str) -> str:
+    """Someone asks the process running operation ``op_id`` to stop (it polls for it, stops its
+    steps, records the abort and deletes this key)."""
+    return f"{op_control(cluster, op_id)}abort"
+
+
+def host_patch(cluster: str, host: str) -> str:
+    """The patch executor's current request to the host's agent (patch or self-test) and the
+    agent's result in the same record (nonstop/agent/patch.py)."""
+    return f"{hosts_prefix(cluster)}{_part(host)}/patch"
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -150,7 +196,8 @@ def op(cluster: str, op_id: str) -> str:
 class ParsedKey:
     cluster: str
     kind: str
-    """``spec``, ``leader``, ``hosts``, ``guests``, ``services``, ``ipam``, ``events``, ``ops`` or ``epoch``."""
+    """``spec``, ``leader``, ``hosts``, ``guests``, ``services``, ``ipam``, ``events``, ``ops``, ``epoch``,
+    ``intents`` or ``controller``."""
     name: str = ""
     """The host, guest, service, network, event seq or op id."""
     leaf: str = ""

@@ -10,15 +10,14 @@ controller recorded and one HTTP answer.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
 from nonstop.store.base import Store
+from nonstop.store.cluster_records import read_guests
 
 Say = Callable[[str], None]
 
@@ -67,24 +66,20 @@ class BootWatch:
         from nonstop.demo.load import http_get
 
         cluster = self.spec.cluster
-        desired: dict[str, dict[str, Any]] = {}
-        observed: dict[str, dict[str, Any]] = {}
-        for kv in await self.store.list(keys.guests_prefix(cluster)):
-            parsed = keys.parse(kv.key)
-            if parsed.leaf == "desired":
-                desired[parsed.name] = json.loads(kv.value)
-            elif parsed.leaf == "observed":
-                observed[parsed.name] = json.loads(kv.value)
+        guests = await read_guests(self.store, cluster)
         now = time.time()
-        for name, want in desired.items():
+        for name, rec in guests.items():
+            want = rec.desired
+            if want is None:
+                continue
             boot = self.guests.setdefault(name, GuestBoot(name, "?"))
-            if want.get("host") != boot.host:
+            if want.host != boot.host:
                 # A new placement starts the clock again: running and serving count on the new host.
-                boot.host, boot.placed_at, boot.running_at, boot.serving_at = want.get("host"), now, None, None
+                boot.host, boot.placed_at, boot.running_at, boot.serving_at = want.host, now, None, None
                 boot.placements += 1
                 self.say(f"{name} placed on {boot.host}")
-            seen = observed.get(name, {})
-            state = str(seen.get("state", "pending")) if seen.get("host") == boot.host else "pending"
+            seen = rec.observed
+            state = str(seen.state or "pending") if seen is not None and seen.host == boot.host else "pending"
             if state == "running" and boot.running_at is None:
                 boot.running_at = now
                 self.say(f"{name} ({boot.kind}) running on {boot.host} after {boot.boot_seconds:.1f} s")

@@ -1,6 +1,7 @@
 """Two real agents with the QEMU driver: a VM started from the store, hot-added, moved by setting
-``migrate_to`` — the agent-to-agent hand-off in the store, on real VMs (TCG) — and shrunk again
-(memory unplug) when the spec asks for less."""
+``migrate_to`` and ``migration_id`` — the agents' migration operation in the store, on real VMs
+(TCG) — and shrunk again (memory unplug) when the spec asks for less. The test plays the
+controller's part of the move (the desired record rewritten on the destination once done)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Any
 import pytest
 
 from nonstop.agent.agent import Agent
+from nonstop.core.guests import migration as mig
 from nonstop.core.guests.model import DiskDefinition, GuestDefinition, VnicDefinition, default_mac
 from nonstop.core.guests.reconcile import RetryPolicy
 from nonstop.store import open_store
 from nonstop.store.base import Store, encode_json
+from nonstop.store.operations import new_op_id
 
 pytestmark = [
     pytest.mark.root,
@@ -102,18 +105,24 @@ async def test_vm_started_resized_and_migrated_by_agents(lab: Any, store: Store,
         await wait_for(store, key_obs, lambda r: r.get("vcpus") == 2 and r.get("memory") == 512 * MiB, 30)
         assert (await store.get_json(key_obs))["boot_id"] == boot
 
-        # Ask for a move: the agents hand the VM over through ops/migrate-vm-0.
-        await store.put(a.keys.desired("vm-0"), encode_json(grown.with_changes(migrate_to="hb").to_dict()))
-        await wait_for(store, a.keys.migration("vm-0"), lambda r: r.get("phase") == "finished", 90)
-        moved = await store.get_json(a.keys.desired("vm-0"))
-        assert moved["host"] == "hb" and moved["migrate_to"] is None and moved["vcpus"] == 2
+        # Ask for a move: the agents hand the VM over through the migration operation ops/<id>.
+        op_id = new_op_id("migration")
+        asked = grown.with_changes(migrate_to="hb", migration_id=op_id)
+        await store.put(a.keys.desired("vm-0"), encode_json(asked.to_dict()))
+        op = await wait_for(store, a.keys.migration(op_id), lambda r: r.get("step") == "finished", 90)
+        assert op["body"]["result"]["total_seconds"] > 0
+        # Before the controller's rewrite the record still names ha: hb runs and reports the VM.
+        assert (await store.get_json(a.keys.desired("vm-0")))["host"] == "ha"
         rec = await wait_for(store, key_obs,
                              lambda r: r["host"] == "hb" and r["state"] == "running" and r.get("boot_id"), 30)
-        assert rec["boot_id"] == boot
+        assert rec["boot_id"] == boot and rec["fencing_epoch"] == asked.fencing_epoch
         assert (await asyncio.to_thread(page))["boot_id"] == boot
         assert (await store.get_json(a.keys.runner("vm-0"))) == {"host": "hb"}
-        op = await store.get_json(a.keys.migration("vm-0"))
-        assert op["result"]["total_seconds"] > 0
+        # The controller's part: the record on hb, the request cleared, the same epoch.
+        await store.put(a.keys.desired("vm-0"), encode_json(mig.handed_over(asked).to_dict()))
+        await asyncio.sleep(1.0)
+        rec = await store.get_json(key_obs)
+        assert rec["host"] == "hb" and rec["state"] == "running" and rec["boot_id"] == boot
         deadline = time.monotonic() + 20
         while await a.drivers["vm"].list_guests() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)

@@ -1,5 +1,6 @@
-"""Fixtures for the API tests: a seeded SQLite store and a token file (seeding.py holds the helpers)."""
+"""Fixtures for the API tests: a seeded SQLite store, a token file and the controller stand-in
+(seeding.py holds the helpers)."""
 
 from __future__ import annotations
 
-from .seeding import store_url, token_file  # noqa: F401
+from .seeding import controller, store_url, token_file  # noqa: F401

@@ -1,7 +1,9 @@
-"""The REST API against a seeded SQLite store and the real app (starlette TestClient runs the lifespan)."""
+"""The REST API against a seeded SQLite store and the real app (starlette TestClient runs the lifespan);
+maintenance and migration answered by the controller stand-in (the real ``decide`` and ``Applier``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -14,11 +16,11 @@ from fastapi.testclient import TestClient
 from nonstop.api.app import create_app
 from nonstop.api.auth import ensure_tokens
 
-from .seeding import CLUSTER, LAB_YAML, StoreLab, tokens
+from .seeding import CLUSTER, LAB_YAML, ControllerStandIn, StoreLab, tokens
 
 
 @pytest.fixture
-def client(store_url: str, token_file: Path):
+def client(store_url: str, token_file: Path, controller: ControllerStandIn):
     with TestClient(create_app(store_url, CLUSTER, token_file)) as c:
         yield c
 
@@ -102,35 +104,120 @@ def test_describe_guest_explains_placement(client: TestClient, token_file: Path)
     assert team["record"]["mode"] == "active-backup"
 
 
-def test_maintenance_and_migrate_write_requests_and_audit(client: TestClient, token_file: Path) -> None:
+def test_maintenance_and_migrate_ask_the_controller(client: TestClient, token_file: Path) -> None:
     r = client.post("/api/v1/hosts/host2/maintenance", json={"action": "enter", "reason": "patch"},
                     headers=h(token_file))
-    assert r.status_code == 200 and r.json()["changed"] is True
+    assert r.status_code == 200, r.text
+    entered = r.json()
+    assert entered["status"] == "done" and entered["changed"] is True and entered["state"] == "maintenance"
     hosts = {x["name"]: x for x in client.get("/api/v1/hosts", headers=h(token_file)).json()}
     assert hosts["host2"]["state"] == "maintenance"
-    assert hosts["host2"]["desired"]["requested_by"] == "admin"
-    # migrating onto a host in maintenance is refused, nothing written
-    guests = client.get("/api/v1/guests", headers=h(token_file)).json()
-    process = next(g for g in guests if g["kind"] == "process" and g["host"] != "host1")
-    r = client.post(f"/api/v1/guests/{process['name']}/migrate", json={"to": "host1"}, headers=h(token_file))
-    assert r.status_code == 409 and "only VMs migrate live" in r.json()["detail"]
-    guest = next(g for g in guests if g["host"] != "host2" and g["kind"] == "vm")
-    r = client.post(f"/api/v1/guests/{guest['name']}/migrate", json={"to": "host2"}, headers=h(token_file))
-    assert r.status_code == 409 and r.json()["field"] == "to"
-    target = next(x for x in ("host1", "host3") if x != guest["host"])
-    r = client.post(f"/api/v1/guests/{guest['name']}/migrate", json={"to": target}, headers=h(token_file))
+    assert hosts["host2"]["desired"]["by"] == "api:admin" and hosts["host2"]["desired"]["reason"] == "patch"
+    again = client.post("/api/v1/hosts/host2/maintenance", json={"action": "enter"}, headers=h(token_file)).json()
+    assert again["status"] == "done" and again["changed"] is False and "already" in again["message"]
+    guests = {g["name"]: g for g in client.get("/api/v1/guests", headers=h(token_file)).json()}
+    # A process guest moves cold only: asking for live is refused before anything is written.
+    process = next(g for g in guests.values() if g["kind"] == "process" and g["host"] != "host2")
+    elsewhere = next(x for x in ("host1", "host3") if x != process["host"])
+    r = client.post(f"/api/v1/guests/{process['name']}/migrate", json={"to": elsewhere}, headers=h(token_file))
+    assert r.status_code == 409 and r.json()["field"] == "mode", r.text
+    assert "only VMs migrate live" in r.json()["detail"] and "cold" in r.json()["detail"]
+    # A target in maintenance fails a placement filter: 409 in the filter's words.
+    vm = next(g for g in guests.values() if g["kind"] == "vm" and g["host"] != "host2")
+    r = client.post(f"/api/v1/guests/{vm['name']}/migrate", json={"to": "host2"}, headers=h(token_file))
+    assert r.status_code == 409 and r.json()["field"] == "to", r.text
+    assert r.json()["detail"] == f"{vm['name']} does not fit on host2: removed by HostStateFilter"
+    # Live: accepted, the controller asks the agents (migrate_to); the guest stays until they hand it over.
+    target = next(x for x in ("host1", "host3") if x != vm["host"])
+    r = client.post(f"/api/v1/guests/{vm['name']}/migrate", json={"to": target}, headers=h(token_file))
     assert r.status_code == 200, r.text
-    after = next(g for g in client.get("/api/v1/guests", headers=h(token_file)).json() if g["name"] == guest["name"])
-    assert after["migrate_to"] == target and after["host"] == guest["host"]
+    live = r.json()
+    assert (live["status"], live["target"], live["from"], live["mode"]) == ("accepted", target, vm["host"], "live")
+    after = {g["name"]: g for g in client.get("/api/v1/guests", headers=h(token_file)).json()}
+    assert after[vm["name"]]["migrate_to"] == target and after[vm["name"]]["host"] == vm["host"]
+    # Cold: accepted, reassigned at once under a new fencing epoch.
+    r = client.post(f"/api/v1/guests/{process['name']}/migrate", json={"to": elsewhere, "mode": "cold"},
+                    headers=h(token_file))
+    assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+    after = {g["name"]: g for g in client.get("/api/v1/guests", headers=h(token_file)).json()}
+    assert after[process["name"]]["host"] == elsewhere and after[process["name"]]["epoch"] == process["epoch"] + 1
     r = client.post("/api/v1/hosts/host2/maintenance", json={"action": "exit"}, headers=h(token_file))
-    assert r.status_code == 200
-    kinds = [(e["kind"], e.get("by")) for e in client.get("/api/v1/events", headers=h(token_file)).json()]
-    assert kinds[-3:] == [("maintenance-requested", "admin"), ("migrate-requested", "admin"),
-                          ("maintenance-requested", "admin")]
+    assert r.status_code == 200 and r.json()["status"] == "done" and r.json()["state"] == "up", r.text
+    # Every request is an intent with the controller's outcome, newest first.
+    listed = client.get("/api/v1/intents", headers=h(token_file, "viewer")).json()
+    assert [(i["kind"], i["status"]) for i in listed] == [
+        ("maintenance", "done"), ("migrate", "accepted"), ("migrate", "accepted"), ("maintenance", "done"),
+        ("maintenance", "done")]
+    assert {i["requester"] for i in listed} == {"api:admin"}
+    one = client.get(f"/api/v1/intents/{live['intent']}", headers=h(token_file)).json()
+    assert one["guest"] == vm["name"] and one["live"] is True and one["outcome"]["target"] == target
+    assert client.get("/api/v1/intents/migrate-nope", headers=h(token_file)).status_code == 404
+    events = client.get("/api/v1/events", headers=h(token_file)).json()
+    asked = [(e["kind"], e["intent"]) for e in events if e.get("source") == "api"]
+    assert asked == [("maintenance-requested", entered["intent"]), ("maintenance-requested", again["intent"]),
+                     ("migrate-requested", live["intent"]), ("migrate-requested", listed[1]["id"]),
+                     ("maintenance-requested", listed[0]["id"])]
+    answered = [e for e in events if e["kind"].startswith("intent-")]
+    assert {(e["kind"], e["intent"]) for e in answered} == {(f"intent-{i['status']}", i["id"]) for i in listed}
+    assert ("maintenance", "host2") in [(e["kind"], e["subject"]) for e in events]  # the controller's own record
     assert client.post("/api/v1/hosts/host9/maintenance", json={"action": "enter"},
                        headers=h(token_file)).status_code == 404
     r = client.post("/api/v1/hosts/host1/maintenance", json={"action": "sideways"}, headers=h(token_file))
     assert r.status_code == 422 and "action" in json.dumps(r.json())
+    r = client.post(f"/api/v1/guests/{vm['name']}/migrate", json={"to": "host1", "mode": "warp"}, headers=h(token_file))
+    assert r.status_code == 422 and "mode" in json.dumps(r.json())
+
+
+def test_without_an_answer_the_request_is_pending(store_url: str, token_file: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from nonstop.api import actions
+
+    monkeypatch.setattr(actions, "OUTCOME_WAIT", 0.2)
+    with TestClient(create_app(store_url, CLUSTER, token_file)) as client:  # no controller answers
+        r = client.post("/api/v1/hosts/host1/maintenance", json={"action": "enter"}, headers=h(token_file))
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "pending" and r.json()["state"] == "maintenance"
+        intent = client.get(f"/api/v1/intents/{r.json()['intent']}", headers=h(token_file)).json()
+        assert (intent["kind"], intent["host"], intent["status"], intent["outcome"]) == (
+            "maintenance", "host1", "pending", None)
+        hosts = {x["name"]: x for x in client.get("/api/v1/hosts", headers=h(token_file)).json()}
+        assert hosts["host1"]["state"] == "up"  # the API wrote an intent, nothing the controller owns
+        r = client.post("/api/v1/guests/web-0/migrate", json={"to": "host3", "mode": "cold"}, headers=h(token_file))
+        assert r.status_code == 202 and r.json()["status"] == "pending", r.text
+
+
+async def test_a_refusal_is_409_with_the_controllers_words(store_url: str) -> None:
+    from nonstop.api import actions
+    from nonstop.store import intents, keys, open_store
+    from nonstop.store.intents import IntentOutcome
+
+    store = open_store(store_url)
+
+    async def refuse() -> None:
+        while True:
+            for kv in await store.list(keys.intents_prefix(CLUSTER)):
+                if kv.key.endswith("/request"):
+                    req = intents.parse_request(kv.value)
+                    assert req is not None
+                    out = IntentOutcome(id=req.id, status="refused", message="web-0 is being failed over",
+                                        updated_at=time.time())
+                    await store.put_json(intents.outcome_key(CLUSTER, req.id), intents.dump(out))
+                    return
+            await asyncio.sleep(0.02)
+
+    try:
+        from nonstop.api import snapshot
+
+        doc = snapshot.build(await snapshot.read_raw(store, CLUSTER), CLUSTER)
+        refusing = asyncio.create_task(refuse())
+        with pytest.raises(actions.Conflict) as caught:
+            await actions.request_migration(store, CLUSTER, "web-0", "host2", "admin", doc)
+        await refusing
+        assert caught.value.body() == {"detail": "web-0 is being failed over", "field": "to",
+                                       "intent": caught.value.intent}
+        assert caught.value.intent and caught.value.intent.startswith("migrate-")
+    finally:
+        await store.close()
 
 
 def test_apply_validates_fully_and_is_compare_and_set(client: TestClient, token_file: Path) -> None:
@@ -150,7 +237,7 @@ def test_apply_validates_fully_and_is_compare_and_set(client: TestClient, token_
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
     assert r.json()["changes"] == ["guests: ~api (replicas)"]
     assert client.get("/api/v1/spec", headers=h(token_file)).json()["spec"]["guests"][1]["replicas"] == 4
-    last = client.get("/api/v1/events", headers=h(token_file)).json()[-1]
+    last = [e for e in client.get("/api/v1/events", headers=h(token_file)).json() if e.get("source") == "api"][-1]
     assert last["kind"] == "spec-applied" and last["by"] == "admin"
 
 

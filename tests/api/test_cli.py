@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 from nonstop.api.app import create_app
 from nonstop.cli.main import app
 
-from .seeding import CLUSTER, LAB_YAML, ROOT, RunningServer, StoreLab
+from .seeding import CLUSTER, LAB_YAML, ROOT, ControllerStandIn, RunningServer, StoreLab
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def server(store_url: str, token_file: Path):
+def server(store_url: str, token_file: Path, controller: ControllerStandIn):
     lab = StoreLab(store_url)
     lab.delay = 0.0
     with RunningServer(create_app(store_url, CLUSTER, token_file, lab=lab)) as s:
@@ -58,14 +58,29 @@ def test_read_verbs(server: RunningServer, token_file: Path) -> None:
 
 def test_mutating_verbs_and_exit_codes(server: RunningServer, token_file: Path, tmp_path: Path) -> None:
     code, text = run(server, token_file, "maintenance", "enter", "host3", "--json")
-    assert code == 0 and json.loads(text)["state"] == "maintenance"
+    assert code == 0 and (json.loads(text)["state"], json.loads(text)["status"]) == ("maintenance", "done")
+    code, text = run(server, token_file, "maintenance", "enter", "host3")
+    assert code == 0 and "host3: maintenance (already)" in text and "already maintenance" in text
     assert run(server, token_file, "maintenance", "enter", "host9")[0] == 2
-    guest = next(g for g in json.loads(run(server, token_file, "get", "guests", "--json")[1])
-                 if g["host"] not in ("host2", "host3") and g["kind"] == "vm")
+    guests = json.loads(run(server, token_file, "get", "guests", "--json")[1])
+    guest = next(g for g in guests if g["host"] not in ("host2", "host3") and g["kind"] == "vm")
     code, text = run(server, token_file, "migrate", guest["name"], "--to", "host3")
-    assert code == 3 and "maintenance" in text  # the target is in maintenance
+    assert code == 3 and "removed by HostStateFilter" in text  # the target is in maintenance
+    process = next(g for g in guests if g["host"] == "host1" and g["kind"] == "process")
+    code, text = run(server, token_file, "migrate", process["name"], "--to", "host2")
+    assert code == 3 and "cold" in text  # a process guest cannot move live
+    assert run(server, token_file, "migrate", process["name"], "--to", "host2", "--mode", "warp")[0] == 2
     code, text = run(server, token_file, "migrate", guest["name"], "--to", "host2")
-    assert code == 0, text
+    assert code == 0 and f"{guest['name']}: live migration host1 → host2 accepted" in text, text
+    code, text = run(server, token_file, "migrate", process["name"], "--to", "host2", "--mode", "cold", "--json")
+    assert code == 0 and (json.loads(text)["status"], json.loads(text)["target"]) == ("accepted", "host2"), text
+    code, text = run(server, token_file, "get", "intents", "--json")
+    intents = json.loads(text)
+    assert code == 0 and [i["kind"] for i in intents] == ["migrate", "migrate", "maintenance", "maintenance"]
+    code, text = run(server, token_file, "get", "intent", intents[0]["id"])
+    assert code == 0 and intents[0]["id"] in text and "accepted" in text
+    assert run(server, token_file, "get", "intent", "migrate-nope")[0] == 2
+    assert run(server, token_file, "get", "intent")[0] == 2
     broken = tmp_path / "broken.yaml"
     broken.write_text(LAB_YAML.read_text().replace("memory: 128MiB", "memory: lots"))
     code, text = run(server, token_file, "apply", str(broken))
@@ -86,6 +101,21 @@ def test_mutating_verbs_and_exit_codes(server: RunningServer, token_file: Path, 
     assert result.exit_code == 1 and "403" in result.output
     result = runner.invoke(app, ["status", "--api", "http://127.0.0.1:9", "--token-file", str(token_file)])
     assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_an_unanswered_request_names_its_intent(store_url: str, token_file: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from nonstop.api import actions
+
+    monkeypatch.setattr(actions, "OUTCOME_WAIT", 0.2)
+    with RunningServer(create_app(store_url, CLUSTER, token_file)) as s:  # no controller answers
+        code, text = run(s, token_file, "maintenance", "enter", "host2")
+        assert code == 0 and "host2: maintenance requested" in text and "nonstop get intent maintenance-" in text
+        intent = text.split("nonstop get intent ")[1].split("`")[0]
+        code, text = run(s, token_file, "get", "intent", intent)
+        assert code == 0 and "pending" in text and "enter maintenance on host2" in text
+        code, text = run(s, token_file, "migrate", "web-0", "--to", "host3", "--mode", "cold")
+        assert code == 0 and "requested" in text and "nonstop get intent migrate-" in text, text
 
 
 def test_api_serve_process_and_discovery(store_url: str, tmp_path: Path) -> None:

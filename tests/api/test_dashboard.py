@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium driven by Playwright) against the real API
 server (uvicorn on 127.0.0.1) over a seeded store: hosts and guests show, "Fail host" (served by
 the in-process StoreLab, which changes the store as the controller's failover would) turns the host
-failed and its guests reappear on the other hosts — through the SSE stream, with no reload. Each
+failed and its guests reappear on the other hosts — through the SSE stream, with no reload. A
+maintenance request is answered by the controller stand-in (the real ``decide``). Each
 host's hardware component groups and its NICs and team (active member, failover) show too.
 A screenshot goes to test-artifacts/dashboard-failover.png."""
 
@@ -15,7 +16,7 @@ import pytest
 
 from nonstop.api.app import create_app
 
-from .seeding import CLUSTER, ROOT, RunningServer, StoreLab, tokens
+from .seeding import CLUSTER, ROOT, ControllerStandIn, RunningServer, StoreLab, tokens
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -40,7 +41,8 @@ def browser(tmp_path: Path):
             context.close()
 
 
-def test_dashboard_shows_failover_live(store_url: str, token_file: Path, browser) -> None:
+def test_dashboard_shows_failover_live(store_url: str, token_file: Path, controller: ControllerStandIn,
+                                      browser) -> None:
     lab = StoreLab(store_url)
     with RunningServer(create_app(store_url, CLUSTER, token_file, lab=lab)) as server:
         page = browser.new_page()

@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from nonstop.controller.events import read_events
 from nonstop.lab.cluster import LabCluster
 from nonstop.lab.cluster_procs import host_cgroup_dirs
 from nonstop.store import keys, open_store
+from nonstop.store.events import read_events
 
 
 class Load:

@@ -5,7 +5,6 @@ leaves the cluster whole again."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -19,6 +18,8 @@ from nonstop.lab import names
 from nonstop.lab.cluster import HEARTBEAT_PORT, LabCluster
 from nonstop.net import netns
 from nonstop.store import keys
+from nonstop.store.base import Store
+from nonstop.store.operations import list_operations
 
 from .conftest import running_cluster
 from .harness import ClusterProbe, InstanceChecker, Load
@@ -218,8 +219,9 @@ def _self_fences(lab: LabCluster) -> dict[str, int]:
 
 
 def _op_of(probe: ClusterProbe, host: str, since: float) -> dict[str, object] | None:
-    async def read(store: object) -> list[dict[str, object]]:
-        return [json.loads(kv.value) for kv in await store.list(keys.ops_prefix(probe.lab.cluster))]  # type: ignore[attr-defined]
+    async def read(store: Store) -> list[dict[str, object]]:
+        return [{**r.body, "op_id": r.id, "step": r.step}
+                for r in await list_operations(store, probe.lab.cluster, "failover")]
 
     ops = [op for op in probe._run(read) if op.get("host") == host and float(op.get("detected_at", 0)) >= since]
     return max(ops, key=lambda op: float(op["detected_at"])) if ops else None  # type: ignore[arg-type]

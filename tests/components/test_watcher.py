@@ -18,11 +18,11 @@ from nonstop.bmc.server import BmcConfig, RunningBmc, start_bmc
 from nonstop.components.chaos import fail_component, parse_target, repair_component
 from nonstop.components.metrics import ComponentCollector
 from nonstop.components.watcher import HardwareWatcher, run_hardware_watcher
-from nonstop.controller.events import read_events
 from nonstop.core.ha.hardware import ComponentGroup
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys, open_store
 from nonstop.store.base import Store, encode_json
+from nonstop.store.events import read_events
 
 
 def spec(on_degraded: str = "evacuate", window: float = 0.6) -> ClusterSpec:

@@ -10,12 +10,12 @@ from nonstop.core.controller.ops import (
     FINAL,
     TRANSITIONS,
     FailoverOp,
-    IllegalStep,
     OpEvent,
     Step,
     advance,
     fence_retry_delay,
 )
+from nonstop.core.operations import IllegalTransition
 
 S, E = Step, OpEvent
 
@@ -38,7 +38,7 @@ def test_every_pair_is_in_the_table_or_illegal(step: Step, event: OpEvent) -> No
     if (step, event) in EXPECTED:
         assert advance(op, event, 10.0).step is EXPECTED[(step, event)]
     else:
-        with pytest.raises(IllegalStep):
+        with pytest.raises(IllegalTransition):
             advance(op, event, 10.0)
 
 
@@ -56,7 +56,7 @@ def test_guests_never_move_before_the_host_is_fenced(events: list[OpEvent]) -> N
     for event in events:
         try:
             op = advance(op, event, 1.0)
-        except IllegalStep:
+        except IllegalTransition:
             continue
         seen.append(op.step)
     if S.MOVED in seen:
@@ -75,7 +75,7 @@ def test_round_trip_and_attempts() -> None:
     op = advance(op, E.MOVED, 9.5, moves=(("g1", "h2"),), unplaced=(("g2", "no host has memory"),))
     assert op.attempts == 2
     assert op.times == {"fencing": 8.0, "fence-failed": 7.0, "fenced": 9.0, "moved": 9.5}
-    assert FailoverOp.from_dict(op.to_dict()) == op
+    assert FailoverOp.from_parts(op.op_id, op.step.value, dict(op.times), op.body()) == op
 
 
 @pytest.mark.parametrize(("attempts", "delay"), [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (6, 10.0), (50, 10.0)])

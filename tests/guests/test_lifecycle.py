@@ -19,6 +19,7 @@ from nonstop.core.guests.reconcile import (
     Blocked,
     Destroy,
     DetachVnic,
+    DropIncoming,
     GiveUp,
     GuestView,
     Migrate,
@@ -172,9 +173,8 @@ CASES = [
     ("not desired → destroy", GuestView("g", observed=status(S.RUNNING)), [Destroy("g", POLICY.stop_timeout)]),
     ("assigned elsewhere → destroy", GuestView("g", desired=gdef(host="h2"), observed=status(S.STOPPED)),
      [Destroy("g", POLICY.stop_timeout)]),
-    ("incoming migration is left alone", GuestView("g", observed=status(S.INCOMING)), []),
-    ("migrated in, record not yet moved → left alone",
-     GuestView("g", desired=gdef(host="h2"), observed=status(S.RUNNING), migrating_here=True), []),
+    ("incoming copy no migration needs → dropped", GuestView("g", observed=status(S.INCOMING)),
+     [DropIncoming("g", "no migration into this host needs it")]),
     ("desired stopped → stop", GuestView("g", desired=gdef(running=False), observed=status(S.RUNNING)),
      [Stop("g", POLICY.stop_timeout)]),
     ("desired stopped, absent → nothing", GuestView("g", desired=gdef(running=False)), []),
@@ -187,8 +187,8 @@ CASES = [
      [SetVcpus("g", 2)]),
     ("memory up → hot-plug", GuestView("g", desired=gdef(memory=128 * MiB), observed=status(S.RUNNING), applied=gdef()),
      [SetMemory("g", 128 * MiB)]),
-    ("migrate when asked", GuestView("g", desired=gdef(migrate_to="h2"), observed=status(S.RUNNING)),
-     [Migrate(gdef(migrate_to="h2"), "h2")]),
+    ("migrate when asked", GuestView("g", desired=gdef(migrate_to="h2", migration_id="m1"), observed=status(S.RUNNING)),
+     [Migrate(gdef(migrate_to="h2", migration_id="m1"), "h2", "m1")]),
 ]
 
 
@@ -229,7 +229,7 @@ def test_vnic_diff_by_mac() -> None:
 
 
 def test_no_live_migration_is_reported_not_attempted() -> None:
-    view = GuestView("g", desired=gdef(migrate_to="h2"), observed=status(S.RUNNING))
+    view = GuestView("g", desired=gdef(migrate_to="h2", migration_id="m1"), observed=status(S.RUNNING))
     assert one(view, caps=NONE) == [Unsupported("g", "live migration")]
 
 
@@ -273,5 +273,5 @@ def test_properties_of_decide(desired: GuestDefinition | None, observed: GuestSt
         assert holder in (None, "h1")  # never start a guest another host holds
         assert observed is None or observed.state in (S.STOPPED, S.FAILED, S.PENDING, S.RUNNING)
     if desired is None:
-        assert all(isinstance(a, Destroy) for a in actions)
+        assert all(isinstance(a, Destroy | DropIncoming) for a in actions)
     assert one(view) == actions  # deterministic

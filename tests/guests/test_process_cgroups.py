@@ -19,7 +19,8 @@ from nonstop.drivers import cgroups
 from nonstop.drivers.base import GuestDefinition, GuestStartError
 from nonstop.drivers.cgroups import CgroupV1, CgroupV2
 from nonstop.drivers.process import LAUNCHER, ProcessDriver
-from nonstop.drivers.process_net import netns_exists, netns_name
+from nonstop.drivers.process_net import netns_name
+from nonstop.net import netns
 
 
 def fake_v2(tmp_path: Path) -> CgroupV2:
@@ -159,4 +160,4 @@ async def test_process_driver_on_v2_without_controllers_fails_clearly(cgroup2_mo
     assert "cgroup v2" in info.value.reason
     assert await driver.list_guests() == []
     assert not list(cgroup2_mount.glob(f"nonstop.{cluster}.*")), "no group left behind"
-    assert not netns_exists(netns_name(cluster, "g0"))
+    assert not netns.exists(netns_name(cluster, "g0"))

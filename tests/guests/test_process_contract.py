@@ -23,7 +23,7 @@ from nonstop.drivers.base import (
     NotSupported,
 )
 from nonstop.drivers.probe import http_get, wait_http_ok
-from nonstop.drivers.process_net import netns_exists, netns_name
+from nonstop.drivers.process_net import netns_name
 from nonstop.net import netns as nsutil
 
 MiB = 2**20
@@ -158,7 +158,7 @@ async def test_unrunnable_command_is_a_permanent_start_error(process_driver: Dri
         await process_driver.spawn(gdef(process_driver, command=("/nonexistent/workload",)))
     assert info.value.permanent and "nonexistent" in info.value.reason
     assert await process_driver.list_guests() == []
-    assert not netns_exists(netns_name(process_driver.cluster, "g0"))
+    assert not nsutil.exists(netns_name(process_driver.cluster, "g0"))
 
 
 @pytest.mark.root
@@ -174,7 +174,7 @@ async def test_stop_kills_a_guest_that_ignores_sigterm(process_driver: Driver) -
         await asyncio.sleep(0.01)
     st = await process_driver.stop("g0", timeout=0.3)
     assert st.state is GuestState.STOPPED and not nsutil.alive(pid)
-    assert not netns_exists(netns_name(process_driver.cluster, "g0"))
+    assert not nsutil.exists(netns_name(process_driver.cluster, "g0"))
 
 
 @pytest.mark.root
@@ -212,5 +212,5 @@ async def test_status_polls_during_parallel_starts_never_tear_a_launch_down(proc
         status = await process_driver.status(name)
         assert status.state is GuestState.RUNNING and status.boot_id == result.boot_id
         ns = netns_name(process_driver.cluster, name)
-        assert netns_exists(ns)
+        assert nsutil.exists(ns)
         wait_http_ok(ns, "127.0.0.1", PORT, deadline=10)

@@ -76,7 +76,7 @@ def root_snapshot() -> dict[str, object]:
         routes = sorted(
             f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(family=2) if r.get_attr("RTA_DST")
         )
-    return {"links": links, "routes": routes, "tables": sorted(nft.list_tables_root())}
+    return {"links": links, "routes": routes, "tables": sorted(nft.list_tables(None))}
 
 
 def assert_nothing_left(cluster: str, pids: list[int]) -> None:

@@ -51,7 +51,7 @@ async def test_smuggling_shapes_get_400_and_never_reach_a_backend(lb):
     # dispatched before their body turns bad; then the client gets 400 and the upstream
     # connection is aborted mid-body (never reused), so nothing is smuggled through it.
     assert lb.services["web"].backend_stats["a"].requests == len(SMUGGLING) + 2
-    assert not lb.services["web"].busy
+    assert not lb.services["web"].upstreams.busy
     good.close()
 
 

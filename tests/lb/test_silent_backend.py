@@ -73,11 +73,11 @@ async def test_removing_a_silent_backend_moves_its_unanswered_gets_but_never_res
         with silenced(b):
             gets = [asyncio.create_task(c.request("GET", f"/q{i}")) for i, c in enumerate(clients[:4])]  # b a b a
             await asyncio.sleep(0.3)
-            waiting = [u for u in svc.busy if u.backend.name == "b"]
+            waiting = [u for u in svc.upstreams.busy if u.backend.name == "b"]
             assert len(waiting) == 2  # every other GET went to silent b
             post = asyncio.create_task(clients[4].request("POST", "/p", b"once"))  # the next pick: b
             await asyncio.sleep(0.3)
-            assert len([u for u in svc.busy if u.backend.name == "b"]) == 3
+            assert len([u for u in svc.upstreams.busy if u.backend.name == "b"]) == 3
             removed_at = loop.time()
             lb.remove_server("web", "b")  # what the controller does when b's guest is gone
             answers = await asyncio.wait_for(asyncio.gather(*gets), 5)
@@ -87,7 +87,7 @@ async def test_removing_a_silent_backend_moves_its_unanswered_gets_but_never_res
             assert took < 2.0, took
             # the POST stays on b (it was sent: resending could apply it twice) ...
             assert not post.done()
-            assert [u.exchange.method for u in svc.busy if u.backend.name == "b" and u.exchange] == [b"POST"]
+            assert [u.exchange.method for u in svc.upstreams.busy if u.backend.name == "b" and u.exchange] == [b"POST"]
         # ... and b, awake again, answers it: a removal lets in-flight work finish (drain)
         r = await asyncio.wait_for(post, 5)
         assert r.status == 200 and r.body.startswith(b"b POST /p")

@@ -85,7 +85,7 @@ def test_apply_converges_from_partial_state(host_ns: tuple[str, ClusterSpec]) ->
         ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], master=0)
         ipr.link("add", ifname="nb-gone", kind="bridge")                 # a network removed from the spec
     nft.delete(ns, "ip", "nonstop_nat_nat0")
-    netns.run(ns, ["nft", "add", "table", "ip", "nonstop_nat_old"])
+    nft.run(ns, ["add", "table", "ip", "nonstop_nat_old"])
     with netns.NetnsThread(ns) as thread:
         thread.call(netns.write_sysctl, "net/ipv4/ip_forward", "0")
     repaired = host_net.ensure_host_network(ns, spec, "h1")

@@ -1,5 +1,7 @@
 """Helpers for the rolling-patch lab tests: run ``nonstop patch`` in the cluster's ctl namespace
-(where the balancers' admin API is reachable), read rollout records and host levels."""
+(where the balancers' admin API is reachable), read the current rollout (the newest
+``patch-rollout`` operation) and host levels, ask the controller to take a host out of
+maintenance (an intent: the controller is the one writer of ``hosts/*/desired``)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from typing import Any
 
 from cluster.harness import ClusterProbe  # tests/cluster (a rootdir package)
 
+from nonstop.core.patching.steps import KIND, Rollout
 from nonstop.core.spec import ClusterSpec
 from nonstop.lab import names
 from nonstop.lab.cluster import LabCluster
-from nonstop.store import keys
+from nonstop.store import intents, keys, operations
 
 
 def tolerant(spec: ClusterSpec, heartbeat_interval: float = 0.3) -> ClusterSpec:
@@ -48,7 +51,25 @@ def start_patch(lab: LabCluster, *args: str) -> subprocess.Popen[str]:
 
 
 def rollout(probe: ClusterProbe) -> dict[str, Any]:
-    return probe._run(lambda s: s.get_json(keys.op(probe.lab.cluster, "patch-rollout"))) or {}
+    """The current rollout (``Rollout.to_dict``), ``{}`` when none was stored."""
+    async def read(store: Any) -> dict[str, Any]:
+        records = await operations.list_operations(store, probe.lab.cluster, KIND)
+        return Rollout.from_body(records[-1].header, records[-1].body).to_dict() if records else {}
+
+    return probe._run(read)
+
+
+def leave_maintenance(probe: ClusterProbe, host: str, reason: str = "test cleanup") -> None:
+    """Ask the controller to take ``host`` out of maintenance, and wait until it says done."""
+    async def ask(store: Any) -> str | None:
+        intent = await intents.submit(store, probe.lab.cluster, "maintenance", requester="test", reason=reason,
+                                      host=host, enter=False)
+        outcome = await intents.wait_outcome(store, probe.lab.cluster, intent.id, timeout=15.0)
+        return outcome.status if outcome is not None else None
+
+    status = probe._run(ask)
+    assert status == "done", f"leaving maintenance on {host}: {status}"
+    probe.wait_for(f"{host} up", lambda: probe.status()["hosts"][host] == "up", timeout=15)
 
 
 def levels(probe: ClusterProbe) -> dict[str, str | None]:

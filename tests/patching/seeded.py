@@ -1,16 +1,20 @@
 """A SQLite store seeded with a 3-host cluster as the controller and agents would have written it
 (spec, three ``db`` replicas one per host, a fresh controller status with every host up), for the
-CLI and API tests of ``nonstop patch`` that need no lab."""
+CLI and API tests of ``nonstop patch`` that need no lab; and the rollout stored as an operation
+(the newest ``patch-rollout`` in ``ops/``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+from nonstop.core.patching.steps import KIND, Rollout
 from nonstop.core.spec import ClusterSpec
-from nonstop.store import keys, open_store
+from nonstop.store import keys, open_store, operations
+from nonstop.store.operations import OperationRecord
 from nonstop.store.state import put_spec
 
 CLUSTER = "c"
@@ -43,22 +47,44 @@ def seed(path: Path, spread: str) -> str:
 
 
 def read(url: str, key: str) -> Any:
+    return _with_store(url, lambda store: store.get_json(key))
+
+
+def write(url: str, key: str, value: Any) -> None:
+    _with_store(url, lambda store: store.put_json(key, value))
+
+
+def _with_store(url: str, use: Any) -> Any:
     async def go() -> Any:
         store = open_store(url)
         try:
-            return await store.get_json(key)
+            return await use(store)
         finally:
             await store.close()
 
     return asyncio.run(go())
 
 
-def write(url: str, key: str, value: Any) -> None:
-    async def go() -> None:
-        store = open_store(url)
-        try:
-            await store.put_json(key, value)
-        finally:
-            await store.close()
+def rollouts(url: str) -> list[dict[str, Any]]:
+    """Every stored rollout (``Rollout.to_dict``), oldest first."""
+    async def use(store: Any) -> list[dict[str, Any]]:
+        records = await operations.list_operations(store, CLUSTER, KIND)
+        return [Rollout.from_body(r.header, r.body).to_dict() for r in records]
 
-    asyncio.run(go())
+    return list(_with_store(url, use))
+
+
+def save_rollout(url: str, rollout: Rollout) -> None:
+    async def use(store: Any) -> None:
+        await operations.save(store, CLUSTER, OperationRecord.of(rollout.header, rollout.body()))
+
+    _with_store(url, use)
+
+
+def intent_requests(url: str) -> list[dict[str, Any]]:
+    """Every intent written to the controller (``intents/<id>/request``)."""
+    async def use(store: Any) -> list[dict[str, Any]]:
+        kvs = await store.list(keys.intents_prefix(CLUSTER))
+        return [json.loads(kv.value) for kv in kvs if kv.key.endswith("/request")]
+
+    return list(_with_store(url, use))

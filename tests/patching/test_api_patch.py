@@ -19,10 +19,9 @@ from nonstop.api.auth import ensure_tokens
 from nonstop.core.patching.steps import Step, StepResult, Tick, new_rollout, transition
 from nonstop.store import keys
 
-from .seeded import CLUSTER, read, seed, write
+from .seeded import CLUSTER, intent_requests, read, rollouts, save_rollout, seed, write
 
 pytestmark = pytest.mark.timeout(120)
-ROLLOUT = keys.op(CLUSTER, "patch-rollout")
 
 
 def _client(tmp_path: Path, spread: str = "soft") -> tuple[TestClient, str, dict[str, dict[str, str]]]:
@@ -40,8 +39,8 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, str, dict[str, dict[str, s
 
 
 def _events(url: str, kind: str) -> list[dict[str, Any]]:
-    from nonstop.controller.events import read_events
     from nonstop.store import open_store
+    from nonstop.store.events import read_events
 
     async def go() -> list[dict[str, Any]]:
         store = open_store(url)
@@ -65,7 +64,7 @@ def test_tokens_and_roles(api: tuple[TestClient, str, dict[str, dict[str, str]]]
         assert client.post(path, json=body).status_code == 401, path
         r = client.post(path, json=body, headers=h["viewer"])
         assert r.status_code == 403 and "admin token" in r.text, (path, r.text)
-    assert read(url, ROLLOUT) is None
+    assert rollouts(url) == []
 
 
 def test_dry_run_plans_and_writes_nothing(api: tuple[TestClient, str, dict[str, dict[str, str]]]) -> None:
@@ -78,7 +77,7 @@ def test_dry_run_plans_and_writes_nothing(api: tuple[TestClient, str, dict[str, 
     r = client.post("/api/v1/patch", json={"to": "L2", "dry_run": True, "hosts": ["h3", "h1"], "max_unavailable": 2},
                     headers=h["admin"])
     assert r.json()["plan"]["batches"] == [["h1"], ["h3"]]  # both run a db replica: never one batch
-    assert read(url, ROLLOUT) is None
+    assert rollouts(url) == []
 
 
 def test_a_refused_plan_is_explained_and_not_started(tmp_path: Path) -> None:
@@ -90,7 +89,7 @@ def test_a_refused_plan_is_explained_and_not_started(tmp_path: Path) -> None:
         r = client.post("/api/v1/patch", json={"to": "L2"}, headers=h["admin"])
         assert r.status_code == 409 and "the planner refuses" in r.json()["detail"], r.text
         assert client.get("/api/v1/patch", headers=h["viewer"]).json()["runner"]["here"] is False
-    assert read(url, ROLLOUT) is None
+    assert rollouts(url) == []
 
 
 @pytest.mark.parametrize(("body", "status", "field"), [
@@ -112,7 +111,7 @@ def test_a_bad_option_names_the_field_and_starts_nothing(api: tuple[TestClient, 
     named = doc.get("field") == field or any(field in e.get("loc", []) for e in doc.get("detail", [])
                                              if isinstance(e, dict))
     assert named, json.dumps(doc)
-    assert read(url, ROLLOUT) is None
+    assert rollouts(url) == []
     assert client.get("/api/v1/patch", headers=h["viewer"]).json()["runner"]["here"] is False
 
 
@@ -147,21 +146,27 @@ def test_started_rollout_runs_in_the_api_and_abort_stops_it(api: tuple[TestClien
     doc = client.get("/api/v1/patch", headers=h["viewer"]).json()
     assert doc["runner"]["error"] is None and doc["runner"]["lock"] is None
     assert read(url, keys.host_desired(CLUSTER, "h1")) is None  # never put in maintenance
+    assert intent_requests(url) == []  # nor asked to leave it
+    stored = rollouts(url)
+    assert len(stored) == 1 and stored[0]["status"] == "aborted", stored
+    assert stored[0]["rollout_id"].startswith("patch-rollout-") and stored[0]["kind"] == "patch-rollout"
+    assert read(url, keys.op_abort(CLUSTER, stored[0]["rollout_id"])) is None
+    assert read(url, keys.op_lock(CLUSTER, stored[0]["rollout_id"])) is None
     assert [e["by"] for e in _events(url, "patch-requested")] == ["admin", "admin"]  # start, abort
     assert _events(url, "patch-aborted")
 
 
 def test_a_failed_rollout_is_reported_then_aborted(api: tuple[TestClient, str, dict[str, dict[str, str]]]) -> None:
     client, url, h = api
-    r, _ = transition(new_rollout("patch-1", "L2", (("h1",), ("h2",), ("h3",)), 0.0,
+    r, _ = transition(new_rollout("patch-rollout-0123456789ab", "L2", (("h1",), ("h2",), ("h3",)), 0.0,
                                   levels={"h1": "L1", "h2": "L1", "h3": "L1"}), Tick(), 0.0)
     while r.hosts["h1"].step is not Step.DONE:
         r, _ = transition(r, StepResult("h1", r.hosts["h1"].step, ok=True), 1.0)
     while r.hosts["h2"].step is not Step.PATCH:
         r, _ = transition(r, StepResult("h2", r.hosts["h2"].step, ok=True), 2.0)
     r, _ = transition(r, StepResult("h2", Step.PATCH, ok=False, error="exit code 3", output="disk full"), 3.0)
-    write(url, ROLLOUT, r.to_dict())
-    write(url, keys.host_desired(CLUSTER, "h2"), {"state": "maintenance", "evacuate": False})
+    save_rollout(url, r)
+    write(url, keys.host_desired(CLUSTER, "h2"), {"state": "maintenance", "evacuate": False})  # as the controller did
     doc = client.get("/api/v1/patch", headers=h["viewer"]).json()
     assert doc["rollout"]["status"] == "failed" and doc["report"]["complete"] is False
     h2 = next(x for x in doc["report"]["hosts"] if x["host"] == "h2")
@@ -171,5 +176,6 @@ def test_a_failed_rollout_is_reported_then_aborted(api: tuple[TestClient, str, d
     r2 = client.post("/api/v1/patch/abort", headers=h["admin"])
     assert r2.status_code == 200 and r2.json()["rollout"]["status"] == "aborted", r2.text
     assert read(url, keys.host_desired(CLUSTER, "h2"))["state"] == "maintenance"  # the operator decides
+    assert intent_requests(url) == []  # no intent to leave maintenance for a host whose patch failed
     assert client.post("/api/v1/patch/resume", headers=h["admin"]).status_code == 409
     assert client.post("/api/v1/patch/abort", headers=h["admin"]).status_code == 409

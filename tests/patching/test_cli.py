@@ -16,9 +16,8 @@ from nonstop.cli.main import app
 from nonstop.cli.patch_verbs import _Bars
 from nonstop.core.patching.steps import StepResult, Tick, new_rollout, transition
 from nonstop.patching.report import report, table
-from nonstop.store import keys
 
-from .seeded import read, seed
+from .seeded import rollouts, seed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +48,7 @@ def test_planner_refuses_with_the_reason(tmp_path: Path) -> None:
     result = _patch(url, "--to", "L2")
     assert result.exit_code == 3 and "the planner refuses" in result.output
 
-    assert read(url, keys.op("c", "patch-rollout")) is None
+    assert rollouts(url) == []
 
 
 def test_bars_and_report_render() -> None:

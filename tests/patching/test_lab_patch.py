@@ -26,7 +26,18 @@ from nonstop.drivers.qemu_testlab import PagePoller, fetch_in, parse_page
 from nonstop.lab import names
 from nonstop.lab.cluster import LabCluster
 
-from .lab import FAILOVER_KINDS, host_desired, levels, rollout, run_patch, start_patch, timeline, tolerant, wait_service
+from .lab import (
+    FAILOVER_KINDS,
+    host_desired,
+    leave_maintenance,
+    levels,
+    rollout,
+    run_patch,
+    start_patch,
+    timeline,
+    tolerant,
+    wait_service,
+)
 
 pytestmark = [
     pytest.mark.root, pytest.mark.timeout(300),
@@ -200,8 +211,14 @@ def test_patcher_and_controller_killed_mid_rollout_resume(cluster: tuple[LabClus
     start = time.time()
     with Load(lab.services["api"]["port"]) as load:
         proc = start_patch(lab, "--to", "L4")
-        probe.wait_for("the VM's live migration under way", lambda: rollout(probe).get("target") == "L4"
-                       and probe.desired()["web-0"].get("migrate_to"), timeout=120, every=0.05)
+
+        def migrating() -> bool:  # accepted by the controller and recorded in the rollout (Moved)
+            current = rollout(probe)
+            recorded = current.get("target") == "L4" and any(
+                m[0] == "web-0" and m[1] == vm_host for m in current["hosts"][vm_host]["moves"])
+            return recorded and bool(probe.desired()["web-0"].get("migrate_to"))
+
+        probe.wait_for("the VM's live migration under way", migrating, timeout=120, every=0.05)
         os.kill(proc.pid, 9)
         proc.wait()
         killed_at = rollout(probe)["hosts"][vm_host]["step"]
@@ -233,8 +250,7 @@ def test_hanging_patch_times_out_and_abort_leaves_the_cluster_serving(cluster: t
     assert doc["status"] == "aborted", text[-2000:]
     assert host_desired(probe, "h3")["state"] == "maintenance"  # the operator decides about a broken host
     assert len(probe.running()) == GUESTS
-    probe.put_json(f"/nonstop/{lab.cluster}/hosts/h3/desired", {"state": "up", "reason": "test cleanup"})
-    probe.wait_for("h3 up", lambda: probe.status()["hosts"]["h3"] == "up", timeout=15)
+    leave_maintenance(probe, "h3")
 
 
 def test_api_runs_a_rollout_and_aborts_it_while_the_patch_hangs(cluster: tuple[LabCluster, ClusterProbe],
@@ -283,8 +299,7 @@ def test_api_runs_a_rollout_and_aborts_it_while_the_patch_hangs(cluster: tuple[L
     assert host_desired(probe, host)["state"] == "maintenance"
     assert len(probe.running()) == GUESTS and host not in probe.running().values()
     _no_failover(probe, start)
-    probe.put_json(f"/nonstop/{lab.cluster}/hosts/{host}/desired", {"state": "up", "reason": "test cleanup"})
-    probe.wait_for(f"{host} up", lambda: probe.status()["hosts"][host] == "up", timeout=15)
+    leave_maintenance(probe, host)
 
 
 def _update(lab: LabCluster, *args: str) -> tuple[int, dict[str, Any], str]:

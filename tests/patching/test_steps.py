@@ -1,5 +1,7 @@
-"""The rollout step machine: table rows, batches, failure/resume/abort, and properties under
-random outcome sequences (hypothesis). Pure: no store, no clock."""
+"""The rollout step machine: table rows (``HOST_STEPS`` and ``ROLLOUT``, ``Machine``s of the one
+operation model), batches, failure/resume/abort, the operation header (status as its step,
+progress, reason), and properties under random outcome sequences (hypothesis). Pure: no store,
+no clock."""
 
 from __future__ import annotations
 
@@ -7,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nonstop.core.operations import IllegalTransition
 from nonstop.core.patching.steps import (
     ACTIVE,
     ACTIVE_ORDER,
-    TRANSITIONS,
+    HOST_STEPS,
+    ROLLOUT,
     Abort,
     Finished,
-    IllegalTransition,
     Moved,
     Outcome,
     Resume,
@@ -24,6 +27,7 @@ from nonstop.core.patching.steps import (
     StepResult,
     Tick,
     new_rollout,
+    resume_event,
     transition,
 )
 
@@ -54,21 +58,55 @@ def _run_ok(rollout, host, now):
     (Step.FAILED, Outcome.ABORT, Step.ABORTED),
 ])
 def test_table_rows(step: Step, outcome: Outcome, after: Step) -> None:
-    assert TRANSITIONS[step][outcome] == after
+    assert HOST_STEPS.next(step.value, outcome.value) == after.value
 
 
 @pytest.mark.parametrize(("step", "outcome"), [
     (Step.DONE, Outcome.OK), (Step.ABORTED, Outcome.RESUME), (Step.PENDING, Outcome.OK),
     (Step.FAILED, Outcome.OK), (Step.PATCH, Outcome.START), (Step.DONE, Outcome.ABORT),
+    (Step.FAILED, Outcome.RESUME),  # a resume names the step it goes back to
 ])
 def test_illegal_rows_are_absent(step: Step, outcome: Outcome) -> None:
-    assert outcome not in TRANSITIONS[step]
+    assert not HOST_STEPS.allows(step.value, outcome.value)
+    with pytest.raises(IllegalTransition) as info:
+        HOST_STEPS.next(step.value, outcome.value, "h1")
+    assert info.value.kind == "patch-rollout" and info.value.subject == "h1"
 
 
-def test_every_active_step_can_fail_and_abort() -> None:
+def test_every_active_step_can_fail_abort_and_be_resumed() -> None:
     for step in ACTIVE:
-        assert TRANSITIONS[step][Outcome.FAILED] is Step.FAILED
-        assert TRANSITIONS[step][Outcome.ABORT] is Step.ABORTED
+        assert HOST_STEPS.next(step.value, Outcome.FAILED.value) == Step.FAILED.value
+        assert HOST_STEPS.next(step.value, Outcome.ABORT.value) == Step.ABORTED.value
+        assert HOST_STEPS.next(Step.FAILED.value, resume_event(step)) == step.value
+    assert HOST_STEPS.is_final(Step.DONE.value) and HOST_STEPS.is_final(Step.ABORTED.value)
+
+
+@pytest.mark.parametrize(("status", "event", "after"), [
+    ("running", "fail", "failed"), ("running", "complete", "complete"), ("running", "abort", "aborted"),
+    ("failed", "resume", "running"), ("failed", "abort", "aborted"),
+])
+def test_rollout_status_rows(status: str, event: str, after: str) -> None:
+    assert ROLLOUT.next(status, event) == after
+
+
+@pytest.mark.parametrize(("status", "event"), [("complete", "abort"), ("aborted", "resume"), ("failed", "complete")])
+def test_rollout_status_illegal_rows(status: str, event: str) -> None:
+    with pytest.raises(IllegalTransition):
+        ROLLOUT.next(status, event)
+
+
+def test_the_rollout_is_an_operation_whose_step_is_its_status() -> None:
+    r = _rollout()
+    assert r.header.kind == "patch-rollout" and r.header.id == "r1" and r.header.step == "running"
+    assert r.header.progress == {"running": 0.0} and "to L2" in r.header.reason
+    r, _ = transition(r, Tick(), 1.0)
+    while r.hosts["h1"].step is not Step.PATCH:
+        r, _ = _run_ok(r, "h1", 2.0)
+    r, _ = transition(r, StepResult("h1", Step.PATCH, ok=False, error="exit code 3"), 3.0)
+    assert r.header.step == "failed" and r.header.progress["failed"] == 3.0 and r.header.updated_at == 3.0
+    assert r.header.reason == "failed on h1 at patch: exit code 3"
+    r, _ = transition(r, Resume(), 4.0)
+    assert r.status is RolloutStatus.RUNNING and r.header.progress == {"running": 4.0, "failed": 3.0}
 
 
 def test_batches_run_one_after_the_other_and_complete() -> None:
@@ -133,17 +171,23 @@ def test_illegal_transition_is_typed() -> None:
         _move(r.hosts["h1"], Outcome.OK, 2.0)
 
 
-def test_round_trip_through_json_shape() -> None:
+def _through_json(r):
+    import json
+
     from nonstop.core.patching.steps import Rollout
 
+    return Rollout.from_body(r.header, json.loads(json.dumps(r.body())))
+
+
+def test_round_trip_through_json_shape() -> None:
     r, _ = transition(_rollout((("h1", "h2"), ("h3",))), Tick(), 0.0)
     r, _ = transition(r, StepResult("h1", Step.PRECHECK, ok=True, moves=(("g", "h1", "h2", "live"),)), 1.0)
-    assert Rollout.from_dict(r.to_dict()) == r
+    assert _through_json(r) == r
+    doc = r.to_dict()
+    assert doc["rollout_id"] == "r1" and doc["status"] == "running" and doc["hosts"]["h1"]["step"] == "enter-maintenance"
 
 
 def test_a_move_is_recorded_when_asked_for_and_survives_a_resume() -> None:
-    from nonstop.core.patching.steps import Rollout
-
     r, _ = transition(_rollout(), Tick(), 0.0)
     while r.hosts["h1"].step is not Step.EVACUATE:
         r, _ = _run_ok(r, "h1", 1.0)
@@ -151,7 +195,7 @@ def test_a_move_is_recorded_when_asked_for_and_survives_a_resume() -> None:
     r, actions = transition(r, Moved("h1", Step.EVACUATE, move), 2.0)
     assert actions == () and r.hosts["h1"].step is Step.EVACUATE and r.hosts["h1"].moves == (move,)
     # the patcher dies here: the record read back still has the move
-    r = Rollout.from_dict(r.to_dict())
+    r = _through_json(r)
     r, _ = transition(r, Moved("h1", Step.EVACUATE, move), 3.0)  # the resumed step asks again
     r, _ = transition(r, StepResult("h1", Step.EVACUATE, ok=True, moves=(move, ("api-0", "h1", "h3", "cold"))), 4.0)
     assert r.hosts["h1"].moves == (move, ("api-0", "h1", "h3", "cold"))
@@ -190,5 +234,6 @@ def test_properties_under_random_outcomes(seq, width) -> None:
             for earlier in batches[:i]:
                 assert all(r.hosts[h].step in (Step.DONE, Step.ABORTED) for h in earlier)
         assert (r.status is RolloutStatus.COMPLETE) == all(p.step is Step.DONE for p in r.hosts.values())
+        assert r.header.step == r.status.value and r.status.value in r.header.progress
         if r.status is RolloutStatus.FAILED:
             assert any(p.step is Step.FAILED for p in r.hosts.values())

@@ -11,8 +11,9 @@ from pyroute2 import IPRoute, netns
 from nonstop.core.net.team_hash import IPPROTO_UDP, FrameKey, nft_member_index
 from nonstop.core.net.team_render import peer_name, render_delete, render_ruleset
 from nonstop.core.spec import HashPolicy, TeamMode, TeamSpec
-from nonstop.net.team import link_info, setup_team, team_status, teardown_team
-from nonstop.net.team_nft import apply_script, chain_rules, forward_targets, in_netns, list_table
+from nonstop.net import netns as namespaces
+from nonstop.net import nft
+from nonstop.net.team import chain_rules, forward_targets, link_info, setup_team, team_status, teardown_team
 from nonstop.net.team_testbed import TeamTestbed
 from nonstop.net.team_traffic import TcpStream
 
@@ -29,15 +30,15 @@ def test_every_rendered_ruleset_loads_and_forwards_where_it_says() -> None:
             for dev in ("eth0", "eth1", "eth2", "team0p", "sw0-h1-e0", "sw0-h1-e1", "lag-h1p"):
                 ipr.link("add", ifname=dev, kind="veth", peer=f"x{abs(hash(dev)) % 10**8}")
         for name, path in CASES.items():
-            apply_script(ns, render_ruleset(path))
-            apply_script(ns, render_ruleset(path))  # idempotent
-            chains = chain_rules(list_table(ns, path.table) or [])
+            nft.apply(ns, render_ruleset(path))
+            nft.apply(ns, render_ruleset(path))  # idempotent
+            chains = chain_rules(nft.list_table(ns, "netdev", path.table) or [])
             assert forward_targets(chains["tx"]) == list(path.transmit), name
             for member in path.members:
                 rx = [c for c in chains if c.startswith("rx_") and c[3:] == member.replace("-", "_")][0]
                 assert (forward_targets(chains[rx]) == [path.port]) == (member in path.transmit), (name, member)
-            apply_script(ns, render_delete(path.table))
-            assert list_table(ns, path.table) is None
+            nft.apply(ns, render_delete(path.table))
+            assert nft.list_table(ns, "netdev", path.table) is None
     finally:
         netns.remove(ns)
 
@@ -75,7 +76,7 @@ def test_setup_and_teardown_are_idempotent_and_leave_nothing() -> None:
         with IPRoute(netns=tb.h1) as ipr:
             names = {link.get("IFLA_IFNAME") for link in ipr.get_links()}
         assert "team0" not in names and peer_name("team0") not in names and {"eth0", "eth1"} <= names
-        assert list_table(tb.h1, "nonstop_team_team0") is None
+        assert nft.list_table(tb.h1, "netdev", "nonstop_team_team0") is None
         assert not team_status(tb.h1, spec)["installed"]
     assert not [n for n in netns.listnetns() if n.startswith(tb.prefix)]
 
@@ -89,8 +90,7 @@ def test_kernel_jhash_picks_the_member_the_pure_hash_predicts() -> None:
 
         mismatches = []
         for port in range(40000, 40032):
-            with in_netns(tb.h1):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = namespaces.call(tb.h1, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind((tb.h1_ip, port))
             key = FrameKey("02:6e:73:00:00:01", "00:00:00:00:00:00", src_ip=tb.h1_ip, dst_ip=tb.h2_ip,
                            protocol=IPPROTO_UDP, src_port=port, dst_port=9999)
@@ -111,8 +111,7 @@ def test_link_poller_reads_carrier_of_every_link() -> None:
     from nonstop.net.team_frames import LinkPoller
 
     with TeamTestbed(TeamSpec(name="team0", members=["eth0", "eth1"])) as tb:
-        with in_netns(tb.h1):
-            poller = LinkPoller()
+        poller = namespaces.call(tb.h1, LinkPoller)
         try:
             carriers = poller.carriers()
             assert carriers["eth0"] and carriers["eth1"] and carriers["team0"] and "lo" in carriers

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from nonstop.core.spec import PrimaryReselect, TeamSpec
-from nonstop.net.team_nft import in_netns
+from nonstop.net import netns
 from nonstop.net.team_testbed import TeamTestbed
 from nonstop.net.team_traffic import TcpStream, UdpProbeStream
 
@@ -114,15 +114,13 @@ def test_balance_xor_spreads_100_flows_and_survives_a_member_cut() -> None:
     spec = TeamSpec(name="team0", members=["eth0", "eth1"], mode="balance-xor", hash_policy="layer3+4")
     with TeamTestbed(spec, lag=True) as tb:
         tb.start_daemon(lag=True)
-        with in_netns(tb.h2):
-            sink = socket.socket()
+        sink = netns.call(tb.h2, socket.socket)
         sink.bind((tb.h2_ip, 7200))
         sink.listen(128)
         before = {m: tb.counters(tb.h1, m)["tx_bytes"] for m in spec.members}
         payload = b"y" * 32768
         for _ in range(100):
-            with in_netns(tb.h1):
-                client = socket.socket()
+            client = netns.call(tb.h1, socket.socket)
             client.connect((tb.h2_ip, 7200))
             conn, _ = sink.accept()
             client.sendall(payload)
@@ -176,13 +174,11 @@ def test_after_failover_the_switch_relearns_silent_guests_behind_the_team() -> N
     # silent is reachable again only because the daemon announces its MAC on the new port.
     spec = TeamSpec(name="team0", members=["eth0", "eth1"], primary="eth0", miimon=0.05, arp_targets=["198.18.93.2"])
     with TeamTestbed(spec, subnet_octet=93, guest=True) as tb:
-        with in_netns(tb.g):
-            guest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        guest = netns.call(tb.g, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
         guest.bind((tb.guest_ip, 7600))
         guest.settimeout(0.05)
         guest.sendto(b"hello", (tb.h2_ip, 7601))  # the switch learns the guest's MAC on eth0's port
-        with in_netns(tb.h2):
-            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = netns.call(tb.h2, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
         with IPRoute(netns=tb.h2) as ipr:  # a static neighbour: h2 never ARPs the guest again
             ipr.neigh("replace", dst=tb.guest_ip, lladdr="02:6e:73:00:00:33", state=0x80,
                       ifindex=ipr.link_lookup(ifname="eth0")[0])

@@ -86,8 +86,8 @@ function render() {
   else if (downHosts.length) { health.textContent = `${downHosts.length} host${downHosts.length > 1 ? "s" : ""} down`; health.className = "pill bad"; }
   else if (running < c.guests.length) { health.textContent = `${c.guests.length - running} guest(s) not running`; health.className = "pill warn"; }
   else { health.textContent = "healthy"; health.className = "pill ok"; }
-  const active = c.ops.filter((o) => !["done", "aborted", "finished", "failed"].includes(o.step));
-  $("ops").innerHTML = active.map((o) => `<span class="pill warn" title="${esc(o.op_id)}">${esc(o.type || "op")} ${esc(o.host || o.guest || "")}: ${esc(o.step || o.phase || "")}</span>`).join(" ");
+  const active = c.ops.filter((o) => !o.final);
+  $("ops").innerHTML = active.map((o) => `<span class="pill warn" title="${esc(o.id)}">${esc(o.kind || "op")} ${esc(o.host || o.guest || "")}: ${esc(o.step || "")}</span>`).join(" ");
   $("summary").textContent = `${c.hosts.length} hosts · ${running}/${c.guests.length} guests running · ${c.services.length} services · rev ${c.revision}`;
   renderFabric(c); renderHosts(c); renderServices(c); renderNetworks(c); renderEvents(c);
   lastHosts = Object.fromEntries(c.guests.map((g) => [g.name, g.host]));

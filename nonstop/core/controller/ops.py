@@ -1,6 +1,7 @@
 """The failover operation as a table (pure): the steps a dead host goes through.
 
-Role: a failover is a multi-step operation persisted in the store (``ops/failover-<host>``), so
+Role: a failover is a multi-step operation persisted in the store (``ops/<id>``, a ``failover``
+operation of the one operation model, nonstop/core/operations.py), so
 a controller that restarts mid-way resumes at the step it reached instead of starting over or,
 worse, skipping the fence. The steps:
 
@@ -10,10 +11,10 @@ worse, skipping the fence. The steps:
 
 ``fenced`` is the gate: guests are reassigned (epoch bumped) only from ``fenced``; a host that
 comes back while being fenced or after it is NOT aborted (it was, or is being, switched off; its
-guests belong elsewhere), so ``host-returned`` is absent from those rows. Anything not in ``TRANSITIONS`` raises
-``IllegalStep``.
+guests belong elsewhere), so ``host-returned`` is absent from those rows. Anything not in the
+table raises the operation model's ``IllegalTransition``.
 
-Must not: fence, write the store or read a clock; the executor in nonstop/controller does.
+Must not: fence, write the store or read a clock; ``decide`` says what to do and the shell does it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
+
+from nonstop.core.operations import Machine
 
 
 class Step(str, Enum):
@@ -42,12 +45,6 @@ class OpEvent(str, Enum):
     HOST_RETURNED = "host-returned"
 
 
-class IllegalStep(Exception):
-    def __init__(self, step: Step, event: OpEvent) -> None:
-        super().__init__(f"failover: no step from {step.value} on {event.value}")
-        self.step, self.event = step, event
-
-
 S, E = Step, OpEvent
 TRANSITIONS: dict[Step, dict[OpEvent, Step]] = {
     S.DETECTED: {E.FENCE_STARTED: S.FENCING, E.HOST_RETURNED: S.ABORTED},
@@ -62,6 +59,8 @@ TRANSITIONS: dict[Step, dict[OpEvent, Step]] = {
 del S, E
 
 FINAL = frozenset({Step.DONE, Step.ABORTED})
+FAILOVER = Machine("failover", {s.value: {e.value: t.value for e, t in row.items()} for s, row in TRANSITIONS.items()},
+                   frozenset(s.value for s in FINAL))
 
 
 @dataclass(frozen=True)
@@ -88,31 +87,29 @@ class FailoverOp:
     def final(self) -> bool:
         return self.step in FINAL
 
-    def to_dict(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
+        """The kind's own fields of the persisted operation (the header holds id, step, progress)."""
         return {
-            "type": "failover", "op_id": self.op_id, "host": self.host, "step": self.step.value,
-            "detected_at": self.detected_at, "last_heard": self.last_heard, "attempts": self.attempts,
-            "times": dict(self.times), "fence_agent": self.fence_agent, "fence_detail": self.fence_detail,
+            "host": self.host, "detected_at": self.detected_at, "last_heard": self.last_heard,
+            "attempts": self.attempts, "fence_agent": self.fence_agent, "fence_detail": self.fence_detail,
             "moves": [list(m) for m in self.moves], "unplaced": [list(u) for u in self.unplaced],
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FailoverOp:
+    def from_parts(cls, op_id: str, step: str, progress: dict[str, float], body: dict[str, Any]) -> FailoverOp:
         return cls(
-            op_id=str(data["op_id"]), host=str(data["host"]), step=Step(data.get("step", "detected")),
-            detected_at=float(data.get("detected_at", 0.0)), last_heard=data.get("last_heard"),
-            attempts=int(data.get("attempts", 0)), times={str(k): float(v) for k, v in data.get("times", {}).items()},
-            fence_agent=str(data.get("fence_agent", "")), fence_detail=str(data.get("fence_detail", "")),
-            moves=tuple((str(g), str(h)) for g, h in data.get("moves", [])),
-            unplaced=tuple((str(g), str(r)) for g, r in data.get("unplaced", [])),
+            op_id=op_id, host=str(body["host"]), step=Step(step),
+            detected_at=float(body.get("detected_at", 0.0)), last_heard=body.get("last_heard"),
+            attempts=int(body.get("attempts", 0)), times={str(k): float(v) for k, v in progress.items()},
+            fence_agent=str(body.get("fence_agent", "")), fence_detail=str(body.get("fence_detail", "")),
+            moves=tuple((str(g), str(h)) for g, h in body.get("moves", [])),
+            unplaced=tuple((str(g), str(r)) for g, r in body.get("unplaced", [])),
         )
 
 
 def advance(op: FailoverOp, event: OpEvent, now: float, **changes: Any) -> FailoverOp:
-    """The op after ``event`` at ``now`` (wall clock), with ``changes`` applied; ``IllegalStep`` if not allowed."""
-    target = TRANSITIONS[op.step].get(event)
-    if target is None:
-        raise IllegalStep(op.step, event)
+    """The op after ``event`` at ``now`` (wall clock), with ``changes`` applied; ``IllegalTransition`` if not allowed."""
+    target = Step(FAILOVER.next(op.step.value, event.value, op.host))
     times = dict(op.times)
     times[target.value] = now
     attempts = op.attempts + (1 if event is OpEvent.FENCE_STARTED else 0)

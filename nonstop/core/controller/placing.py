@@ -75,3 +75,26 @@ def rebalance_moves(spec: ClusterSpec, assignments: Mapping[str, str], condition
     state = _state(spec, assignments, conditions)
     plan = plan_rebalance(state, spec.policies.spread_target, config_from_spec(spec))
     return Decision(tuple((m.guest, m.target) for m in plan.moves), ())
+
+
+def fits_on(
+    spec: ClusterSpec, assignments: Mapping[str, str], conditions: Mapping[str, str], guest: str, target: str,
+) -> str | None:
+    """None when ``guest`` may move to ``target`` under every placement filter (capacity,
+    networks, labels, affinity, anti-affinity, host condition); else the reason, in the words of
+    the filter that removed ``target``. Every other host is taken out of the choice first."""
+    if target not in {h.name for h in spec.hosts}:
+        return f"no host {target}"
+    without = {g: h for g, h in assignments.items() if g != guest}
+    only = {h: ("maintenance" if h != target else conditions.get(h, "up")) for h in conditions}
+    state = _state(spec, without, only)
+    result = place(state, [guest], config=config_from_spec(spec), explain=[guest])
+    if result.placed and result.placed[0] == (guest, target):
+        return None
+    explanation = result.explanations.get(guest)
+    if explanation is not None:
+        for step in explanation.filters:
+            if target in step.removed_hosts:
+                return f"{guest} does not fit on {target}: removed by {step.filter}"
+    reason = result.unplaced[0].reason if result.unplaced else "not chosen"
+    return f"{guest} does not fit on {target}: {reason}"

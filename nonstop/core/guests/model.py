@@ -129,6 +129,10 @@ class GuestDefinition:
     """Desired power state: False = defined but kept stopped."""
     migrate_to: str | None = None
     """When set, the controller asks the current host to move the guest to this host."""
+    migration_id: str | None = None
+    """With ``migrate_to``: the id of the ``migration`` operation (``ops/<id>``) the two agents
+    hand the guest over through; the controller sets both and, once the operation is done,
+    rewrites the record on the destination (the one writer of this record)."""
     env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:

@@ -10,6 +10,13 @@ lock (never start a guest another host holds), and the retry budget (exponential
 give up and report). The agent (``nonstop.agent``) applies the actions and feeds back outcomes
 through ``record_failure``/``record_success``.
 
+Live migrations (nonstop/core/guests/migration.py): a view carries the step of the migration
+operation its desired record names (or, on the destination, the one it is finishing). The
+record is read through ``effective_desired``: once the operation is ``done`` the guest is the
+destination's although the record still names the source, so the source never restarts or
+reports it and the destination finishes, runs and reports it. The destination's steps
+(prepare, finish, drop an incoming copy nobody needs) are actions like any other.
+
 Must not: do I/O, read a clock (``now`` is a parameter), or call drivers. Same input, same output.
 """
 
@@ -20,6 +27,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from nonstop.core.guests import migration as mig
 from nonstop.core.guests.model import Capabilities, GuestDefinition, GuestState, GuestStatus, VnicDefinition
 
 # ------------------------------------------------------------------------- retry budget
@@ -52,7 +60,7 @@ def fingerprint(definition: GuestDefinition) -> str:
     """Identity of what would be started: any change to the definition resets the retry budget."""
     data = definition.to_dict()
     # Not part of what runs: power intent, migration request, fencing token, driver-chosen names.
-    for live in ("running", "migrate_to", "fencing_epoch"):
+    for live in ("running", "migrate_to", "migration_id", "fencing_epoch"):
         data.pop(live, None)
     for vnic in data["vnics"]:
         vnic.pop("host_ifname", None)
@@ -165,8 +173,54 @@ class DetachVnic:
 
 @dataclass(frozen=True)
 class Migrate:
+    """Source: create (or resume) migration ``migration_id`` and carry it out."""
+
     definition: GuestDefinition
     destination: str
+    migration_id: str
+
+
+@dataclass(frozen=True)
+class PrepareIncoming:
+    """Destination, migration at ``requested``: create the incoming copy (of the operation's
+    definition, ``migration.handed_over`` of the request), then ``ready``."""
+
+    name: str
+    migration_id: str
+
+
+@dataclass(frozen=True)
+class FinishIncoming:
+    """Destination, migration ``done``: run the copy, re-bind the runner lock, then ``finished``."""
+
+    name: str
+    migration_id: str
+
+
+@dataclass(frozen=True)
+class FailMigration:
+    """Move the migration to ``failed``: the destination cannot receive the guest, or the
+    source's guest stopped or failed while no copy was under way."""
+
+    name: str
+    migration_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DropIncoming:
+    """An incoming copy that no migration into this host needs any more (it never ran)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Do nothing on purpose; ``reason`` says why (reported, logged)."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -211,7 +265,8 @@ class Unsupported:
 
 Action = (
     Spawn | Start | Respawn | Stop | Destroy | SetVcpus | SetMemory | AttachVnic | DetachVnic | Migrate
-    | RefuseStale | Blocked | GiveUp | Wait | Unsupported
+    | PrepareIncoming | FinishIncoming | FailMigration | DropIncoming
+    | RefuseStale | Blocked | GiveUp | Wait | Unsupported | Hold
 )
 
 STARTING_ACTIONS = (Spawn, Start, Respawn)
@@ -234,9 +289,9 @@ class GuestView:
     current_epoch: int | None = None
     """The guest's fencing epoch in the store (None: never fenced)."""
     lock_holder: str | None = None
-    migrating_here: bool = False
-    """A live migration into this host is under way (requested, ready or done, not yet finished):
-    the migration hand-off owns the guest, even where the desired record still names the source."""
+    migration: mig.MigrationView | None = None
+    """The migration operation the desired record names (``migration_id``), or the one into this
+    host the agent is finishing after the controller already rewrote the record; None: none."""
 
 
 _IN_FLIGHT = frozenset({GuestState.STARTING, GuestState.STOPPING, GuestState.MIGRATING})
@@ -244,13 +299,21 @@ _IN_FLIGHT = frozenset({GuestState.STARTING, GuestState.STOPPING, GuestState.MIG
 
 def decide(host: str, view: GuestView, caps: Capabilities | None, *, now: float, policy: RetryPolicy) -> list[Action]:
     """The actions for one guest (usually zero or one; hot-plug may give several)."""
-    d, o = view.desired, view.observed
+    d, o, m = mig.effective_desired(view.desired, view.migration), view.observed, view.migration
     if d is None or d.host != host:
-        if o is None or o.state is GuestState.INCOMING or view.migrating_here:
-            return []  # nothing here, or a migration into this host owns it
-        return [Destroy(view.name, policy.stop_timeout)]
+        return _not_ours(host, view, caps, policy=policy)
     if caps is None:
         return [GiveUp(d.name, f"no driver on this host runs {d.kind} guests")]
+    if m is not None and m.destination == host and m.step == mig.DONE:
+        # Handed over to us: the copy here holds the guest's memory; run it (a start, so gated).
+        # A copy that is gone or failed is not run: finishing closes the operation, then it starts afresh.
+        return _start_gate(host, d, view, now=now) or [FinishIncoming(d.name, m.id)]
+    if m is not None and mig.names(d, m) and m.step == mig.READY and (o is None or o.state in _DOWN):
+        # We are the source and no copy is under way (the agent restarted mid-migration).
+        if o is None:
+            return [Hold(d.name, f"migration {m.id} to {m.destination} is ready and the guest is gone here: "
+                                 "not restarting it (the copy may have completed); waiting for done or failed")]
+        return [FailMigration(d.name, m.id, f"the guest is {o.state.value} on {host}, the source")]
     if o is not None and (o.state in _IN_FLIGHT or o.state is GuestState.INCOMING):
         return []
     if o is not None and o.state is GuestState.RUNNING:
@@ -260,6 +323,32 @@ def decide(host: str, view: GuestView, caps: Capabilities | None, *, now: float,
             return [Stop(d.name, policy.stop_timeout, "desired stopped; clearing the failed incarnation")]
         return []
     return _wants_start(host, d, o, view, now=now, policy=policy)
+
+
+_DOWN = frozenset({GuestState.STOPPED, GuestState.FAILED, GuestState.PENDING})
+
+
+def _not_ours(host: str, view: GuestView, caps: Capabilities | None, *, policy: RetryPolicy) -> list[Action]:
+    """A guest the store does not (or no longer) assign here: an incoming migration's, or leftovers."""
+    d, o, m = view.desired, view.observed, view.migration
+    if d is not None and m is not None and mig.names(d, m) and m.destination == host and m.step == mig.REQUESTED:
+        if o is None:
+            if caps is None or not caps.live_migration:
+                return [FailMigration(view.name, m.id, f"{host} cannot receive {d.kind} guests live")]
+            return [PrepareIncoming(view.name, m.id)]
+        if o.state is GuestState.INCOMING:
+            return []  # prepared; ``ready`` follows (or the source gives up waiting for it)
+        return [Destroy(view.name, policy.stop_timeout, f"a leftover copy is in the way of migration {m.id}")]
+    if d is not None and m is not None and mig.names(d, m) and m.destination == host and m.step == mig.READY:
+        return []  # the source is copying the guest into our incoming copy
+    if o is None:
+        return []
+    if o.state is GuestState.INCOMING:
+        why = f"migration {m.id} is {m.step}" if m is not None else "no migration into this host needs it"
+        return [DropIncoming(view.name, why)]
+    if m is not None and m.source == host and m.step in mig.HANDED_OVER:
+        return [Destroy(view.name, policy.stop_timeout, f"migrated to {m.destination} ({m.id})")]
+    return [Destroy(view.name, policy.stop_timeout)]
 
 
 def _start_gate(host: str, d: GuestDefinition, view: GuestView, *, now: float) -> list[Action] | None:
@@ -299,9 +388,9 @@ def _running(
     if not d.running:
         return [Stop(d.name, policy.stop_timeout)]
     if d.migrate_to and d.migrate_to != host:
-        if caps.live_migration:
-            return [Migrate(d, d.migrate_to)]
-        return [Unsupported(d.name, "live migration")]
+        asked = _migration(host, d, view.migration, caps)
+        if asked is not None:
+            return asked
     actions: list[Action] = []
     blockers: list[str] = []
     applied = view.applied
@@ -338,6 +427,23 @@ def _running(
     if blockers:
         actions.append(Unsupported(d.name, f"live change of {', '.join(blockers)}"))
     return actions
+
+
+def _migration(host: str, d: GuestDefinition, m: mig.MigrationView | None, caps: Capabilities) -> list[Action] | None:
+    """Source, guest running here, ``migrate_to`` set: what to do about it (None: nothing, go on)."""
+    assert d.migrate_to is not None
+    if d.migration_id is None:
+        return [Hold(d.name, f"not migrating to {d.migrate_to}: the desired record has no migration_id "
+                             "(an old record; the controller sets both)")]
+    if m is not None and m.id == d.migration_id:
+        if m.step == mig.FAILED:
+            return None  # over: the guest stays here until the controller clears the request
+        if not mig.names(d, m):
+            return [Hold(d.name, f"migration {m.id} goes from {m.source} to {m.destination}, "
+                                 f"not from {host} to {d.migrate_to}")]
+    if not caps.live_migration:
+        return [Unsupported(d.name, "live migration")]
+    return [Migrate(d, d.migrate_to, d.migration_id)]
 
 
 def reconcile(

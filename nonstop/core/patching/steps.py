@@ -1,17 +1,25 @@
-"""The rolling patch as a persisted step machine (pure): per-host steps, batches, resume, abort.
+"""The rolling patch as a persisted operation (pure): per-host steps, batches, resume, abort.
 
-Role: a rollout is data — ``Rollout`` (target level, batches of hosts, one ``HostProgress`` per
-host) — and ``transition(rollout, observation, now) -> (rollout, actions)`` is the only way it
-changes. Every host walks the same table::
+Role: a rollout is an operation of kind ``patch-rollout`` (nonstop/core/operations.py) — its
+``OperationHeader`` (generated id, step = the rollout's status, created/updated, progress, the
+reason of its last status change) and its own data: target level, batches of hosts, one
+``HostProgress`` per host. ``transition(rollout, observation, now) -> (rollout, actions)`` is the
+only way it changes. Every host walks the same table, ``HOST_STEPS``::
 
     pending → precheck → enter-maintenance → drain → evacuate → patch → await-agent →
     postcheck → exit-maintenance → failback → done
-    any active step --failed--> failed --resume--> (the step that failed)
+    any active step --failed--> failed --resume:<step>--> <step> (the step that failed)
     pending | any active step | failed --abort--> aborted
 
-A ``Moved`` observation records a guest move the moment it is asked for (the step does not
-change): a patcher killed between asking for a live migration and seeing it finish still knows,
-after the resume, what it moved and so what to fail back.
+and the rollout's status follows ``ROLLOUT``::
+
+    running --fail--> failed --resume--> running
+    running --complete--> complete;  running | failed --abort--> aborted
+
+A pair a table does not have raises the one ``IllegalTransition`` of nonstop/core/operations.py.
+A ``Moved`` observation records a guest move once the controller accepted it (the step does not
+change): a patcher killed while a live migration is under way still knows, after the resume,
+what it moved and so what to fail back.
 
 Batches run one after the other: a batch starts only when every host of the previous batch is
 ``done``; a ``failed`` host stops the rollout (no further batch starts; hosts of the same batch
@@ -19,14 +27,21 @@ already under way finish their steps). The executor (nonstop/patching) persists 
 every transition, so a killed patcher resumes at the step it was in: every step's procedure is
 idempotent.
 
-Must not: read a clock (``now`` is a parameter), touch the store, or talk to hosts.
+Must not: read a clock (``now`` is a parameter), draw ids, touch the store, or talk to hosts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
+
+from nonstop.core.operations import IllegalTransition, Machine, OperationHeader
+from nonstop.core.operations import start as start_operation
+from nonstop.core.operations import transition as transition_operation
+
+KIND = "patch-rollout"
 
 
 class Step(str, Enum):
@@ -51,6 +66,7 @@ class Outcome(str, Enum):
     OK = "ok"
     FAILED = "failed"
     RESUME = "resume"
+    """Back to the step that failed: the table's event is ``resume:<that step>``."""
     ABORT = "abort"
 
 
@@ -60,29 +76,49 @@ ACTIVE_ORDER: tuple[Step, ...] = (
 )
 ACTIVE = frozenset(ACTIVE_ORDER)
 FINAL = frozenset({Step.DONE, Step.ABORTED})
-RETRY = "retry"
-"""Table marker: ``failed --resume-->`` goes back to the step that failed."""
 
 
-def _table() -> dict[Step, dict[Outcome, Step | str]]:
-    table: dict[Step, dict[Outcome, Step | str]] = {
-        Step.PENDING: {Outcome.START: Step.PRECHECK, Outcome.ABORT: Step.ABORTED},
-        Step.FAILED: {Outcome.RESUME: RETRY, Outcome.ABORT: Step.ABORTED},
-        Step.DONE: {},
-        Step.ABORTED: {},
+def resume_event(failed_step: Step) -> str:
+    return f"{Outcome.RESUME.value}:{failed_step.value}"
+
+
+def _host_table() -> dict[str, dict[str, str]]:
+    table: dict[str, dict[str, str]] = {
+        Step.PENDING.value: {Outcome.START.value: Step.PRECHECK.value, Outcome.ABORT.value: Step.ABORTED.value},
+        Step.FAILED.value: {**{resume_event(s): s.value for s in ACTIVE_ORDER}, Outcome.ABORT.value: Step.ABORTED.value},
+        Step.DONE.value: {},
+        Step.ABORTED.value: {},
     }
     for step, after in zip(ACTIVE_ORDER, (*ACTIVE_ORDER[1:], Step.DONE), strict=True):
-        table[step] = {Outcome.OK: after, Outcome.FAILED: Step.FAILED, Outcome.ABORT: Step.ABORTED}
+        table[step.value] = {Outcome.OK.value: after.value, Outcome.FAILED.value: Step.FAILED.value,
+                             Outcome.ABORT.value: Step.ABORTED.value}
     return table
 
 
-TRANSITIONS: dict[Step, dict[Outcome, Step | str]] = _table()
+HOST_STEPS = Machine(KIND, _host_table(), frozenset(s.value for s in FINAL))
+"""One host's steps (``IllegalTransition`` names the host as its subject)."""
 
 
-class IllegalTransition(Exception):
-    def __init__(self, host: str, step: Step, outcome: Outcome) -> None:
-        super().__init__(f"patch rollout: host {host} has no step from {step.value} on {outcome.value}")
-        self.host, self.step, self.outcome = host, step, outcome
+class RolloutStatus(str, Enum):
+    RUNNING = "running"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    COMPLETE = "complete"
+
+
+STATUS_EVENTS: dict[RolloutStatus, str] = {
+    RolloutStatus.FAILED: "fail", RolloutStatus.COMPLETE: "complete", RolloutStatus.ABORTED: "abort",
+    RolloutStatus.RUNNING: "resume",
+}
+"""The ``ROLLOUT`` event that leads to each status."""
+
+ROLLOUT = Machine(KIND, {
+    RolloutStatus.RUNNING.value: {"fail": "failed", "complete": "complete", "abort": "aborted"},
+    RolloutStatus.FAILED.value: {"resume": "running", "abort": "aborted"},
+    RolloutStatus.COMPLETE.value: {},
+    RolloutStatus.ABORTED.value: {},
+}, frozenset({RolloutStatus.COMPLETE.value, RolloutStatus.ABORTED.value}))
+"""The rollout's status: the ``step`` of its operation header."""
 
 
 @dataclass(frozen=True)
@@ -124,16 +160,17 @@ class HostProgress:
         )
 
 
-class RolloutStatus(str, Enum):
-    RUNNING = "running"
-    FAILED = "failed"
-    ABORTED = "aborted"
-    COMPLETE = "complete"
+def header_view(header: OperationHeader) -> dict[str, Any]:
+    """The header fields as plain JSON (for reports and API answers; the store keeps the header
+    in its own ``OperationRecord``)."""
+    return {"id": header.id, "kind": header.kind, "reason": header.reason, "created_at": header.created_at,
+            "updated_at": header.updated_at, "progress": dict(header.progress)}
 
 
 @dataclass(frozen=True)
 class Rollout:
-    rollout_id: str
+    header: OperationHeader
+    """Operation ``patch-rollout``: its id, its status as the step, created/updated, progress."""
     target: str
     batches: tuple[tuple[str, ...], ...]
     hosts: dict[str, HostProgress]
@@ -141,30 +178,35 @@ class Rollout:
     restart_agent: bool = True
     timeout: float = 120.0
     max_unavailable: int = 1
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    status: RolloutStatus = RolloutStatus.RUNNING
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def status(self) -> RolloutStatus:
+        """The rollout's status: its header's step (``header.id`` is the rollout's id)."""
+        return RolloutStatus(self.header.step)
+
+    def body(self) -> dict[str, Any]:
+        """The kind's own fields (``OperationRecord.body``)."""
         return {
-            "type": "patch-rollout", "rollout_id": self.rollout_id, "target": self.target,
-            "batches": [list(b) for b in self.batches], "hosts": {h: p.to_dict() for h, p in self.hosts.items()},
-            "command": self.command, "restart_agent": self.restart_agent, "timeout": self.timeout,
-            "max_unavailable": self.max_unavailable, "created_at": self.created_at, "updated_at": self.updated_at,
-            "status": self.status.value,
+            "target": self.target, "batches": [list(b) for b in self.batches],
+            "hosts": {h: p.to_dict() for h, p in self.hosts.items()}, "command": self.command,
+            "restart_agent": self.restart_agent, "timeout": self.timeout, "max_unavailable": self.max_unavailable,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rollout:
+    def from_body(cls, header: OperationHeader, body: Mapping[str, Any]) -> Rollout:
+        if header.kind != KIND:
+            raise ValueError(f"operation {header.id} is a {header.kind}, not a {KIND}")
         return cls(
-            rollout_id=str(data["rollout_id"]), target=str(data["target"]),
-            batches=tuple(tuple(b) for b in data["batches"]),
-            hosts={h: HostProgress.from_dict(p) for h, p in data["hosts"].items()},
-            command=data.get("command"), restart_agent=bool(data.get("restart_agent", True)),
-            timeout=float(data.get("timeout", 120.0)), max_unavailable=int(data.get("max_unavailable", 1)),
-            created_at=float(data.get("created_at", 0.0)), updated_at=float(data.get("updated_at", 0.0)),
-            status=RolloutStatus(data.get("status", "running")),
+            header=header, target=str(body["target"]), batches=tuple(tuple(b) for b in body["batches"]),
+            hosts={h: HostProgress.from_dict(p) for h, p in body["hosts"].items()},
+            command=body.get("command"), restart_agent=bool(body.get("restart_agent", True)),
+            timeout=float(body.get("timeout", 120.0)), max_unavailable=int(body.get("max_unavailable", 1)),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Header and body in one document (the API's and the report's view)."""
+        return {"type": KIND, **header_view(self.header), "rollout_id": self.header.id,
+                "status": self.status.value, **self.body()}
 
     def current_batch(self) -> int | None:
         """Index of the first batch with a host not done (None when every host is done)."""
@@ -245,18 +287,14 @@ class StaleResult(Exception):
 
 
 def _move(progress: HostProgress, outcome: Outcome, now: float) -> HostProgress:
-    row = TRANSITIONS[progress.step]
-    if outcome not in row:
-        raise IllegalTransition(progress.host, progress.step, outcome)
-    nxt = row[outcome]
+    resuming = outcome is Outcome.RESUME and progress.failed_step is not None
+    event = resume_event(progress.failed_step) if resuming and progress.failed_step else outcome.value
+    nxt = Step(HOST_STEPS.next(progress.step.value, event, progress.host))
     durations = progress.durations
     if progress.step in ACTIVE and progress.step_started_at is not None and outcome is not Outcome.ABORT:
         durations = (*durations, (progress.step.value, round(now - progress.step_started_at, 3)))
-    if nxt == RETRY:
-        assert progress.failed_step is not None
-        return replace(progress, step=progress.failed_step, failed_step=None, error=None, step_started_at=now,
-                       durations=durations)
-    assert isinstance(nxt, Step)
+    if resuming:
+        return replace(progress, step=nxt, failed_step=None, error=None, step_started_at=now, durations=durations)
     failed_step = progress.step if nxt is Step.FAILED else progress.failed_step
     return replace(progress, step=nxt, failed_step=failed_step, step_started_at=now if nxt in ACTIVE else None,
                    durations=durations)
@@ -289,6 +327,17 @@ def _status(rollout: Rollout) -> RolloutStatus:
     return RolloutStatus.RUNNING
 
 
+def _reason(rollout: Rollout, status: RolloutStatus) -> str:
+    if status is RolloutStatus.FAILED:
+        return "failed on " + ", ".join(_failure(rollout.hosts[h]) for h in rollout.failed_hosts())
+    return {RolloutStatus.COMPLETE: f"every host at {rollout.target}",
+            RolloutStatus.ABORTED: "aborted by the operator", RolloutStatus.RUNNING: "resumed"}[status]
+
+
+def _touch(rollout: Rollout, hosts: dict[str, HostProgress], now: float) -> Rollout:
+    return replace(rollout, hosts=hosts, header=replace(rollout.header, updated_at=now))
+
+
 def transition(rollout: Rollout, obs: Observation, now: float) -> tuple[Rollout, tuple[Action, ...]]:
     """Apply one observation; then start the hosts that may start. Returns the new rollout and the
     steps the executor must run now (one ``RunStep`` per host whose step changed) or ``Finished``."""
@@ -315,7 +364,7 @@ def transition(rollout: Rollout, obs: Observation, now: float) -> tuple[Rollout,
         if progress.step is not obs.step:
             raise StaleResult(f"{obs.host}: move during {obs.step.value}, host is at {progress.step.value}")
         hosts[obs.host] = replace(progress, moves=_with_moves(progress.moves, (obs.move,)))
-        return replace(rollout, hosts=hosts, updated_at=now), ()
+        return _touch(rollout, hosts, now), ()
     elif isinstance(obs, Resume):
         for name, progress in hosts.items():
             if progress.step is Step.FAILED:
@@ -325,7 +374,7 @@ def transition(rollout: Rollout, obs: Observation, now: float) -> tuple[Rollout,
         for name, progress in hosts.items():
             if progress.step not in FINAL:
                 hosts[name] = _move(progress, Outcome.ABORT, now)
-    rollout = replace(rollout, hosts=hosts, updated_at=now)
+    rollout = _touch(rollout, hosts, now)
     if isinstance(obs, Tick):
         actions.extend(RunStep(h, hosts[h].step) for h in rollout.active_hosts())
     status = _status(rollout)
@@ -338,24 +387,25 @@ def transition(rollout: Rollout, obs: Observation, now: float) -> tuple[Rollout,
                     actions.append(RunStep(name, hosts[name].step))
             rollout = replace(rollout, hosts=hosts)
     status = _status(rollout)
-    rollout = replace(rollout, status=status)
+    if status is not rollout.status:
+        rollout = replace(rollout, header=transition_operation(
+            ROLLOUT, rollout.header, STATUS_EVENTS[status], now, reason=_reason(rollout, status)))
     if status is not RolloutStatus.RUNNING and not rollout.active_hosts():
-        reason = {
-            RolloutStatus.COMPLETE: f"every host at {rollout.target}",
-            RolloutStatus.FAILED: "failed on " + ", ".join(_failure(hosts[h]) for h in rollout.failed_hosts()),
-            RolloutStatus.ABORTED: "aborted by the operator",
-        }.get(status, "")
-        actions.append(Finished(status, reason))
+        actions.append(Finished(status, _reason(rollout, status)))
     return rollout, tuple(actions)
 
 
 def new_rollout(rollout_id: str, target: str, batches: tuple[tuple[str, ...], ...], now: float, *,
                 levels: dict[str, str | None] | None = None, command: str | None = None,
-                restart_agent: bool = True, timeout: float = 120.0, max_unavailable: int = 1) -> Rollout:
+                restart_agent: bool = True, timeout: float = 120.0, max_unavailable: int = 1,
+                reason: str = "") -> Rollout:
+    """A rollout ``running`` with every host pending; ``rollout_id`` comes from the shell (random)."""
     levels = levels or {}
     hosts = {h: HostProgress(h, level_before=levels.get(h)) for b in batches for h in b}
-    return Rollout(rollout_id, target, batches, hosts, command=command, restart_agent=restart_agent,
-                   timeout=timeout, max_unavailable=max_unavailable, created_at=now, updated_at=now)
+    header = start_operation(rollout_id, ROLLOUT, RolloutStatus.RUNNING.value, now,
+                             reason=reason or f"patch {', '.join(hosts) or 'no host'} to {target}")
+    return Rollout(header, target, batches, hosts, command=command, restart_agent=restart_agent,
+                   timeout=timeout, max_unavailable=max_unavailable)
 
 
 def step_medians(rollouts: list[Rollout]) -> dict[str, float]:
@@ -374,7 +424,8 @@ def step_medians(rollouts: list[Rollout]) -> dict[str, float]:
 
 
 __all__ = [
-    "ACTIVE", "ACTIVE_ORDER", "FINAL", "TRANSITIONS", "Abort", "Action", "Finished", "HostProgress",
-    "IllegalTransition", "Moved", "Observation", "Outcome", "Resume", "Rollout", "RolloutStatus", "RunStep", "StaleResult",
-    "Step", "StepResult", "Tick", "new_rollout", "step_medians", "transition",
+    "ACTIVE", "ACTIVE_ORDER", "FINAL", "HOST_STEPS", "KIND", "ROLLOUT", "STATUS_EVENTS", "Abort", "Action",
+    "Finished", "HostProgress", "IllegalTransition", "Moved", "Observation", "Outcome", "Resume", "Rollout",
+    "RolloutStatus", "RunStep", "StaleResult", "Step", "StepResult", "Tick", "header_view", "new_rollout",
+    "resume_event", "step_medians", "transition",
 ]

@@ -1,17 +1,24 @@
-"""The controller's event log in the store: every decision with its reason and timing.
+"""The cluster's event log in the store: every decision with its reason and timing.
 
 Role: append ``events/<seq>`` records (``seq`` = wall-clock nanoseconds, strictly increasing
-within the process, so keys sort in time order across controller restarts) with
-``{seq, at, kind, subject, reason, ...data}``. Kinds used by the controller are listed in
-docs/controller.md (``host-state``, ``host-dead``, ``fence``, ``failover-moved``, ``guest-placed``,
-``guest-moved``, ``guest-serving``, ``unplaceable``, ``backends``, ``failback``, ``maintenance`` ...).
-Also keeps the last events in memory for tests and status.
+within the process, so keys sort in time order across restarts of the writer) with
+``{seq, at, kind, subject, reason, ...data}``, and read them back in order. Writers: the
+controller (kinds listed in docs/controller.md: ``host-state``, ``host-dead``, ``fence``,
+``failover-moved``, ``guest-placed``, ``guest-moved``, ``guest-serving``, ``unplaceable``,
+``backends``, ``failback``, ``maintenance`` ...), the patcher, the hardware watcher and the
+mirror reconciler (docs/components.md); readers: the API, the dashboard, the demo, tests.
+``EventLog`` also keeps the last events in memory for tests and status.
 
-Must not: decide anything; a failed write is logged and dropped (the log never blocks a failover).
+It lives beside the store (not in the controller) because every shell writes or reads it:
+a shell that logs an event depends on the store, never on the controller.
+
+Must not: decide anything, or import any shell; a failed write is logged and dropped (the
+log never blocks a failover).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -21,6 +28,7 @@ from nonstop.store import keys
 from nonstop.store.base import Store, StoreError, encode_json
 
 log = logging.getLogger("nonstop.controller.events")
+"""The name these log lines have always had (log filters and readers rely on it)."""
 
 
 class EventLog:
@@ -48,8 +56,6 @@ class EventLog:
 
 async def read_events(store: Store, cluster: str, since_seq: int = 0) -> list[dict[str, Any]]:
     """Every stored event with ``seq > since_seq``, in order (for tests, the API, the dashboard)."""
-    import json
-
     out = []
     for kv in await store.list(keys.events_prefix(cluster)):
         rec = json.loads(kv.value)

@@ -46,6 +46,7 @@ from nonstop.core.guests import reconcile as rc
 from nonstop.core.guests.model import GuestDefinition, GuestState, GuestStatus
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, NotSupported
 from nonstop.store.base import Compare, Op, Store, StoreError, encode_json
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent")
 
@@ -115,10 +116,9 @@ class Agent:
                 self.log.info("adopted %s (%s, boot %s)", name, status.state.value, status.boot_id)
         self.migration_ids.update(await self.migrator.open_ids())
         self._tasks = [
-            asyncio.create_task(self._keepalive_loop(), name="agent-keepalive"),
-            asyncio.create_task(self._watch_loop(self.keys.guests_prefix, lambda key: key.endswith("/desired")),
-                                name="agent-watch-desired"),
-            asyncio.create_task(self._watch_loop(self.keys.ops_prefix, self._tracked_op), name="agent-watch-migrations"),
+            vital(self._keepalive_loop(), "agent-keepalive"),
+            vital(self._watch_loop(self.keys.guests_prefix, lambda key: key.endswith("/desired")), "agent-watch-desired"),
+            vital(self._watch_loop(self.keys.ops_prefix, self._tracked_op), "agent-watch-migrations"),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -32,6 +32,7 @@ from nonstop.ha.heartbeat import HeartbeatLink, HeartbeatSender
 from nonstop.store import keys
 from nonstop.store.base import Store, StoreError
 from nonstop.store.state import get_spec
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent.heartbeats")
 
@@ -146,7 +147,7 @@ class AgentHeartbeats:
             await asyncio.sleep(1.0)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-heartbeats")
+        self._task = vital(self._run(), "agent-heartbeats")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -22,6 +22,7 @@ from nonstop.agent.agent import Agent
 from nonstop.core.guests.reconcile import RetryPolicy
 from nonstop.drivers import KIND_TO_DRIVER, driver_class
 from nonstop.drivers.base import Driver
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent")
 DEFAULT_STATE_DIR = Path("/var/lib/nonstop/agent")
@@ -80,7 +81,8 @@ async def run_agent(
     log.info("agent for host %s of cluster %s: drivers %s, store %s", host, cluster, sorted(built), store_url)
     ha_task = None
     if gate is not None and ha_key is not None:
-        ha_task = asyncio.create_task(run_agent_ha(agent, store, gate, key_path=ha_key, drivers=built))
+        # Heartbeats and self-fencing: if they stop, the host is fenced or unsafe — end the process instead.
+        ha_task = vital(run_agent_ha(agent, store, gate, key_path=ha_key, drivers=built), "agent-ha")
     from nonstop.agent.patch import run_patch_service  # issue 8: patch/self-test requests (docs/patching.md)
 
     patch_task = asyncio.create_task(run_patch_service(store, cluster, host, state_dir, stop, options))

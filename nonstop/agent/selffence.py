@@ -34,6 +34,7 @@ from nonstop.drivers.base import Driver, GuestNotFound, GuestStartError
 from nonstop.ha.keys import load_key
 from nonstop.store import keys
 from nonstop.store.base import Store, StoreError
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent.selffence")
 
@@ -142,7 +143,7 @@ class SelfFence:
                         log.error("self-fence: stopped %s (it was running while fenced)", name)
 
     async def run(self) -> None:
-        checker = asyncio.create_task(self._check_lease(), name="selffence-lease")
+        checker = vital(self._check_lease(), "selffence-lease")
         swept = 0.0
         try:
             while True:

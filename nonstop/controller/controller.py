@@ -49,6 +49,7 @@ from nonstop.store.cluster_records import ClusterRecords
 from nonstop.store.events import EventLog
 from nonstop.store.lease import LeaseKeeper
 from nonstop.store.state import get_spec
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.controller")
 
@@ -180,7 +181,7 @@ class Controller:
             if op.step not in ("done", "aborted"):
                 await self.events.emit("failover-resumed", str(op.body.get("host")), f"resuming at step {op.step}",
                                        op=op.id)
-        self._tasks.append(asyncio.create_task(self._publish(lease.id), name="controller-status"))
+        self._tasks.append(vital(self._publish(lease.id), "controller-status"))
         try:
             while not stop.is_set() and not lease.lost.is_set():
                 self._wake.clear()

@@ -14,7 +14,7 @@ import ipaddress
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from nonstop.core.units import parse_duration, parse_rate, parse_size
 
@@ -47,6 +47,17 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     _unit_schema("a duration in seconds", "200ms or 1.5s", "number", "[uUmM]?[sS]|[mM]([iI][nN])?|[hH]|"),
 ]
+
+
+
+def _positive_duration(value: float) -> float:
+    if value <= 0:
+        raise ValueError("expected a duration above 0 (0 would turn this safety loop off), like 100ms")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
+"""A duration that drives a safety loop (heartbeats, self-fencing): 0 is refused, never "off"."""
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,14}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -389,9 +400,9 @@ class FailbackMode(str, Enum):
 
 class HaPolicy(_Model):
     host_failures_to_tolerate: int = Field(default=1, ge=0, le=100)
-    heartbeat_interval: Duration = 0.1
+    heartbeat_interval: PositiveDuration = 0.1
     phi_threshold: float = Field(default=8.0, gt=0)
-    self_fence_timeout: Duration = 5.0
+    self_fence_timeout: PositiveDuration = 5.0
     failback: FailbackMode = FailbackMode.MANUAL
     failback_stability: Duration = 30.0
     max_restarts: int = Field(default=3, ge=0, le=100)

@@ -231,4 +231,12 @@ def check_references(spec: ClusterSpec) -> list[tuple[Location, str]]:
                     "expected a distinct address per service",
                 )
             listens.setdefault(service.listen, s)
+    ha = spec.policies.ha
+    if ha.heartbeat_interval > 0 and ha.self_fence_timeout > 0 and ha.heartbeat_interval * 2 > ha.self_fence_timeout:
+        add(
+            ("policies", "ha", "heartbeat_interval"),
+            f"heartbeat interval {ha.heartbeat_interval:g}s leaves less than two beats per self_fence_timeout "
+            f"({ha.self_fence_timeout:g}s): one lost datagram would fence a healthy host; expected at most "
+            f"{ha.self_fence_timeout / 2:g}s",
+        )
     return problems

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nonstop.core.ha.heartbeat import Heartbeat, HeartbeatVerifier, Reception, Verdict, encode
+from nonstop.vital import vital_thread
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,9 @@ class HeartbeatSender:
     def start(self) -> threading.Thread:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run_thread, name=f"heartbeat-sender-{self.host}", daemon=True)
-            self._thread.start()
+            # The sender is what keeps this host alive in the controller's eyes: if it dies, the
+            # process goes too (its supervisor restarts it) rather than beating no more.
+            self._thread = vital_thread(self._run_thread, f"heartbeat-sender-{self.host}", stopping=self._stop.is_set)
         return self._thread
 
     async def stop(self) -> None:

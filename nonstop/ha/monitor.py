@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from nonstop.core.ha.heartbeat import Heartbeat, HeartbeatVerifier, Verdict
 from nonstop.core.ha.liveness import ClusterLiveness, HostState, LivenessConfig, Transition
 from nonstop.ha.heartbeat import HeartbeatReceiver
+from nonstop.vital import vital
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class HeartbeatMonitor:
 
     async def start(self) -> None:
         await self.receiver.start()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat-monitor")
+        self._task = vital(self._run(), "heartbeat-monitor")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from nonstop.store.base import CompactedError, EventType, KeyValue, Store, StoreError, WatchEvent
+from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.store.cache")
 
@@ -44,7 +45,7 @@ class StoreCache:
         had (a compacted history then makes it list again)."""
         if not self.synced.is_set():
             await self._list()
-        self._task = asyncio.create_task(self._watch(), name=f"cache:{self.prefix}")
+        self._task = vital(self._watch(), f"cache:{self.prefix}")
 
     async def close(self) -> None:
         if self._task is not None:

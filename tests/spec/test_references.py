@@ -196,3 +196,29 @@ def test_small_subnet_suggests_the_prefix_that_fits(guests: int, prefix: int) ->
     assert message.endswith(f"expected a /{prefix} or larger")
     # the suggested prefix really fits, and one longer would not
     assert 2 ** (32 - prefix) - 3 >= guests > 2 ** (32 - prefix - 1) - 3
+
+
+@pytest.mark.parametrize(("ha", "problem"), [
+    ({"heartbeat_interval": "100ms", "self_fence_timeout": "5s"}, None),
+    ({"heartbeat_interval": "2s", "self_fence_timeout": "4s"}, None),
+    ({"heartbeat_interval": "3s", "self_fence_timeout": "5s"}, "leaves less than two beats per self_fence_timeout"),
+    ({"heartbeat_interval": "5s", "self_fence_timeout": "5s"}, "leaves less than two beats per self_fence_timeout"),
+])
+def test_a_heartbeat_interval_must_leave_two_beats_per_self_fence_timeout(ha: dict[str, str], problem: str | None) -> None:
+    problems = check_references(with_changes(policies={"ha": ha}))
+    if problem is None:
+        assert problems == []
+    else:
+        assert [loc for loc, _ in problems] == [("policies", "ha", "heartbeat_interval")]
+        assert problem in problems[0][1]
+
+
+@pytest.mark.parametrize("field", ["heartbeat_interval", "self_fence_timeout"])
+@pytest.mark.parametrize("value", ["0s", 0, "0ms"])
+def test_a_safety_loop_cannot_be_turned_off_by_a_zero_duration(field: str, value: object) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        with_changes(policies={"ha": {field: value}})
+    assert "0 would turn this safety loop off" in str(err.value)
+    assert err.value.errors()[0]["loc"] == ("policies", "ha", field)

@@ -44,8 +44,9 @@ from nonstop.core.components.policy import Action, HostPolicy, OnDegraded, Polic
 from nonstop.core.components.redundancy import ComponentEvent, HostAssessment, HostHealth, assess, changes
 from nonstop.core.ha.hardware import HardwareInventory
 from nonstop.core.spec import ClusterSpec
-from nonstop.store import keys
-from nonstop.store.base import Compare, Op, Store, StoreError, encode_json
+from nonstop.store import intents, keys
+from nonstop.store.base import Store, StoreError, encode_json
+from nonstop.store.cluster_records import HostDesired
 from nonstop.store.events import EventLog
 
 log = logging.getLogger("nonstop.components")
@@ -265,34 +266,33 @@ class HardwareWatcher:
             await self._emit("component-policy", w.host, reason + ("; maintenance withdrawn" if released else ""),
                              host=w.host, action=action.value)
 
+    async def _host_desired(self, host: str) -> HostDesired | None:
+        kv = await self.store.get(keys.host_desired(self.spec.cluster, host))
+        if kv is None:
+            return None
+        try:
+            return HostDesired.model_validate_json(kv.value)
+        except ValueError:
+            return None
+
     async def _request_maintenance(self, host: str, reason: str) -> bool:
-        """Ask the controller to evacuate ``host`` unless someone already put it in maintenance."""
-        key = keys.host_desired(self.spec.cluster, host)
-        current = await self.store.get(key)
-        if current is not None:
-            with contextlib.suppress(ValueError):
-                if json.loads(current.value).get("state") == "maintenance":
-                    return False
-        value = encode_json({"state": "maintenance", "evacuate": True, "reason": reason, "by": OWNER})
-        compare = Compare.mod_revision(key, current.mod_revision if current is not None else 0)
-        result = await self.store.txn([compare], [Op.put(key, value)])
-        return bool(result.succeeded)
+        """Ask the controller (a ``maintenance`` intent) to evacuate ``host`` unless it is in
+        maintenance already (an operator's or an earlier request of ours)."""
+        current = await self._host_desired(host)
+        if current is not None and current.state == "maintenance":
+            return False
+        await intents.submit(self.store, self.spec.cluster, "maintenance", requester=OWNER, reason=reason,
+                             host=host, enter=True, evacuate=True)
+        return True
 
     async def _withdraw_maintenance(self, host: str, reason: str) -> bool:
-        """Back to ``up`` — only a maintenance request this watcher made (an operator's stays)."""
-        key = keys.host_desired(self.spec.cluster, host)
-        current = await self.store.get(key)
-        if current is None:
+        """Back to ``up`` — only a maintenance the controller entered at our request (an operator's stays)."""
+        current = await self._host_desired(host)
+        if current is None or current.state != "maintenance" or current.by != OWNER:
             return False
-        try:
-            data = json.loads(current.value)
-        except ValueError:
-            return False
-        if data.get("state") != "maintenance" or data.get("by") != OWNER:
-            return False
-        value = encode_json({"state": "up", "reason": reason, "by": OWNER})
-        result = await self.store.txn([Compare.mod_revision(key, current.mod_revision)], [Op.put(key, value)])
-        return bool(result.succeeded)
+        await intents.submit(self.store, self.spec.cluster, "maintenance", requester=OWNER, reason=reason,
+                             host=host, enter=False)
+        return True
 
     # ------------------------------------------------------------------ loop
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from nonstop.lab.cluster import LabCluster
 from nonstop.lab.cluster_procs import host_cgroup_dirs
-from nonstop.store import keys, open_store
+from nonstop.store import intents, keys, open_store
 from nonstop.store.events import read_events
 
 
@@ -117,6 +117,17 @@ class ClusterProbe:
                 await store.close()
 
         return asyncio.run(go())
+
+    def maintenance(self, host: str, enter: bool, evacuate: bool = True, timeout: float = 10.0) -> Any:
+        """What an operator's ``nonstop maintenance enter|exit`` does: an intent, answered by the controller."""
+        async def ask(store: Any) -> Any:
+            req = await intents.submit(store, self.lab.cluster, "maintenance", requester="test", reason="test",
+                                       host=host, enter=enter, evacuate=evacuate)
+            return await intents.wait_outcome(store, self.lab.cluster, req.id, timeout=timeout)
+
+        outcome = self._run(ask)
+        assert outcome is not None and outcome.status == "done", outcome
+        return outcome
 
     def events(self, since: float = 0.0) -> list[dict[str, Any]]:
         return [e for e in self._run(lambda s: read_events(s, self.lab.cluster)) if e["at"] >= since]

@@ -17,7 +17,6 @@ from nonstop.ha.keys import load_key
 from nonstop.lab import names
 from nonstop.lab.cluster import HEARTBEAT_PORT, LabCluster
 from nonstop.net import netns
-from nonstop.store import keys
 from nonstop.store.base import Store
 from nonstop.store.operations import list_operations
 
@@ -139,7 +138,7 @@ def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, Cl
     lab, probe = cluster
     host = next(h for h in ("h1", "h2", "h3") if h in probe.running().values())
     start = time.time()
-    probe.put_json(keys.host_desired(lab.cluster, host), {"state": "maintenance", "evacuate": True, "reason": "test"})
+    probe.maintenance(host, enter=True)
     with Load(lab.services["api"]["port"]) as load:
         probe.wait_for("evacuated", lambda: probe.first("evacuated", host, start), timeout=20)
         probe.wait_for("all running elsewhere", lambda: len(r := probe.running()) == 3 and host not in r.values(),
@@ -150,7 +149,7 @@ def test_maintenance_evacuates_and_is_never_failed(cluster: tuple[LabCluster, Cl
     lab.fail_host(host, "kill")
     time.sleep(2.0)
     assert probe.first("host-dead", host, start) is None
-    probe.put_json(keys.host_desired(lab.cluster, host), {"state": "up", "reason": "test"})
+    probe.maintenance(host, enter=False)
     # it is silent now (its agent was killed): leaving maintenance, it becomes dead and is fenced
     probe.wait_for("fenced after maintenance", lambda: probe.first("fence", host, start), timeout=15)
     _bring_back(lab, probe, host)

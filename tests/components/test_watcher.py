@@ -20,9 +20,11 @@ from nonstop.components.metrics import ComponentCollector
 from nonstop.components.watcher import HardwareWatcher, run_hardware_watcher
 from nonstop.core.ha.hardware import ComponentGroup
 from nonstop.core.spec import ClusterSpec
-from nonstop.store import keys, open_store
-from nonstop.store.base import Store, encode_json
+from nonstop.store import intents, keys, open_store
+from nonstop.store.base import Store
 from nonstop.store.events import read_events
+from nonstop.store.state import put_spec
+from tests.api.seeding import ControllerStandIn
 
 
 def spec(on_degraded: str = "evacuate", window: float = 0.6) -> ClusterSpec:
@@ -34,9 +36,22 @@ def spec(on_degraded: str = "evacuate", window: float = 0.6) -> ClusterSpec:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    yield s
+    """The cluster's store, with the controller's real decision path answering intents: the watcher
+    asks for maintenance through an intent and the controller writes ``hosts/<h>/desired``."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    s = open_store(url)
+    await put_spec(s, spec())
+    with ControllerStandIn(url, "tcomp"):
+        yield s
     await s.close()
+
+
+async def operator_maintenance(store: Store, enter: bool) -> None:
+    """What ``nonstop maintenance enter|exit`` does: an intent, answered by the controller."""
+    req = await intents.submit(store, "tcomp", "maintenance", requester="api:admin", reason="operator", host="h1",
+                               enter=enter, evacuate=False)
+    outcome = await intents.wait_outcome(store, "tcomp", req.id, timeout=5.0)
+    assert outcome is not None and outcome.status == "done", outcome
 
 
 @pytest.fixture
@@ -100,14 +115,14 @@ async def test_psu_failure_degrades_evacuates_and_repair_releases_after_window(s
         assert time.monotonic() - repaired_at >= 0.6
 
         # An operator's maintenance is never withdrawn by the watcher.
-        await store.put(dkey, encode_json({"state": "maintenance", "evacuate": False, "reason": "operator"}))
+        await operator_maintenance(store, True)
         await asyncio.to_thread(fail_component, bmc.url, "drive", "h1", "Disk0")
         await until("storage degraded", lambda: _health(store, ckey, "degraded"))
         await asyncio.to_thread(repair_component, bmc.url, "drive", "h1", "Disk0")
         await until("healthy", lambda: _health(store, ckey, "healthy"))
         await asyncio.sleep(1.0)
-        assert (await record(store, dkey)).get("reason") == "operator"
-        await store.put(dkey, encode_json({"state": "up", "reason": "operator"}))
+        assert (await record(store, dkey)).get("by") == "api:admin"
+        await operator_maintenance(store, False)
 
         # Both PSUs: the host powers off; the watcher hands the host to HA (drops its own hold).
         await asyncio.to_thread(fail_component, bmc.url, "psu", "h1", "PSU1")

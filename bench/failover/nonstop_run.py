@@ -20,7 +20,6 @@ Then the host is powered on again (it rejoins empty) before the next round.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -30,7 +29,9 @@ from bench.failover.client import Client
 from nonstop.core.spec import ClusterSpec
 from nonstop.lab.cluster import LabCluster
 from nonstop.store import keys, open_store
+from nonstop.store.cluster_records import read_guests
 from nonstop.store.events import read_events
+from nonstop.store.records import EventRecord, LeaderRecord, ServiceBackends, read_or_none
 
 
 def bench_spec(cluster: str, replicas: int = 6, vm_replicas: int = 0) -> ClusterSpec:
@@ -68,24 +69,20 @@ class Store:
 
         return asyncio.run(go())
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> list[EventRecord]:
         return self._run(lambda s: read_events(s, self.cluster))
 
-    def status(self) -> dict[str, Any]:
-        return self._run(lambda s: s.get_json(keys.leader(self.cluster))) or {}
+    def verdict(self, host: str) -> str | None:
+        """The leading controller's liveness verdict on ``host`` (None while no controller leads)."""
+        leader = self._run(lambda s: read_or_none(s, keys.leader(self.cluster), LeaderRecord))
+        return leader.hosts.get(host) if leader is not None else None
 
     def running(self) -> dict[str, str]:
         async def read(store: Any) -> dict[str, str]:
-            desired: dict[str, str] = {}
-            observed: dict[str, dict[str, Any]] = {}
-            for kv in await store.list(keys.guests_prefix(self.cluster)):
-                p = keys.parse(kv.key)
-                if p.leaf == "desired":
-                    desired[p.name] = json.loads(kv.value)["host"]
-                elif p.leaf == "observed":
-                    observed[p.name] = json.loads(kv.value)
-            return {g: h for g, h in desired.items()
-                    if observed.get(g, {}).get("state") == "running" and observed[g].get("host") == h}
+            guests = await read_guests(store, self.cluster)
+            return {g: r.desired.host for g, r in guests.items()
+                    if r.desired is not None and r.observed is not None and r.observed.state == "running"
+                    and r.observed.host == r.desired.host}
 
         return self._run(read)
 
@@ -124,12 +121,13 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
             vm_ip = None
             if vms:
                 async def desired(s: Any) -> Any:
-                    return await s.get_json(keys.guest_desired(cluster, "web-0"))
+                    return (await read_guests(s, cluster))["web-0"].desired
 
-                vm_ip = store._run(desired)["vnics"][0]["address"].split("/")[0]
+                vm_ip = store._run(desired).vnics[0].address.split("/")[0]
                 wait("the VM serving", lambda: vm_page(cluster, vm_ip), 120)
-            wait("balancer holds every replica", lambda: len((store._run(
-                lambda s: s.get_json(keys.service_backends(cluster, "api"))) or {}).get("backends", [])) == replicas, 60)
+            wait("balancer holds every replica", lambda: len(getattr(store._run(
+                lambda s: read_or_none(s, keys.service_backends(cluster, "api"), ServiceBackends)), "backends",
+                ())) == replicas, 60)
             client = Client(lab.services["api"]["port"]).start()
             last_end = time.time()
             try:
@@ -144,17 +142,17 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                     moved = sorted(g for g, h in running.items() if h == victim and g.startswith("api-"))
                     boot = (vm_page(cluster, vm_ip) or {}).get("boot_id") if vm_ip else None
                     # what moved guests between the kills (not failovers): how replicas came to share a host
-                    between = [[e["kind"], e["subject"], e["reason"][:120]] for e in store.events()
-                               if e["at"] >= last_end and (e["kind"] in ("guest-migrating", "evacuated", "unplaceable",
+                    between = [[e.kind, e.subject, e.reason[:120]] for e in store.events()
+                               if e.at >= last_end and (e.kind in ("guest-migrating", "evacuated", "unplaceable",
                                                                          "component-policy", "maintenance", "failback")
-                                                           or (e["kind"] == "guest-moved"
-                                                               and not e["reason"].startswith("failover of")))]
+                                                           or (e.kind == "guest-moved"
+                                                               and not e.reason.startswith("failover of")))]
                     spread = {h: sorted(g for g, gh in running.items() if gh == h) for h in sorted(set(running.values()))}
                     killed = lab.fail_host(victim, "bmc")
                     try:
                         done = wait("failover-done", lambda v=victim, k=killed: next(
-                            (e for e in store.events() if e["kind"] == "failover-done" and e["subject"] == v
-                             and e["at"] >= k), None), 60)
+                            (e for e in store.events() if e.kind == "failover-done" and e.subject == v
+                             and e.at >= k), None), 60)
                         serving = {g: wait(f"{g} serving", lambda g=g, v=victim, k=killed: client.first_answer(k, g, v),
                                            60) for g in moved}
                     except RuntimeError as exc:
@@ -163,12 +161,12 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         row = {"round": i + 1, "host": victim, "guests": len(moved), "error": str(exc),
                                "spread_before": spread, "moves_between": between,
                                "failed_requests": client.failures_between(killed, time.time()),
-                               "events": [[round(e["at"] - killed, 3), e["kind"], e["subject"], e["reason"][:160]]
-                                          for e in store.events() if e["at"] >= killed]}
+                               "events": [[round(e.at - killed, 3), e.kind, e.subject, e.reason[:160]]
+                                          for e in store.events() if e.at >= killed]}
                         rounds.append(row)
                         progress(f"  nonstop round {i + 1}: FAILED {exc}: {row['events']}")
                         lab.power_on(victim)
-                        wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 60)
+                        wait(f"{victim} up", lambda v=victim: store.verdict(v) == "up", 60)
                         wait("every guest running", lambda: len(store.running()) == replicas + vms, 120)
                         last_end = time.time()
                         continue
@@ -184,16 +182,16 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         except RuntimeError as exc:  # recorded, not fatal: the round still counts
                             vm_error = str(exc)
                     time.sleep(1.0)
-                    events = [e for e in store.events() if e["at"] >= killed and e["subject"] == victim]
-                    dead = next(e for e in events if e["kind"] == "host-dead")
-                    fence = next(e for e in events if e["kind"] == "fence")
+                    events = [e for e in store.events() if e.at >= killed and e.subject == victim]
+                    dead = next(e for e in events if e.kind == "host-dead")
+                    fence = next(e for e in events if e.kind == "fence")
                     end = time.time()
                     row = {
                         "round": i + 1, "host": victim, "guests": len(moved),
-                        "detection_s": round(dead["at"] - killed, 3),
-                        "fence_s": round(fence["at"] - killed, 3),
-                        "fence_call_s": fence.get("seconds"),
-                        "guests_running_s": round(done["at"] - killed, 3),
+                        "detection_s": round(dead.at - killed, 3),
+                        "fence_s": round(fence.at - killed, 3),
+                        "fence_call_s": fence.detail("seconds"),
+                        "guests_running_s": round(done.at - killed, 3),
                         "serving_again_s": round(max(serving.values()) - killed, 3) if serving else None,
                         "vm_running_s": round(vm_running, 3) if vm_running is not None else None,
                         "vm_serving_again_s": round(vm_serving, 3) if vm_serving is not None else None,
@@ -203,16 +201,16 @@ def run(kills: int = 10, replicas: int = 6, progress: Any = print, vms: int = 1)
                         "spread_before": spread, "moves_between": between,
                     }
                     # a host declared dead that was not killed: a false detection (it gets fenced)
-                    collateral = sorted({e["subject"] for e in store.events() if e["at"] >= last_end
-                                         and e["kind"] == "host-dead" and e["subject"] != victim})
+                    collateral = sorted({e.subject for e in store.events() if e.at >= last_end
+                                         and e.kind == "host-dead" and e.subject != victim})
                     row["falsely_dead"] = collateral
                     rounds.append(row)
                     progress(f"  nonstop round {i + 1}: {row}")
                     lab.power_on(victim)
                     for host in collateral:  # fenced by mistake: back on, and wait until it is up
                         lab.power_on(host)
-                        wait(f"{host} up", lambda v=host: store.status().get("hosts", {}).get(v) == "up", 30)
-                    wait(f"{victim} up", lambda v=victim: store.status().get("hosts", {}).get(v) == "up", 30)
+                        wait(f"{host} up", lambda v=host: store.verdict(v) == "up", 30)
+                    wait(f"{victim} up", lambda v=victim: store.verdict(v) == "up", 30)
                     time.sleep(1.0)
                     last_end = end
             finally:

@@ -46,6 +46,7 @@ from nonstop.drivers.qemu_testlab import PagePoller, fetch_in, parse_page  # noq
 from nonstop.lab import names  # noqa: E402
 from nonstop.lab.cluster import LabCluster  # noqa: E402
 from nonstop.store import keys  # noqa: E402
+from nonstop.store.records import ServiceBackends, read_or_none  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 VM = {"name": "web", "kind": "vm", "replicas": 1, "vcpus": 1, "memory": "256MiB", "nics": [{"network": "prod"}],
@@ -90,9 +91,8 @@ class Client:
 
 def wait_service(probe: ClusterProbe, lab: LabCluster) -> None:
     def ready() -> bool:
-        value = probe._run(lambda s: s.get_json(keys.service_backends(lab.cluster, "api")))
-        items = value.get("backends", value) if isinstance(value, dict) else value
-        return isinstance(items, list) and len(items) >= 3
+        stored = probe._run(lambda s: read_or_none(s, keys.service_backends(lab.cluster, "api"), ServiceBackends))
+        return stored is not None and len(stored.backends) >= 3
 
     probe.wait_for("service", ready, timeout=30)
     time.sleep(1.0)

@@ -45,7 +45,8 @@ from nonstop.core.guests import migration as mig
 from nonstop.core.guests import reconcile as rc
 from nonstop.core.guests.model import GuestDefinition, GuestState, GuestStatus
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, NotSupported
-from nonstop.store.base import Compare, Op, Store, StoreError, encode_json
+from nonstop.store.base import Compare, Op, Store, StoreError
+from nonstop.store.records import HostAlive, ObservedGuestRecord, put
 from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent")
@@ -158,9 +159,8 @@ class Agent:
                 await driver.close()
 
     async def _announce(self) -> None:
-        await self.store.put(self.keys.alive(), encode_json(
-            {"host": self.host, "pid": os.getpid(), "started_at": time.time(), "drivers": sorted(self.drivers)}
-        ), lease=self.lease)
+        alive = HostAlive(host=self.host, pid=os.getpid(), started_at=time.time(), drivers=tuple(sorted(self.drivers)))
+        await put(self.store, self.keys.alive(), alive, lease=self.lease)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -518,7 +518,7 @@ class Agent:
             last = self._written.get(name)
             if last is not None and last[0] == stable and now - last[1] < self.observed_every:
                 continue
-            revision = await self.store.put(self.keys.observed(name), encode_json(rec))
+            revision = await put(self.store, self.keys.observed(name), ObservedGuestRecord.model_validate(rec))
             self._written[name] = (stable, now, revision)
         for name in list(self._written):
             if name not in names:

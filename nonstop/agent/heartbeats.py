@@ -21,16 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nonstop.core.ha.heartbeat import guests_digest
 from nonstop.ha.heartbeat import HeartbeatLink, HeartbeatSender
 from nonstop.store import keys
 from nonstop.store.base import Store, StoreError
+from nonstop.store.records import HeartbeatEndpoint, LeaderRecord, RecordError
 from nonstop.store.state import get_spec
 from nonstop.vital import vital
 
@@ -52,14 +52,14 @@ def local_addresses() -> list[tuple[str, str]]:
         return out
 
 
-def match_links(endpoints: list[dict[str, object]], addresses: list[tuple[str, str]]) -> list[HeartbeatLink]:
+def match_links(endpoints: Sequence[HeartbeatEndpoint], addresses: list[tuple[str, str]]) -> list[HeartbeatLink]:
     """One link per controller endpoint that shares a subnet with one of our addresses."""
     links = []
     for ep in endpoints:
-        net = ipaddress.ip_network(f"{ep['address']}/{ep.get('prefix', 24)}", strict=False)
+        net = ipaddress.ip_network(f"{ep.address}/{ep.prefix}", strict=False)
         for device, addr in addresses:
             if ipaddress.ip_address(addr) in net:
-                links.append(HeartbeatLink(str(ep["link"]), (str(ep["address"]), int(str(ep["port"]))), addr, device))
+                links.append(HeartbeatLink(ep.link, (ep.address, ep.port), addr, device))
                 break
     return links
 
@@ -99,13 +99,13 @@ class AgentHeartbeats:
             self.interval = spec.spec.policies.ha.heartbeat_interval
             self.self_fence_timeout = spec.spec.policies.ha.self_fence_timeout
         kv = await self.store.get(keys.leader(self.cluster))
-        endpoints = []
+        endpoints: list[HeartbeatEndpoint] = []
         leader: tuple[object, ...] | None = None
         if kv is not None:
-            with contextlib.suppress(ValueError, TypeError):
-                record = json.loads(kv.value)
-                endpoints = list(record.get("heartbeat", []))
-                leader = (record.get("id"), record.get("pid"), kv.lease)
+            with contextlib.suppress(RecordError):
+                record = LeaderRecord.decode(kv.value)
+                endpoints = list(record.heartbeat)
+                leader = (record.id, record.pid, kv.lease)
         if leader is None or leader != self._leader:
             # No controller (nobody can declare us dead), or a new one (it has not heard us yet).
             self.leader_since = time.monotonic()

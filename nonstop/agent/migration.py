@@ -40,8 +40,9 @@ from nonstop.core.guests.model import GuestDefinition, GuestState
 from nonstop.core.operations import IllegalTransition, start, transition
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, MigrationEndpoint, MigrationError
 from nonstop.store import operations
-from nonstop.store.base import Compare, LeaseNotFound, Op, Store, encode_json
+from nonstop.store.base import Compare, LeaseNotFound, Store, encode_json
 from nonstop.store.operations import OperationRecord
+from nonstop.store.records import RunnerLock, put_op
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,10 +91,10 @@ class Migrator:
         done = self._next(m, "migrated", None, result=asdict(result))
         # The runner lock goes straight to the destination (on its lease when it gave one), so no
         # pass that read the store before this transaction can start the guest here again.
-        runner = encode_json({"host": destination})
+        runner = RunnerLock(host=destination)
         outcome = None
         for lease in ([m.body.lease, None] if m.body.lease else [None]):
-            ops = [operations.put_op(self.keys.cluster, done), Op.put(self.keys.runner(name), runner, lease)]
+            ops = [operations.put_op(self.keys.cluster, done), put_op(self.keys.runner(name), runner, lease)]
             try:
                 outcome = await self.store.txn([Compare.mod_revision(self.keys.migration(op_id), m.revision)], ops)
                 break

@@ -5,7 +5,7 @@ Role (issue 8): the rolling-patch executor (nonstop/patching) never runs anythin
 it writes a request record and this module, running inside the agent process (so inside the host's
 network namespace and cgroup), carries it out and writes the result back in the same record.
 
-Request record ``hosts/<host>/patch`` (``keys.host_patch``), written by the executor:
+Request record ``hosts/<host>/patch`` (``keys.host_patch``, a ``HostPatch``), written by the executor:
 
     {"type": "host-command", "id": "...", "host": H, "action": "patch" | "selftest",
      "command": "shell command" | null, "target": LEVEL, "timeout": seconds,
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -52,7 +51,8 @@ from typing import Any
 from nonstop.agent import records
 from nonstop.agent.records import AgentKeys
 from nonstop.store import keys
-from nonstop.store.base import Compare, Op, Store, StoreError
+from nonstop.store.base import Compare, Store, StoreError
+from nonstop.store.records import HostPatch, put_op
 
 log = logging.getLogger("nonstop.agent.patch")
 
@@ -89,9 +89,9 @@ class PatchService:
             "agent_pid": os.getpid(), "agent_started_at": self.started_at,
         })
 
-    async def _update(self, expected_rev: int, record: dict[str, Any], **changes: Any) -> bool:
+    async def _update(self, expected_rev: int, record: HostPatch, **changes: Any) -> bool:
         result = await self.store.txn([Compare.mod_revision(self.key, expected_rev)],
-                                      [Op.put_json(self.key, {**record, **changes})])
+                                      [put_op(self.key, record.with_changes(**changes))])
         return result.succeeded
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -101,8 +101,8 @@ class PatchService:
             try:
                 kv = await self.store.get(self.key)
                 if kv is not None:
-                    record = json.loads(kv.value)
-                    state = record.get("state")
+                    record = HostPatch.decode(kv.value)
+                    state = record.state
                     if state == "restarting" and first:  # we are the re-executed (or restarted) agent
                         await self._update(kv.mod_revision, record, state="done", restarted_at=time.time(),
                                            patch_level=read_level(self.state_dir))
@@ -119,27 +119,26 @@ class PatchService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll)
 
-    async def _execute(self, revision: int, record: dict[str, Any]) -> None:
+    async def _execute(self, revision: int, record: HostPatch) -> None:
         if not await self._update(revision, record, state="running", started_at=time.time(), agent_pid=os.getpid()):
             return
         kv = await self.store.get(self.key)
         assert kv is not None
-        record = json.loads(kv.value)
-        if record.get("action") == "selftest":
-            changes = await self.selftest(float(record.get("timeout") or 30.0))
+        record = HostPatch.decode(kv.value)
+        if record.action == "selftest":
+            changes = await self.selftest(record.timeout or 30.0)
             await self._update(kv.mod_revision, record, finished_at=time.time(), **changes)
             return
-        code, output, timed_out = await self.run_command(record.get("command") or DEFAULT_COMMAND,
-                                                         str(record.get("target", "")),
-                                                         float(record.get("timeout") or 120.0))
+        code, output, timed_out = await self.run_command(record.command or DEFAULT_COMMAND, record.target,
+                                                         record.timeout or 120.0)
         result: dict[str, Any] = {"exit_code": code, "output": output, "finished_at": time.time(),
                                   "patch_level": read_level(self.state_dir)}
         if timed_out:
             await self._update(kv.mod_revision, record, state="timeout",
-                               error=f"timed out after {record.get('timeout')} s (killed)", **result)
+                               error=f"timed out after {record.timeout} s (killed)", **result)
         elif code != 0:
             await self._update(kv.mod_revision, record, state="failed", error=f"exit code {code}", **result)
-        elif record.get("restart_agent"):
+        elif record.restart_agent:
             if await self._update(kv.mod_revision, record, state="restarting", agent_pid_before=os.getpid(), **result):
                 log.info("patch applied (level %s): restarting the agent", result["patch_level"])
                 self.restart()

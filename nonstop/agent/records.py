@@ -2,12 +2,12 @@
 
 Role: the agent's view of the cluster key layout (docs/store.md) — all under ``/nonstop/<cluster>/``:
 
-    guests/<guest>/desired    GuestDefinition JSON (``host`` says where it runs) — the controller writes
-    guests/<guest>/observed   GuestStatus JSON + agent notes — written by the agent running the guest
-    guests/<guest>/runner     {"host": H} on that agent's lease — at most one running copy
-    epoch/<guest>             the guest's fencing epoch, an integer — the controller bumps it
-    hosts/<host>/alive        {"pid", "started_at", ...} on the agent's lease — agent presence
-    hosts/<host>/observed     merged: the agent sets its ``guests`` and ``usage`` fields only
+    guests/<guest>/desired    GuestDefinition (``host`` says where it runs) — the controller writes
+    guests/<guest>/observed   ObservedGuestRecord: GuestStatus + agent notes — the agent running the guest
+    guests/<guest>/runner     RunnerLock (host) on that agent's lease — at most one running copy
+    epoch/<guest>             EpochRecord: the guest's fencing epoch — the controller bumps it
+    hosts/<host>/alive        HostAlive (pid, started_at, drivers) on the agent's lease — agent presence
+    hosts/<host>/observed     HostObserved, merged: the agent sets its ``guests`` and ``usage`` fields only
     ops/<migration id>        a live migration between two agents (migration.py): an OperationRecord of
                               kind ``migration``; its id is the desired record's ``migration_id``
 
@@ -17,6 +17,8 @@ Role: the agent's view of the cluster key layout (docs/store.md) — all under `
 ``load_migration`` reads one migration operation by id (typed: header, body, revision);
 ``latest_migration`` finds a guest's newest one for readers that know the guest but not the id
 (the patcher, the CLI).
+
+The records are the models of nonstop/store/records.py.
 
 Must not: decide anything or talk to drivers.
 """
@@ -30,8 +32,10 @@ from nonstop.core.guests import migration as mig
 from nonstop.core.guests.model import GuestDefinition
 from nonstop.store import keys as store_keys
 from nonstop.store import operations
-from nonstop.store.base import Compare, KeyValue, Op, Store, encode_json
+from nonstop.store.base import Compare, KeyValue, Op, Store
 from nonstop.store.operations import OperationRecord
+from nonstop.store.record import RecordError, merge, read_prefix
+from nonstop.store.records import EpochRecord, GuestDesired, HostObserved, ObservedGuestRecord, RunnerLock
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,7 @@ class AgentKeys:
         return store_keys.guest_observed(self.cluster, guest)
 
     def runner(self, guest: str) -> str:
-        maker = getattr(store_keys, "guest_runner", None)
-        return maker(self.cluster, guest) if maker else f"{store_keys.guests_prefix(self.cluster)}{guest}/runner"
+        return store_keys.guest_runner(self.cluster, guest)
 
     @property
     def epochs_prefix(self) -> str:
@@ -101,19 +104,13 @@ async def read_guests(store: Store, keys: AgentKeys) -> ClusterGuests:
     for kv in await store.list(prefix):
         name, _, leaf = kv.key[len(prefix):].partition("/")
         try:
-            data = kv.json()
-        except ValueError as exc:
             if leaf == "desired":
-                unreadable[name] = f"unreadable desired record: {exc}"
-            continue
-        try:
-            if leaf == "desired":
-                desired[name] = GuestDefinition.from_dict(data)
+                desired[name] = GuestDesired.decode(kv.value)
             elif leaf == "runner":
-                runners[name] = (str(data["host"]), kv)
+                runners[name] = (RunnerLock.decode(kv.value).host, kv)
             elif leaf == "observed":
-                observed_hosts[name] = data.get("host") if isinstance(data, dict) else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                observed_hosts[name] = ObservedGuestRecord.decode(kv.value).host
+        except RecordError as exc:
             if leaf == "desired":
                 unreadable[name] = f"unreadable desired record: {exc}"
     return ClusterGuests(desired, runners, unreadable, observed_hosts)
@@ -178,20 +175,13 @@ async def latest_migration(store: Store, cluster: str, guest: str, *, since: flo
 
 
 async def read_epochs(store: Store, keys: AgentKeys) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for kv in await store.list(keys.epochs_prefix):
-        try:
-            data = kv.json()
-            out[kv.key[len(keys.epochs_prefix):]] = int(data["epoch"] if isinstance(data, dict) else data)
-        except (ValueError, TypeError, KeyError):
-            continue
-    return out
+    return {guest: r.epoch for guest, r in (await read_prefix(store, keys.epochs_prefix, EpochRecord)).items()}
 
 
 async def acquire_runner(store: Store, keys: AgentKeys, guest: str, lease: int) -> str | None:
     """Take (or re-bind to our lease) the guest's runner lock. None on success, else the holder."""
     key = keys.runner(guest)
-    value = encode_json({"host": keys.host})
+    value = RunnerLock(host=keys.host).encode()
     for _ in range(3):
         kv = await store.get(key)
         if kv is None:
@@ -199,8 +189,8 @@ async def acquire_runner(store: Store, keys: AgentKeys, guest: str, lease: int) 
                 return None
             continue
         try:
-            holder = str(kv.json()["host"])
-        except (ValueError, TypeError, KeyError):
+            holder = RunnerLock.decode(kv.value).host
+        except RecordError:
             holder = "?"
         if holder != keys.host:
             return holder
@@ -213,20 +203,17 @@ async def acquire_runner(store: Store, keys: AgentKeys, guest: str, lease: int) 
 
 
 async def release_runner(store: Store, keys: AgentKeys, guest: str) -> None:
+    """Delete the guest's runner lock if it is still ours."""
     key = keys.runner(guest)
-    await store.txn([Compare.value(key, encode_json({"host": keys.host}))], [Op.delete(key)])
+    kv = await store.get(key)
+    try:
+        ours = kv is not None and RunnerLock.decode(kv.value).host == keys.host
+    except RecordError:
+        ours = False
+    if kv is not None and ours:
+        await store.txn([Compare.mod_revision(key, kv.mod_revision)], [Op.delete(key)])
 
 
 async def merge_host_observed(store: Store, keys: AgentKeys, fields: dict[str, Any]) -> None:
     """Set our fields of ``hosts/<host>/observed`` without clobbering what other components wrote."""
-    key = keys.host_observed()
-    for _ in range(5):
-        kv = await store.get(key)
-        try:
-            current = kv.json() if kv is not None else {}
-            if not isinstance(current, dict):
-                current = {}
-        except ValueError:
-            current = {}
-        if await store.compare_and_set(key, encode_json({**current, **fields}), kv.mod_revision if kv else 0):
-            return
+    await merge(store, keys.host_observed(), HostObserved, fields)

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from nonstop.store import keys
-from nonstop.store.base import Store, StoreError, encode_json
+from nonstop.store.base import Store, StoreError
+from nonstop.store.record import merge
+from nonstop.store.records import HostObserved
 
 log = logging.getLogger("nonstop.agent.teams")
 
@@ -78,19 +80,9 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 async def merge_observed(store: Store, cluster: str, host: str, fields: dict[str, Any]) -> bool:
-    """Set ``fields`` of ``hosts/<host>/observed``, keeping every other field (compare-and-set)."""
-    key = keys.host_observed(cluster, host)
-    for _ in range(5):
-        kv = await store.get(key)
-        try:
-            current = kv.json() if kv is not None else {}
-        except ValueError:
-            current = {}
-        if not isinstance(current, dict):
-            current = {}
-        if await store.compare_and_set(key, encode_json({**current, **fields}), kv.mod_revision if kv else 0):
-            return True
-    return False
+    """Set ``fields`` of ``hosts/<host>/observed`` (``HostObserved``), keeping every other field
+    (compare-and-set)."""
+    return await merge(store, keys.host_observed(cluster, host), HostObserved, fields)
 
 
 async def run_team_report(store: Store, cluster: str, host: str, status_file: Path, stop: asyncio.Event,

@@ -33,8 +33,11 @@ from nonstop.api.describe import host_conditions
 from nonstop.core.controller.placing import fits_on
 from nonstop.core.spec import ClusterSpec
 from nonstop.specfile import SpecError, load_spec_text
-from nonstop.store import intents, keys
-from nonstop.store.base import Compare, Op, Store, encode_json
+from nonstop.store import events, intents, keys
+from nonstop.store.base import Compare, Op, Store
+from nonstop.store.events import new_event
+from nonstop.store.records import EventRecord
+from nonstop.store.state import get_spec, spec_op
 
 OUTCOME_WAIT = 2.0
 """Seconds a maintenance or migrate request waits for the controller's outcome before answering
@@ -89,26 +92,26 @@ def _seq() -> int:
     return _last_seq
 
 
-def event_op(cluster: str, kind: str, subject: str, reason: str, by: str, **data: Any) -> tuple[Op, dict[str, Any]]:
-    """The put of one event-log entry (same shape as the controller's ``EventLog``) and the record."""
-    seq = _seq()
-    record = {"seq": seq, "at": seq / 1e9, "kind": kind, "subject": subject, "reason": reason, "by": by,
-              "source": "api", **data}
-    return Op.put(keys.event(cluster, seq), encode_json(record)), record
+def event_op(cluster: str, kind: str, subject: str, reason: str, by: str, **data: Any) -> tuple[Op, EventRecord]:
+    """The put of one event-log entry (an ``EventRecord``, as the controller's ``EventLog`` writes)
+    and the record."""
+    record = new_event(_seq(), kind, subject, reason, by=by, source="api", **data)
+    return events.event_op(cluster, record), record
 
 
 async def audit_event(store: Store, cluster: str, kind: str, subject: str, reason: str, by: str,
                       **data: Any) -> dict[str, Any]:
+    """Log one event; its fields (as the API answers with them)."""
     op, record = event_op(cluster, kind, subject, reason, by, **data)
     await store.txn([], [op])
-    return record
+    return record.data()
 
 
 async def _spec(store: Store, cluster: str) -> ClusterSpec:
-    kv = await store.get(keys.spec(cluster))
-    if kv is None:
+    stored = await get_spec(store, cluster)
+    if stored is None:
         raise Conflict(f"cluster {cluster} has no spec in the store yet; apply one first")
-    return ClusterSpec.model_validate_json(kv.value)
+    return stored.spec
 
 
 async def apply_spec(store: Store, cluster: str, text: str, by: str, filename: str = "<request>") -> dict[str, Any]:
@@ -122,14 +125,14 @@ async def apply_spec(store: Store, cluster: str, text: str, by: str, filename: s
     if spec.cluster != cluster:
         raise Invalid(f'spec is for cluster "{spec.cluster}", this API serves "{cluster}"', field="cluster")
     key = keys.spec(cluster)
-    current = await store.get(key)
-    before = ClusterSpec.model_validate_json(current.value) if current is not None else None
+    current = await get_spec(store, cluster)
+    before = current.spec if current is not None else None
     changed = _changes(before, spec)
     if before is not None and not changed:
         return {"applied": False, "revision": current.mod_revision if current else 0, "changes": []}
     event, _ = event_op(cluster, "spec-applied", cluster, "; ".join(changed) or "first spec", by, changes=changed)
     result = await store.txn([Compare.mod_revision(key, current.mod_revision if current else 0)],
-                             [Op.put(key, encode_json(spec.model_dump(mode="json"))), event])
+                             [spec_op(spec), event])
     if not result.succeeded:
         raise Conflict("the spec changed while this request was validated; read it again and retry")
     kv = await store.get(key)

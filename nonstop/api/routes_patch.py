@@ -149,7 +149,7 @@ async def _document(store: Store, cluster: str, runner: PatchRunner) -> dict[str
     holder = await patcher.lock_holder(rollout) if rollout is not None else None
     doc: dict[str, Any] = {"rollout": None, "report": None,
                            "runner": {"here": runner.running, "error": runner.error, "last_status": runner.last_status,
-                                      "lock": holder}}
+                                      "lock": holder.data() if holder is not None else None}}
     if rollout is not None:
         try:
             levels = (await pc.snapshot(store, cluster)).levels()

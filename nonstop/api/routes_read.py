@@ -25,10 +25,10 @@ from pydantic import BaseModel
 from nonstop.api import describe as describe_mod
 from nonstop.api.auth import require_viewer, require_viewer_or_query
 from nonstop.api.runtime import ApiRuntime
-from nonstop.core.spec import ClusterSpec
 from nonstop.store import intents as intent_store
 from nonstop.store import keys
 from nonstop.store.base import Store
+from nonstop.store.state import get_spec
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 HEARTBEAT_SECONDS = 15.0
@@ -152,7 +152,7 @@ async def events(request: Request, since: Annotated[int, Query(ge=0)] = 0,
     from nonstop.store.events import read_events
 
     found = await read_events(runtime.store, runtime.cluster, since_seq=since)
-    return found[-limit:]
+    return [e.data() for e in found[-limit:]]
 
 
 async def read_intents(store: Store, cluster: str) -> list[dict[str, Any]]:
@@ -198,10 +198,10 @@ async def intent(request: Request, intent_id: Name) -> dict[str, Any]:
 async def spec(request: Request) -> dict[str, Any]:
     runtime = _rt(request)
     assert runtime.store is not None
-    kv = await runtime.store.get(keys.spec(runtime.cluster))
-    if kv is None:
+    stored = await get_spec(runtime.store, runtime.cluster)
+    if stored is None:
         raise HTTPException(404, f"cluster {runtime.cluster} has no spec yet")
-    return {"revision": kv.mod_revision, "spec": json.loads(kv.value)}
+    return {"revision": stored.mod_revision, "spec": stored.spec.model_dump(mode="json")}
 
 
 @router.get("/describe/{kind}/{name:path}", summary="One object in full; guests with the placement explanation",
@@ -216,9 +216,9 @@ async def describe(request: Request, kind: Literal["host", "guest", "service", "
     out: dict[str, Any] = {"kind": kind, "name": name, "record": found}
     if kind == "guest":
         assert runtime.store is not None
-        kv = await runtime.store.get(keys.spec(runtime.cluster))
-        if kv is not None:
-            out["placement"] = describe_mod.placement_explanation(ClusterSpec.model_validate_json(kv.value), c, name)
+        stored = await get_spec(runtime.store, runtime.cluster)
+        if stored is not None:
+            out["placement"] = describe_mod.placement_explanation(stored.spec, c, name)
         out["events"] = [e for e in c["events"] if e.get("subject") == name][-20:]
     elif kind == "host":
         out["guests"] = [g for g in c["guests"] if g["host"] == name]

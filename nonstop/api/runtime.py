@@ -28,6 +28,7 @@ from nonstop.api.chaos import LabChaos
 from nonstop.lb.client import BalancerAdminClient, BalancerAdminError
 from nonstop.store import keys, open_store
 from nonstop.store.base import EventType, Store, StoreError
+from nonstop.store.records import EventRecord, RecordError
 
 log = logging.getLogger("nonstop.api")
 
@@ -249,7 +250,7 @@ def _change_message(event: Any) -> dict[str, Any]:
     except ValueError:
         pass
     if message.get("kind") == "events" and event.type == EventType.PUT:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(RecordError):
+            message["event"] = EventRecord.decode(event.value).data()
             message["type"] = "event"
-            message["event"] = json.loads(event.value)
     return message

@@ -211,16 +211,17 @@ class MirrorReconciler:
 
     async def drive_states(self, now: float) -> dict[str, bool | None]:
         from nonstop.store import keys
+        from nonstop.store.records import HostComponents, read_or_none
 
         await self.read_spec(now)
         drives = self.drives
-        record = await self.store.get_json(keys.host_components(self.cluster, self.host)) or {}
-        storage = (record.get("groups") or {}).get("storage") or {}
+        record = await read_or_none(self.store, keys.host_components(self.cluster, self.host), HostComponents)
+        storage = record.groups.get("storage") if record is not None else None
         # The watcher rewrites the record only when something changes, so its age is no sign
         # of staleness; an unreadable BMC shows as health "unknown".
-        if storage.get("state") in (None, "unknown") or record.get("health") == "unknown":
+        if record is None or storage is None or storage.state == "unknown" or record.health == "unknown":
             return {d: None for d in drives}
-        failed = set(storage.get("failed") or [])
+        failed = set(storage.failed)
         return {d: d in failed for d in drives}
 
     async def pass_once(self, now: float | None = None) -> list[MirrorAction]:

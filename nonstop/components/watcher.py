@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -45,9 +44,9 @@ from nonstop.core.components.redundancy import ComponentEvent, HostAssessment, H
 from nonstop.core.ha.hardware import HardwareInventory
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import intents, keys
-from nonstop.store.base import Store, StoreError, encode_json
-from nonstop.store.cluster_records import HostDesired
+from nonstop.store.base import Store, StoreError
 from nonstop.store.events import EventLog
+from nonstop.store.records import EventRecord, HostComponents, HostDesired, RecordError, put
 
 log = logging.getLogger("nonstop.components")
 
@@ -89,7 +88,7 @@ class HardwareWatcher:
 
     def __init__(self, store: Store, spec: ClusterSpec, bmc_urls: dict[str, str], *,
                  password: str | Callable[[str], str], interval: float = 0.5, netns: str | None = None,
-                 timeout: float = 2.0, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 timeout: float = 2.0, on_event: Callable[[EventRecord], None] | None = None,
                  system_ids: dict[str, str] | None = None, redfish_events: bool = True,
                  event_address: str = "127.0.0.1") -> None:
         """``system_ids``: the Redfish system Id of a host when it is not the host's name.
@@ -235,16 +234,17 @@ class HardwareWatcher:
         return "normal" if w.policy.state is not PolicyState.DOWN else "failed"
 
     async def _write(self, w: HostWatch, assessment: HostAssessment) -> None:
-        record = {**assessment.to_dict(), "policy": w.policy.state.value, "policy_since": w.policy.since,
-                  "on_degraded": self.on_degraded.value, "placement": self.placement(w),
-                  "read_at": w.last_read, "read_seconds": round(w.read_seconds, 4), "bmc_errors": w.errors,
-                  "events": "subscribed" if w.subscription is not None else "polling",
-                  "missing": list(w.inventory.missing) if w.inventory is not None else ["BMC unreadable"]}
-        text = json.dumps({k: v for k, v in record.items() if k not in ("read_at", "read_seconds")}, sort_keys=True)
+        record = HostComponents.model_validate({
+            **assessment.to_dict(), "policy": w.policy.state.value, "policy_since": w.policy.since,
+            "on_degraded": self.on_degraded.value, "placement": self.placement(w),
+            "read_at": w.last_read, "read_seconds": round(w.read_seconds, 4), "bmc_errors": w.errors,
+            "events": "subscribed" if w.subscription is not None else "polling",
+            "missing": list(w.inventory.missing) if w.inventory is not None else ["BMC unreadable"]})
+        text = record.with_changes(read_at=None, read_seconds=None).encode().decode()
         if text == w.written:
             return
         try:
-            await self.store.put(keys.host_components(self.spec.cluster, w.host), encode_json(record))
+            await put(self.store, keys.host_components(self.spec.cluster, w.host), record)
             w.written = text
         except StoreError as exc:
             log.warning("components of %s not stored: %s", w.host, exc)
@@ -271,8 +271,8 @@ class HardwareWatcher:
         if kv is None:
             return None
         try:
-            return HostDesired.model_validate_json(kv.value)
-        except ValueError:
+            return HostDesired.decode(kv.value)
+        except RecordError:
             return None
 
     async def _request_maintenance(self, host: str, reason: str) -> bool:

@@ -32,9 +32,9 @@ from nonstop.store import keys
 from nonstop.store import operations as op_store
 from nonstop.store.base import Compare, KeyValue, Op, Store
 from nonstop.store.cache import StoreCache
-from nonstop.store.cluster_records import HostDesired
 from nonstop.store.events import EventLog
-from nonstop.store.intents import IntentOutcome, outcome_key
+from nonstop.store.intents import IntentOutcome, dump, outcome_key
+from nonstop.store.records import EpochRecord, GuestDesired, HostDesired, RecordError, RunnerLock, put_op
 
 log = logging.getLogger("nonstop.controller.apply")
 
@@ -85,7 +85,7 @@ class Applier:
             if await self.store.delete(key):
                 self.cache.write_through(None, key, await self.store.revision())
         elif isinstance(cmd, c.SaveFailover):
-            await self._put(keys.op(self.cluster, cmd.op.op_id), failover_record(cmd.op).to_json())
+            await self._put(op_store.put_op(self.cluster, failover_record(cmd.op)))
             if self.step_pause and not cmd.op.final:
                 await asyncio.sleep(self.step_pause)  # --step-pause: tests kill the controller at a known step
         elif isinstance(cmd, c.Fence):
@@ -94,22 +94,22 @@ class Applier:
             await self._release(cmd.host)
         elif isinstance(cmd, c.SetHostState):
             record = HostDesired(state=cmd.state, evacuate=cmd.evacuate, reason=cmd.reason, by=cmd.by)
-            await self._put(keys.host_desired(self.cluster, cmd.host), record.model_dump(mode="json"))
+            await self._put(put_op(keys.host_desired(self.cluster, cmd.host), record))
             self.on_maintenance(cmd.host, cmd.state == "maintenance")
         elif isinstance(cmd, c.SetBackends):
             await self._backends(cmd)
         elif isinstance(cmd, c.AnswerIntent):
             outcome = IntentOutcome(id=cmd.intent_id, status=cmd.status, message=cmd.message,
                                     updated_at=time.time(), target=cmd.target, source=cmd.source, epoch=cmd.epoch)
-            await self._put(outcome_key(self.cluster, cmd.intent_id), outcome.model_dump(mode="json", by_alias=True))
+            await self._put(Op.put_json(outcome_key(self.cluster, cmd.intent_id), dump(outcome)))
         else:  # pragma: no cover - every command type is handled above
             raise TypeError(f"unknown command {cmd!r}")
 
     # ------------------------------------------------------------------ writes
 
-    async def _put(self, key: str, value: Any) -> None:
-        revision = await self.store.put_json(key, value)
-        self._through(key, Op.put_json(key, value).value, revision)
+    async def _put(self, op: Op) -> None:
+        revision = await self.store.put(op.key, op.value)
+        self._through(op.key, op.value, revision)
 
     def _through(self, key: str, value: bytes, revision: int) -> None:
         old = self.cache.get(key)
@@ -121,12 +121,12 @@ class Applier:
         kv = self.cache.get(keys.guest_desired(self.cluster, guest))
         if kv is None:
             return None
-        return GuestDefinition.from_dict(kv.json()), kv.mod_revision
+        return GuestDesired.decode(kv.value), kv.mod_revision
 
     async def _assign(self, record: GuestDefinition, epoch: int, compares: list[Compare]) -> bool:
         desired_key = keys.guest_desired(self.cluster, record.name)
-        ops = [Op.put_json(keys.epoch(self.cluster, record.name), epoch),
-               Op.put_json(desired_key, record.to_dict())]
+        ops = [put_op(keys.epoch(self.cluster, record.name), EpochRecord(epoch=epoch)),
+               Op.put(desired_key, GuestDesired.encode(record))]
         result = await self.store.txn(compares, ops)
         if not result.succeeded:
             self.dropped += 1
@@ -158,9 +158,10 @@ class Applier:
         definition, _ = current
         key = keys.guest_desired(self.cluster, guest)
         record = definition.with_changes(**changes)
-        result = await self.store.txn([Compare.mod_revision(key, revision)], [Op.put_json(key, record.to_dict())])
+        value = GuestDesired.encode(record)
+        result = await self.store.txn([Compare.mod_revision(key, revision)], [Op.put(key, value)])
         if result.succeeded:
-            self._through(key, Op.put_json(key, record.to_dict()).value, result.revision)
+            self._through(key, value, result.revision)
         else:
             self.dropped += 1
 
@@ -175,7 +176,10 @@ class Applier:
         prefix = keys.guests_prefix(self.cluster)
         for kv in self.cache.snapshot():
             if kv.key.startswith(prefix) and kv.key.endswith("/runner"):
-                holder = kv.json().get("host") if kv.value else None
+                try:
+                    holder: str | None = RunnerLock.decode(kv.value).host
+                except RecordError:
+                    holder = None
                 if holder == host:
                     runners.append(kv.key)
                     if kv.lease:

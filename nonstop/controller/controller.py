@@ -48,6 +48,7 @@ from nonstop.store.cache import StoreCache
 from nonstop.store.cluster_records import ClusterRecords
 from nonstop.store.events import EventLog
 from nonstop.store.lease import LeaseKeeper
+from nonstop.store.records import HeartbeatEndpoint, LeaderRecord, put
 from nonstop.store.state import get_spec
 from nonstop.vital import vital
 
@@ -139,8 +140,7 @@ class Controller:
         spec = self._spec()
         ttl = leader_lease_ttl(spec.policies.ha.self_fence_timeout)
         async with LeaseKeeper(self.raw_store, ttl) as lease:
-            record = {"id": self.id, "pid": os.getpid(), "started_at": time.time(),
-                      "heartbeat": [ep.to_dict() for ep in self.endpoints]}
+            record = LeaderRecord(id=self.id, pid=os.getpid(), started_at=time.time(), heartbeat=self._heartbeat())
             campaigning = asyncio.ensure_future(campaign(
                 self.raw_store, keys.leader(self.cluster), record, lease.id, my_id=self.id,
                 lease_lost=lease.lost.is_set))
@@ -229,27 +229,29 @@ class Controller:
 
     # ------------------------------------------------------------------ status and wake-ups
 
-    def status(self) -> dict[str, Any]:
+    def _heartbeat(self) -> tuple[HeartbeatEndpoint, ...]:
+        return tuple(HeartbeatEndpoint(**ep.to_dict()) for ep in self.endpoints)
+
+    def status(self) -> LeaderRecord:
         """What the controller knows right now (published in the ``leader`` record every second)."""
         monitor, spec = self.monitor, self.spec
         failovers = self.records.operations_of("failover")
-        return {
-            "id": self.id, "pid": os.getpid(), "heartbeat": [ep.to_dict() for ep in self.endpoints],
-            "updated_at": time.time(), "passes": self.passes,
-            "hosts": {h.name: self.host_state(h.name) for h in spec.hosts} if spec else {},
-            "maintenance": sorted(self.memory.maintenance),
-            "heartbeats": {v.value: n for v, n in monitor.counters.items()} if monitor else {},
-            "unknown_senders": monitor.unknown_senders if monitor else 0,
-            "ops": {op.id: op.step for op in failovers if op.step not in ("done", "aborted")},
-            "balancer_errors": dict(self.lb.errors),
-            "cache": {"revision": self.cache.revision, "events": self.cache.events, "relists": self.cache.relists},
-        }
+        return LeaderRecord(
+            id=self.id, pid=os.getpid(), heartbeat=self._heartbeat(), updated_at=time.time(), passes=self.passes,
+            hosts={h.name: self.host_state(h.name) for h in spec.hosts} if spec else {},
+            maintenance=tuple(sorted(self.memory.maintenance)),
+            heartbeats={v.value: n for v, n in monitor.counters.items()} if monitor else {},
+            unknown_senders=monitor.unknown_senders if monitor else 0,
+            ops={op.id: op.step for op in failovers if op.step not in ("done", "aborted")},
+            balancer_errors=dict(self.lb.errors),
+            cache={"revision": self.cache.revision, "events": self.cache.events, "relists": self.cache.relists},
+        )
 
     async def _publish(self, lease: int) -> None:
         while True:
             await asyncio.sleep(1.0)
             with contextlib.suppress(StoreError):
-                await self.store.put(keys.leader(self.cluster), encode_json(self.status()), lease=lease)
+                await put(self.store, keys.leader(self.cluster), self.status(), lease=lease)
 
     async def _wait_any(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]

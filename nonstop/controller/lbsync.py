@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from nonstop.core.controller.backends import Backend, lb_changes
 from nonstop.lb.client import BalancerAdminClient, BalancerAdminError
 from nonstop.store import keys
-from nonstop.store.base import Store, encode_json
+from nonstop.store.base import Store
+from nonstop.store.records import BackendEntry, ServiceBackends, put
 
 log = logging.getLogger("nonstop.controller.lb")
 
@@ -30,7 +31,7 @@ class LbSync:
         self.balancers = dict(balancers)
         """service → admin address (``ip:port``) of its balancer."""
         self._clients: dict[str, BalancerAdminClient] = {}
-        self._stored: dict[str, list[dict[str, object]]] = {}
+        self._stored: dict[str, ServiceBackends] = {}
         self.errors: dict[str, str] = {}
 
     def _client(self, service: str) -> BalancerAdminClient | None:
@@ -48,11 +49,12 @@ class LbSync:
         self._clients.clear()
 
     async def store_backends(self, service: str, want: tuple[Backend, ...]) -> bool:
-        doc = [b.to_dict() for b in want]
-        if self._stored.get(service) == doc:
+        record = ServiceBackends(backends=tuple(BackendEntry(name=b.name, address=b.address, weight=b.weight)
+                                                for b in want))
+        if self._stored.get(service) == record:
             return False
-        await self.store.put(keys.service_backends(self.cluster, service), encode_json({"backends": doc}))
-        self._stored[service] = doc
+        await put(self.store, keys.service_backends(self.cluster, service), record)
+        self._stored[service] = record
         return True
 
     async def remove(self, service: str, name: str) -> bool:

@@ -24,12 +24,11 @@ Must not: decide anything about hosts or guests; re-grant a lost lease behind th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from nonstop.store.base import Compare, KeyValue, Op, Store, StoreError, TxnResult, Watch, encode_json
+from nonstop.store.base import Compare, KeyValue, Op, Store, StoreError, TxnResult, Watch
+from nonstop.store.records import LeaderRecord, RecordError, put_op
 
 log = logging.getLogger("nonstop.controller.leadership")
 
@@ -144,7 +143,7 @@ class LeaderGuardedStore(Store):
         """The inner store belongs to whoever opened it."""
 
 
-async def campaign(store: Store, key: str, record: dict[str, Any], lease: int, *, my_id: str,
+async def campaign(store: Store, key: str, record: LeaderRecord, lease: int, *, my_id: str,
                    lease_lost: Callable[[], bool], poll: float = 0.25) -> tuple[int, bool]:
     """Wait until this controller holds ``key`` on ``lease``; the key's create revision and
     whether it took over its own previous record.
@@ -157,7 +156,7 @@ async def campaign(store: Store, key: str, record: dict[str, Any], lease: int, *
     while True:
         if lease_lost():
             raise StoreError("the candidate's own lease was lost while waiting to lead")
-        won = await store.txn([Compare.missing(key)], [Op.put(key, encode_json(record), lease=lease)])
+        won = await store.txn([Compare.missing(key)], [put_op(key, record, lease=lease)])
         current = await store.get(key)
         if won.succeeded and current is not None and current.lease == lease:
             return current.create_revision, took_over
@@ -174,8 +173,7 @@ async def campaign(store: Store, key: str, record: dict[str, Any], lease: int, *
 
 def _holder(kv: KeyValue) -> str | None:
     try:
-        holder = json.loads(kv.value).get("id")
-    except (ValueError, AttributeError):
+        return LeaderRecord.decode(kv.value).id or None
+    except RecordError:
         return None
-    return holder if isinstance(holder, str) else None
 

@@ -35,8 +35,7 @@ def build_view(spec: ClusterSpec, records: ClusterRecords, *, now: float, livene
             maintenance=desired is not None and desired.state == "maintenance",
             evacuate=desired.evacuate if desired is not None else True,
             maintenance_by=desired.by if desired is not None else None,
-            placement=str(rec.components.get("placement")) if rec is not None and rec.components.get("placement")
-            else None,
+            placement=(rec.components.placement or None) if rec is not None and rec.components is not None else None,
             agent_lease=rec.alive_lease if rec is not None else None,
         )
     guests = {}

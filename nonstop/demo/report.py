@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nonstop.demo.load import Sample
+from nonstop.store.records import EventRecord
 
 TIMELINE_KINDS = ("host-dead", "fence", "failover-done", "link-degraded", "failback", "chaos")
 
@@ -59,7 +60,7 @@ def _series(samples: list[Sample], began: float) -> list[dict[str, Any]]:
 
 
 def build_report(cluster: str, service: str, samples: list[Sample], steps: list[dict[str, Any]],
-                 events: list[dict[str, Any]], began: float) -> dict[str, Any]:
+                 events: list[EventRecord], began: float) -> dict[str, Any]:
     windows = []
     for step in steps:
         fig = {k: v for k, v in step.items() if k not in ("at", "end", "healed_at")}
@@ -79,8 +80,8 @@ def build_report(cluster: str, service: str, samples: list[Sample], steps: list[
         "events": windows,
         "failures": [{"t": round(s.at - began, 3), "status": s.status, "latency_ms": round(s.latency * 1000, 1)}
                      for s in failures[:50]],
-        "timeline": [{"t": round(float(e["at"]) - began, 3), "kind": e["kind"], "subject": e.get("subject"),
-                      "reason": e.get("reason")} for e in events if e["kind"] in TIMELINE_KINDS],
+        "timeline": [{"t": round(e.at - began, 3), "kind": e.kind, "subject": e.subject, "reason": e.reason}
+                     for e in events if e.kind in TIMELINE_KINDS],
         "series": _series(samples, began),
     }
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from nonstop.core.spec import ClusterSpec
 from nonstop.demo.load import LoadRun
+from nonstop.store.records import EventRecord
 from nonstop.up import runfiles
 
 Say = Callable[[str], None]
@@ -119,12 +120,12 @@ class Tour:
 
         return open_store(self.record["store"])
 
-    async def events(self, since: float) -> list[dict[str, Any]]:
+    async def events(self, since: float) -> list[EventRecord]:
         from nonstop.store.events import read_events
 
         store = await self._store()
         try:
-            return [e for e in await read_events(store, self.spec.cluster) if float(e["at"]) >= since]
+            return [e for e in await read_events(store, self.spec.cluster) if e.at >= since]
         finally:
             await store.close()
 
@@ -140,20 +141,21 @@ class Tour:
 
     async def serving_backends(self) -> int:
         from nonstop.store import keys
+        from nonstop.store.records import ServiceBackends, read_or_none
 
         store = await self._store()
         try:
-            doc = await store.get_json(keys.service_backends(self.spec.cluster, self.service)) or {}
-            return len(doc.get("backends", []))
+            stored = await read_or_none(store, keys.service_backends(self.spec.cluster, self.service), ServiceBackends)
+            return len(stored.backends) if stored is not None else 0
         finally:
             await store.close()
 
     async def wait_event(self, kinds: tuple[str, ...], subject: str, since: float, timeout: float,
-                         match: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any] | None:
+                         match: Callable[[EventRecord], bool] = lambda e: True) -> EventRecord | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for e in await self.events(since):
-                if e["kind"] in kinds and e.get("subject") == subject and match(e):
+                if e.kind in kinds and e.subject == subject and match(e):
                     return e
             await asyncio.sleep(0.2)
         return None
@@ -243,12 +245,12 @@ class Tour:
         step["healed_at"] = healed
         if await asyncio.to_thread(self._power_on_if_off, host):
             self.say(f"  {host} was left off by its fence: powered on through its BMC")
-        back = await self.wait_event(("host-state",), host, healed, 60, lambda e: e.get("after") == "up")
-        step["host_up_s"] = round(back["at"] - healed, 3) if back else None
+        back = await self.wait_event(("host-state",), host, healed, 60, lambda e: e.detail("after") == "up")
+        step["host_up_s"] = round(back.at - healed, 3) if back else None
         failback = None
         if self.spec.policies.ha.failback.value != "manual":
             failback = await self.wait_event(("failback",), host, healed, 45)
-        step["failback_s"] = round(failback["at"] - healed, 3) if failback else None
+        step["failback_s"] = round(failback.at - healed, 3) if failback else None
         await self.wait_full(60)
         await asyncio.sleep(2)
         step["end"] = time.time()
@@ -264,15 +266,15 @@ class Tour:
         step: dict[str, Any] = {"event": "link-cut", "target": f"{host}/{nic}", "at": at}
         team_moved = await self.wait_team_failover(host, nic, 15)
         degraded = await self.wait_event(("link-degraded", "host-state"), host, at - 1, 5 if team_moved else 20,
-                                         lambda e: e["kind"] == "link-degraded" or e.get("after") == "link-degraded")
+                                         lambda e: e.kind == "link-degraded" or e.detail("after") == "link-degraded")
         await asyncio.sleep(3)
         dead = await self.wait_event(("host-dead",), host, at - 1, 0.1)
         step |= self._times(at, detection=degraded, team_failover=team_moved)
         step["failover_triggered"] = dead is not None
         self.say(self._line(step) + ("; no host failover (the other link carries on)" if dead is None else "; HOST FAILOVER"))
         healed = await self.chaos("/chaos/heal", None)
-        back = await self.wait_event(("host-state",), host, healed, 20, lambda e: e.get("after") == "up")
-        step["restored_s"] = round(back["at"] - healed, 3) if back else None
+        back = await self.wait_event(("host-state",), host, healed, 20, lambda e: e.detail("after") == "up")
+        step["restored_s"] = round(back.at - healed, 3) if back else None
         step["healed_at"] = healed
         await asyncio.sleep(2)
         step["end"] = time.time()
@@ -302,7 +304,7 @@ class Tour:
     def _times(at: float, **found: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, value in found.items():
-            when = value["at"] if isinstance(value, dict) else value
+            when = value.at if isinstance(value, EventRecord) else value
             out[f"{name}_s"] = round(float(when) - at, 3) if when is not None else None
         return out
 
@@ -320,7 +322,7 @@ class Tour:
         third = next((h for h in reversed(hosts) if h not in (first,)), second)
         return first, second, third
 
-    async def run(self, budget: float) -> tuple[list[Any], list[dict[str, Any]], float]:
+    async def run(self, budget: float) -> tuple[list[Any], list[EventRecord], float]:
         load = LoadRun(self.port, rate=self.rate, duration=budget, max_requests=int(self.rate * budget) + 1,
                        path=self.path)
         self.say(f"load: {self.rate:.0f} requests/s of GET {self.path} through 127.0.0.1:{self.port} "

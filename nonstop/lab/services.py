@@ -27,11 +27,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from nonstop.core.spec import ClusterSpec, ServiceSpec
+from nonstop.store.records import ServiceBackends
 
 LB_ADMIN_BASE = 19000
 """A lab balancer's admin API port: this + the service's index, on the out namespace's sw0 address."""
@@ -107,7 +109,7 @@ def write_balancer_config(run_dir: Path, index: int, service: ServiceSpec,
     return path
 
 
-def apply_services(lab: RunningLab, spec: ClusterSpec, stored_backends: dict[str, list[dict[str, Any]]]) -> list[str]:
+def apply_services(lab: RunningLab, spec: ClusterSpec, stored_backends: Mapping[str, ServiceBackends]) -> list[str]:
     """Make the lab's balancers match ``spec.services``; what was done (empty: nothing differed).
     ``stored_backends``: service → the backends the controller last stored for it."""
     from nonstop.lab.forward import start_forward, stop_forward
@@ -122,8 +124,8 @@ def apply_services(lab: RunningLab, spec: ClusterSpec, stored_backends: dict[str
         done.append(f"service {name} removed (balancer and 127.0.0.1:{info['port']} stopped)")
     for name in changes.changed:
         service, info = wanted[name], lab.services[name]
-        servers = [{"name": b["name"], "address": b["address"], "weight": b.get("weight", 1)}
-                   for b in stored_backends.get(name, [])]
+        stored = stored_backends.get(name)
+        servers = [{"name": b.name, "address": b.address, "weight": b.weight} for b in (stored.backends if stored else ())]
         write_balancer_config(lab.run_dir, int(info["index"]), service, servers)
         os.kill(int(info["pid"]), signal.SIGHUP)
         port = int(service.listen.rpartition(":")[2] or 0)

@@ -1,7 +1,7 @@
 """IPAM kept in the store: claim, look up and release guest addresses per network.
 
-Role: persist address assignments under ``/nonstop/<cluster>/ipam/<network>/<ip>`` (value:
-the owner, i.e. the guest name) so they survive restarts and are shared by every agent
+Role: persist address assignments under ``/nonstop/<cluster>/ipam/<network>/<ip>`` (an
+``IpamRecord``: the owner, i.e. the guest name) so they survive restarts and are shared by every agent
 and the controller. The pure allocator (nonstop.core.net.ipam) picks the address; the
 claim is a store transaction that succeeds only if the key is still absent, so two
 callers racing for the same address cannot both get it: the loser re-reads and picks
@@ -28,14 +28,17 @@ def key_prefix(cluster: str, network: str) -> str:
 
 async def taken(store: Any, cluster: str, network: str) -> dict[str, str]:
     """address -> owner for every address assigned on ``network``."""
-    prefix = key_prefix(cluster, network)
-    return {kv.key[len(prefix):]: kv.value.decode() for kv in await store.list(prefix)}
+    from nonstop.store.records import IpamRecord, read_prefix
+
+    found = await read_prefix(store, key_prefix(cluster, network), IpamRecord)
+    return {ip: record.owner for ip, record in found.items()}
 
 
 async def allocate_address(store: Any, cluster: str, network: NetworkSpec, guest: str) -> str:
     """The address of ``guest`` on ``network``: the one it holds, else a newly claimed one.
     Raises ipam.AddressPoolExhaustedError when the subnet is full."""
-    from nonstop.store.base import Compare, Op
+    from nonstop.store.base import Compare
+    from nonstop.store.records import IpamRecord, put_op
 
     for _ in range(MAX_CLAIM_ATTEMPTS):
         current = await taken(store, cluster, network.name)
@@ -43,7 +46,7 @@ async def allocate_address(store: Any, cluster: str, network: NetworkSpec, guest
         if current.get(address) == guest:
             return address
         key = key_prefix(cluster, network.name) + address
-        result = await store.txn([Compare.missing(key)], [Op.put(key, guest.encode())])
+        result = await store.txn([Compare.missing(key)], [put_op(key, IpamRecord(owner=guest))])
         if result.succeeded:
             return address
     raise RuntimeError(f"could not claim an address on {network.name} after {MAX_CLAIM_ATTEMPTS} attempts")
@@ -55,17 +58,21 @@ async def address_of(store: Any, cluster: str, network: str, guest: str) -> str 
 
 async def release_address(store: Any, cluster: str, network: str, guest: str) -> list[str]:
     """Release every address ``guest`` holds on ``network``; returns them. Only keys still
-    owned by ``guest`` are deleted (a transaction compares the value)."""
+    owned by ``guest`` are deleted (a transaction compares the revision it was read at)."""
     from nonstop.store.base import Compare, Op
+    from nonstop.store.records import IpamRecord, RecordError
 
     released = []
     prefix = key_prefix(cluster, network)
-    for address, owner in (await taken(store, cluster, network)).items():
+    for kv in await store.list(prefix):
+        try:
+            owner = IpamRecord.decode(kv.value).owner
+        except RecordError:
+            continue
         if owner == guest:
-            key = prefix + address
-            result = await store.txn([Compare.value(key, guest.encode())], [Op.delete(key)])
+            result = await store.txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Op.delete(kv.key)])
             if result.succeeded:
-                released.append(address)
+                released.append(kv.key[len(prefix):])
     return released
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +30,11 @@ from nonstop.core.patching.steps import KIND as ROLLOUT_KIND
 from nonstop.core.spec import ClusterSpec
 from nonstop.lb.client import BalancerAdminClient, BalancerAdminError
 from nonstop.store import intents, keys, operations
-from nonstop.store.base import Compare, Op, Store
+from nonstop.store.base import Compare, Store
 from nonstop.store.cluster_records import ClusterRecords, ObservedGuestRecord, read_cluster
 from nonstop.store.intents import IntentKind, IntentOutcome
 from nonstop.store.operations import OperationRecord
+from nonstop.store.records import HostAlive, HostObserved, HostPatch, LeaderRecord, RecordError, put_op, read_or_none
 from nonstop.store.state import get_spec
 
 CONTROLLER_FRESH = 5.0
@@ -48,9 +48,10 @@ ANSWERED = frozenset({"accepted", *intents.FINAL_STATUSES})
 class Snapshot:
     spec: ClusterSpec
     records: ClusterRecords
-    controller: dict[str, Any]
-    host_observed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    alive: dict[str, dict[str, Any]] = field(default_factory=dict)
+    controller: LeaderRecord | None
+    """The leading controller's status record; None while no controller leads."""
+    host_observed: dict[str, HostObserved] = field(default_factory=dict)
+    alive: dict[str, HostAlive] = field(default_factory=dict)
 
     @property
     def desired(self) -> dict[str, GuestDefinition]:
@@ -64,19 +65,25 @@ class Snapshot:
         return self.records.assignments()
 
     def controller_fresh(self, now: float) -> bool:
-        return bool(self.controller) and now - float(self.controller.get("updated_at", 0)) < CONTROLLER_FRESH
+        return self.controller is not None and now - (self.controller.updated_at or 0.0) < CONTROLLER_FRESH
+
+    def in_maintenance(self, host: str) -> bool:
+        """Whether the controller reports ``host`` in maintenance."""
+        return self.controller is not None and host in self.controller.maintenance
+
+    def verdict(self, host: str) -> str:
+        """The controller's liveness verdict on ``host`` (``unknown`` when it has none)."""
+        return self.controller.hosts.get(host, "unknown") if self.controller is not None else "unknown"
 
     def conditions(self) -> dict[str, str]:
         """host → up | maintenance | <liveness state> as the controller sees it."""
-        states = self.controller.get("hosts", {})
-        maintenance = set(self.controller.get("maintenance", []))
         out = {}
         for host in self.spec.hosts:
             rec = self.records.hosts.get(host.name)
-            if host.name in maintenance or (rec is not None and rec.desired.state == "maintenance"):
+            if self.in_maintenance(host.name) or (rec is not None and rec.desired.state == "maintenance"):
                 out[host.name] = "maintenance"
             else:
-                out[host.name] = str(states.get(host.name, "unknown"))
+                out[host.name] = self.verdict(host.name)
         return out
 
     def placement(self) -> dict[str, str]:
@@ -84,7 +91,8 @@ class Snapshot:
         return placement_conditions(self.conditions())
 
     def levels(self) -> dict[str, str | None]:
-        return {h.name: self.host_observed.get(h.name, {}).get("patch_level") for h in self.spec.hosts}
+        return {h.name: obs.patch_level if (obs := self.host_observed.get(h.name)) is not None else None
+                for h in self.spec.hosts}
 
     def guests_on(self, host: str) -> list[str]:
         return sorted(g for g, d in self.desired.items() if d.host == host)
@@ -101,15 +109,14 @@ async def snapshot(store: Store, cluster: str) -> Snapshot:
     if stored is None:
         raise RuntimeError(f"no spec for cluster {cluster} in the store")
     records = await read_cluster(store, cluster)
-    controller = await store.get_json(keys.leader(cluster)) or {}
-    snap = Snapshot(stored.spec, records, controller if isinstance(controller, dict) else {})
+    snap = Snapshot(stored.spec, records, await read_or_none(store, keys.leader(cluster), LeaderRecord))
     for kv in await store.list(keys.hosts_prefix(cluster)):
         parsed = keys.parse(kv.key)
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(RecordError):
             if parsed.leaf == "observed":
-                snap.host_observed[parsed.name] = json.loads(kv.value)
+                snap.host_observed[parsed.name] = HostObserved.decode(kv.value)
             elif parsed.leaf == "alive":
-                snap.alive[parsed.name] = json.loads(kv.value)
+                snap.alive[parsed.name] = HostAlive.decode(kv.value)
     return snap
 
 
@@ -245,23 +252,22 @@ class Balancers:
 
 async def host_command(store: Store, cluster: str, host: str, request_id: str, action: str, *,
                        command: str | None = None, target: str = "", timeout: float = 120.0,
-                       restart_agent: bool = False) -> dict[str, Any]:
+                       restart_agent: bool = False) -> HostPatch:
     """The current record of request ``request_id`` on ``host``, writing it first if absent."""
     key = request_key(cluster, host)
     kv = await store.get(key)
     if kv is not None:
-        with contextlib.suppress(ValueError):
-            record = json.loads(kv.value)
-            if record.get("id") == request_id:
-                return dict(record)
-    record = {"type": "host-command", "id": request_id, "host": host, "action": action, "command": command,
-              "target": target, "timeout": timeout, "restart_agent": restart_agent, "state": "requested",
-              "requested_at": time.time()}
+        with contextlib.suppress(RecordError):
+            current = HostPatch.decode(kv.value)
+            if current.id == request_id:
+                return current
+    record = HostPatch(id=request_id, host=host, action=action, command=command, target=target, timeout=timeout,
+                       restart_agent=restart_agent, state="requested", requested_at=time.time())
     compare = Compare.mod_revision(key, kv.mod_revision) if kv is not None else Compare.missing(key)
-    await store.txn([compare], [Op.put_json(key, record)])
+    await store.txn([compare], [put_op(key, record)])
     return record
 
 
-async def read_command(store: Store, cluster: str, host: str) -> dict[str, Any] | None:
-    value = await store.get_json(request_key(cluster, host))
-    return value if isinstance(value, dict) else None
+async def read_command(store: Store, cluster: str, host: str) -> HostPatch | None:
+    """The host's current command record (None when absent or unreadable)."""
+    return await read_or_none(store, request_key(cluster, host), HostPatch)

@@ -63,11 +63,12 @@ from nonstop.core.patching.steps import (
 )
 from nonstop.patching import cluster as pc
 from nonstop.store import keys, operations
-from nonstop.store.base import Compare, Op, Store
+from nonstop.store.base import Compare, Store
 from nonstop.store.events import EventLog
 from nonstop.store.intents import IntentKind, IntentOutcome
 from nonstop.store.lease import LeaseKeeper
 from nonstop.store.operations import OperationRecord
+from nonstop.store.records import AbortRequest, HostPatch, PatcherLock, put, put_op, read_or_none
 
 log = logging.getLogger("nonstop.patching")
 
@@ -103,10 +104,9 @@ class Patcher:
     async def _save(self, rollout: Rollout) -> None:
         await operations.save(self.store, self.cluster, OperationRecord.of(rollout.header, rollout.body()))
 
-    async def lock_holder(self, rollout: Rollout) -> dict[str, Any] | None:
+    async def lock_holder(self, rollout: Rollout) -> PatcherLock | None:
         """Who runs ``rollout`` right now (``op-control/<id>/lock``), or None."""
-        holder = await self.store.get_json(keys.op_lock(self.cluster, rollout.header.id))
-        return holder if isinstance(holder, dict) else None
+        return await read_or_none(self.store, keys.op_lock(self.cluster, rollout.header.id), PatcherLock)
 
     async def plan(self, target: str, hosts: list[str] | None = None, max_unavailable: int = 1) -> RolloutPlan:
         snap = await pc.snapshot(self.store, self.cluster)
@@ -154,7 +154,7 @@ class Patcher:
             raise RolloutError(f"rollout {rollout.header.id} is already {rollout.status.value}")
         if await self.lock_holder(rollout) is None:
             return await self._apply_abort(rollout)
-        await self.store.put_json(keys.op_abort(self.cluster, rollout.header.id), {"requested_at": time.time()})
+        await put(self.store, keys.op_abort(self.cluster, rollout.header.id), AbortRequest(requested_at=time.time()))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -203,7 +203,7 @@ class Patcher:
         async with LeaseKeeper(self.store, 5) as lease:
             while True:
                 got = await self.store.txn([Compare.missing(lock)],
-                                           [Op.put_json(lock, {"patcher": self.id}, lease=lease.id)])
+                                           [put_op(lock, PatcherLock(patcher=self.id), lease=lease.id)])
                 if got.succeeded:
                     break
                 self.progress(rollout, "another patcher holds the rollout; waiting for its lease")
@@ -362,7 +362,7 @@ class Patcher:
         outcome = await self._ask("maintenance", f"patch {self._now().header.id}", host=host, enter=True,
                                   evacuate=False)
         await self._wait(f"the controller to put {host} in maintenance",
-                         lambda s: host in s.controller.get("maintenance", []), 20.0)
+                         lambda s: s.in_maintenance(host), 20.0)
         return StepResult(host, Step.ENTER_MAINTENANCE, ok=True, output=outcome.message)
 
     async def _drain(self, host: str) -> StepResult:
@@ -448,19 +448,19 @@ class Patcher:
         assert self.rollout is not None
         return f"{self.rollout.header.id}/{host}/{self.rollout.hosts[host].attempt}/{kind}"
 
-    async def _command(self, host: str, kind: str, **kwargs: Any) -> dict[str, Any]:
+    async def _command(self, host: str, kind: str, **kwargs: Any) -> HostPatch:
         request_id = self._request_id(host, kind)
-        record = await pc.host_command(self.store, self.cluster, host, request_id, kind, **kwargs)
+        record: HostPatch | None = await pc.host_command(self.store, self.cluster, host, request_id, kind, **kwargs)
         final = ("done", "failed", "timeout", "restarting") if kind == "patch" else ("done", "failed")
         deadline = time.monotonic() + float(kwargs.get("timeout", 30.0)) + 30.0
-        while record.get("state") not in final:
+        while record is None or record.state not in final:
             if time.monotonic() > deadline:
                 raise RolloutError(f"the agent of {host} did not answer the {kind} request "
-                                   f"(state {record.get('state')})")
+                                   f"(state {record.state if record else None})")
             await asyncio.sleep(0.2)
-            record = await pc.read_command(self.store, self.cluster, host) or {}
-            if record.get("id") != request_id:
-                raise RolloutError(f"the {kind} request on {host} was replaced by {record.get('id')}")
+            record = await pc.read_command(self.store, self.cluster, host)
+            if record is None or record.id != request_id:
+                raise RolloutError(f"the {kind} request on {host} was replaced by {record.id if record else None}")
         return record
 
     async def _patch(self, host: str) -> StepResult:
@@ -468,9 +468,9 @@ class Patcher:
         assert r is not None
         record = await self._command(host, "patch", command=r.command, target=r.target, timeout=r.timeout,
                                      restart_agent=r.restart_agent)
-        ok = record["state"] in ("done", "restarting")
-        error = None if ok else str(record.get("error") or record["state"])
-        return StepResult(host, Step.PATCH, ok=ok, error=error, output=record.get("output"),
+        ok = record.state in ("done", "restarting")
+        error = None if ok else str(record.error or record.state)
+        return StepResult(host, Step.PATCH, ok=ok, error=error, output=record.output,
                           attempt=r.hosts[host].attempt)
 
     async def _await_agent(self, host: str) -> StepResult:
@@ -479,12 +479,12 @@ class Patcher:
         request_id = self._request_id(host, "patch")
 
         def back(s: pc.Snapshot) -> bool:
-            obs = s.host_observed.get(host, {})
-            return host in s.alive and obs.get("patch_level") == r.target and bool(obs.get("agent_version"))
+            obs = s.host_observed.get(host)
+            return host in s.alive and obs is not None and obs.patch_level == r.target and bool(obs.agent_version)
 
         async def restarted() -> bool:
-            record = await pc.read_command(self.store, self.cluster, host) or {}
-            return record.get("id") == request_id and record.get("state") == "done"
+            record = await pc.read_command(self.store, self.cluster, host)
+            return record is not None and record.id == request_id and record.state == "done"
 
         deadline = time.monotonic() + 60.0
         while not await restarted():
@@ -493,14 +493,14 @@ class Patcher:
             await asyncio.sleep(0.2)
         snap = await self._wait(f"{host}'s agent reporting level {r.target}", back, 60.0)
         obs = snap.host_observed[host]
-        return StepResult(host, Step.AWAIT_AGENT, ok=True, level_after=obs.get("patch_level"),
-                          output=f"agent {obs.get('agent_version')} pid {obs.get('agent_pid')} at {obs.get('patch_level')}")
+        return StepResult(host, Step.AWAIT_AGENT, ok=True, level_after=obs.patch_level,
+                          output=f"agent {obs.agent_version} pid {obs.agent_pid} at {obs.patch_level}")
 
     async def _postcheck(self, host: str) -> StepResult:
         record = await self._command(host, "selftest", timeout=30.0)
-        ok = record["state"] == "done"
-        detail = (f"self-test guest booted in {record.get('boot_seconds')} s (boot {record.get('boot_id')})" if ok
-                  else str(record.get("error")))
+        ok = record.state == "done"
+        detail = (f"self-test guest booted in {record.boot_seconds} s (boot {record.boot_id})" if ok
+                  else str(record.error))
         return StepResult(host, Step.POSTCHECK, ok=ok, error=None if ok else detail, output=detail)
 
     async def _exit(self, host: str) -> StepResult:
@@ -508,7 +508,7 @@ class Patcher:
         await self._ask("maintenance", f"patch {rollout_id} done", host=host, enter=False)
         try:
             await self._wait(f"the controller to hear {host} on every link", lambda s: (
-                host not in s.controller.get("maintenance", []) and s.controller.get("hosts", {}).get(host) == "up"),
+                not s.in_maintenance(host) and s.verdict(host) == "up"),
                 30.0)
         except RolloutError as exc:
             with contextlib.suppress(pc.IntentFailed):  # the step fails either way, with the links' reason

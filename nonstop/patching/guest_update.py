@@ -35,6 +35,7 @@ from nonstop.patching import cluster as pc
 from nonstop.store import keys, operations
 from nonstop.store.base import Store
 from nonstop.store.operations import OperationRecord
+from nonstop.store.records import ServiceBackends, read_or_none
 from nonstop.store.state import get_spec, put_spec
 
 FIELDS = ("command", "image")
@@ -164,9 +165,8 @@ class GuestUpdater:
         group = snap.desired[guest].group
         services = [s.name for s in snap.spec.services if s.backends is not None and s.backends.group == group]
         for service in services:
-            value = await self.store.get_json(keys.service_backends(self.cluster, service))
-            items = value.get("backends", value) if isinstance(value, dict) else value
-            if not isinstance(items, list) or guest not in {b.get("name") for b in items if isinstance(b, dict)}:
+            stored = await read_or_none(self.store, keys.service_backends(self.cluster, service), ServiceBackends)
+            if stored is None or guest not in stored.names():
                 return False
         return True
 

@@ -4,8 +4,8 @@ Role: ``ClusterRecords.from_kvs`` turns the values under ``/nonstop/<cluster>/``
 (desired, observed, runner locks), epochs, hosts (desired, alive, components), operations,
 intents and the controller's memory — into typed records, skipping (and naming) values it cannot
 read rather than half-reading them. The controller feeds it from its informer cache; tools that
-need one snapshot call ``read_cluster`` (one list per key family). Nothing else parses these
-key families.
+need one snapshot call ``read_cluster`` (one list per key family). The records are the models
+of nonstop/store/records.py (and the intent, operation and memory models beside it).
 
 Must not: write, decide, or read the spec (nonstop/store/state.py does) or events.
 """
@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from nonstop.core.controller.memory import ControllerMemory
-from nonstop.core.controller.view import ObservedGuest
 from nonstop.core.guests.model import GuestDefinition
 from nonstop.core.intents import IntentOutcome, IntentRequest
 from nonstop.store import intents as intent_store
@@ -28,34 +26,17 @@ from nonstop.store import keys
 from nonstop.store import operations as op_store
 from nonstop.store.base import KeyValue, Store
 from nonstop.store.operations import OperationRecord
+from nonstop.store.records import (
+    EpochRecord,
+    GuestDesired,
+    HostComponents,
+    HostDesired,
+    ObservedGuestRecord,
+    RunnerLock,
+)
 
-
-class HostDesired(BaseModel):
-    """``hosts/<h>/desired``: written by the controller from maintenance intents."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    state: str = "up"
-    evacuate: bool = True
-    reason: str = ""
-    by: str | None = None
-
-
-class ObservedGuestRecord(BaseModel):
-    """``guests/<g>/observed``: the agent's report (extra fields are the driver's status)."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    host: str | None = None
-    state: str | None = None
-    fencing_epoch: int | None = None
-    attempts: int = 0
-    gave_up: bool = False
-    failure_reason: str | None = None
-
-    def core(self) -> ObservedGuest:
-        return ObservedGuest(self.host, self.state, self.fencing_epoch, int(self.attempts or 0),
-                             bool(self.gave_up), self.failure_reason)
+__all__ = ["ClusterRecords", "GuestRecords", "HostDesired", "HostRecords", "ObservedGuestRecord", "read_cluster",
+           "read_guests", "wanted"]
 
 
 @dataclass
@@ -72,7 +53,7 @@ class GuestRecords:
 class HostRecords:
     desired: HostDesired = field(default_factory=HostDesired)
     alive_lease: int | None = None
-    components: dict[str, Any] = field(default_factory=dict)
+    components: HostComponents | None = None
 
 
 @dataclass
@@ -124,22 +105,20 @@ class ClusterRecords:
         if kind == "guests":
             if leaf == "desired":
                 g = self.guest(name)
-                g.desired, g.desired_revision = GuestDefinition.from_dict(json.loads(kv.value)), kv.mod_revision
+                g.desired, g.desired_revision = GuestDesired.decode(kv.value), kv.mod_revision
             elif leaf == "observed":
-                self.guest(name).observed = ObservedGuestRecord.model_validate_json(kv.value)
+                self.guest(name).observed = ObservedGuestRecord.decode(kv.value)
             elif leaf == "runner":
-                self.guest(name).runner = (str(json.loads(kv.value)["host"]), kv.lease)
+                self.guest(name).runner = (RunnerLock.decode(kv.value).host, kv.lease)
         elif kind == "epoch":
-            data = json.loads(kv.value)
-            self.guest(name).epoch = int(data["epoch"] if isinstance(data, dict) else data)
+            self.guest(name).epoch = EpochRecord.decode(kv.value).epoch
         elif kind == "hosts":
             if leaf == "desired":
-                self.host(name).desired = HostDesired.model_validate_json(kv.value)
+                self.host(name).desired = HostDesired.decode(kv.value)
             elif leaf == "alive":
                 self.host(name).alive_lease = kv.lease
             elif leaf == "components":
-                data = json.loads(kv.value)
-                self.host(name).components = data if isinstance(data, dict) else {}
+                self.host(name).components = HostComponents.decode(kv.value)
         elif kind == "ops":
             record = op_store.parse(kv.value)
             if record is not None:

@@ -2,7 +2,8 @@
 
 Role: append ``events/<seq>`` records (``seq`` = wall-clock nanoseconds, strictly increasing
 within the process, so keys sort in time order across restarts of the writer) with
-``{seq, at, kind, subject, reason, ...data}``, and read them back in order. Writers: the
+an ``EventRecord`` (nonstop/store/records.py: ``seq, at, kind, subject, reason`` and the event's
+data), and read them back in order. Writers: the
 controller (kinds listed in docs/controller.md: ``host-state``, ``host-dead``, ``fence``,
 ``failover-moved``, ``guest-placed``, ``guest-moved``, ``guest-serving``, ``unplaceable``,
 ``backends``, ``failback``, ``maintenance`` ...), the patcher, the hardware watcher and the
@@ -18,14 +19,15 @@ log never blocks a failover).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
 from typing import Any
 
 from nonstop.store import keys
-from nonstop.store.base import Store, StoreError, encode_json
+from nonstop.store.base import Op, Store, StoreError
+from nonstop.store.record import decode_kvs, put, put_op
+from nonstop.store.records import EventRecord
 
 log = logging.getLogger("nonstop.controller.events")
 """The name these log lines have always had (log filters and readers rely on it)."""
@@ -34,7 +36,7 @@ log = logging.getLogger("nonstop.controller.events")
 class EventLog:
     def __init__(self, store: Store, cluster: str, keep: int = 1000) -> None:
         self.store, self.cluster = store, cluster
-        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.recent: deque[EventRecord] = deque(maxlen=keep)
         self._last_seq = 0
 
     def _seq(self) -> int:
@@ -42,23 +44,30 @@ class EventLog:
         self._last_seq = seq
         return seq
 
-    async def emit(self, kind: str, subject: str, reason: str, **data: Any) -> dict[str, Any]:
-        seq = self._seq()
-        record = {"seq": seq, "at": seq / 1e9, "kind": kind, "subject": subject, "reason": reason, **data}
+    async def emit(self, kind: str, subject: str, reason: str, **data: Any) -> EventRecord:
+        record = new_event(self._seq(), kind, subject, reason, **data)
         self.recent.append(record)
         log.info("%s %s: %s", kind, subject, reason)
         try:
-            await self.store.put(keys.event(self.cluster, seq), encode_json(record))
+            await put(self.store, keys.event(self.cluster, record.seq), record)
         except StoreError as exc:
-            log.warning("event not stored (%s): %s", exc, record)
+            log.warning("event not stored (%s): %s", exc, record.data())
         return record
 
 
-async def read_events(store: Store, cluster: str, since_seq: int = 0) -> list[dict[str, Any]]:
-    """Every stored event with ``seq > since_seq``, in order (for tests, the API, the dashboard)."""
-    out = []
-    for kv in await store.list(keys.events_prefix(cluster)):
-        rec = json.loads(kv.value)
-        if int(rec.get("seq", 0)) > since_seq:
-            out.append(rec)
-    return sorted(out, key=lambda r: int(r["seq"]))
+def new_event(seq: int, kind: str, subject: str, reason: str, **data: Any) -> EventRecord:
+    """The record of event ``seq`` (wall-clock nanoseconds: ``at`` is the same instant in seconds)."""
+    return EventRecord(seq=seq, at=seq / 1e9, kind=kind, subject=subject, reason=reason, **data)
+
+
+def event_op(cluster: str, record: EventRecord) -> Op:
+    """The put of ``record`` into the log (for writers that log an event with other writes)."""
+    return put_op(keys.event(cluster, record.seq), record)
+
+
+async def read_events(store: Store, cluster: str, since_seq: int = 0) -> list[EventRecord]:
+    """Every stored event with ``seq > since_seq``, in order (for tests, the API, the dashboard);
+    a value that is not an event is skipped."""
+    prefix = keys.events_prefix(cluster)
+    found = decode_kvs(await store.list(prefix), prefix, EventRecord).values()
+    return sorted((e for e in found if e.seq > since_seq), key=lambda e: e.seq)

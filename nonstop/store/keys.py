@@ -88,6 +88,11 @@ def guest_lock(cluster: str, guest: str) -> str:
     return f"{guests_prefix(cluster)}{_part(guest)}/lock"
 
 
+def guest_runner(cluster: str, guest: str) -> str:
+    """The host whose agent runs the guest, on that agent's lease: at most one running copy."""
+    return f"{guests_prefix(cluster)}{_part(guest)}/runner"
+
+
 def epochs_prefix(cluster: str) -> str:
     return f"{cluster_prefix(cluster)}epoch/"
 
@@ -201,7 +206,7 @@ class ParsedKey:
     name: str = ""
     """The host, guest, service, network, event seq or op id."""
     leaf: str = ""
-    """``desired``, ``observed``, ``alive``, ``lock``, ``backends``, or the IP for ipam keys."""
+    """``desired``, ``observed``, ``alive``, ``runner``, ``lock``, ``backends``, or the IP for ipam keys."""
 
 
 def parse(key: str) -> ParsedKey:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
-from nonstop.store.base import Store, encode_json
+from nonstop.store.base import Op, Store, encode_json
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,18 @@ async def get_spec(store: Store, cluster: str) -> StoredSpec | None:
     kv = await store.get(keys.spec(cluster))
     if kv is None:
         return None
-    return StoredSpec(ClusterSpec.model_validate_json(kv.value), kv.mod_revision)
+    return StoredSpec(decode_spec(kv.value), kv.mod_revision)
+
+
+def decode_spec(value: bytes) -> ClusterSpec:
+    """The spec stored as ``value`` (pydantic's ``ValidationError``, a ``ValueError``, when it is not one)."""
+    return ClusterSpec.model_validate_json(value)
+
+
+def spec_op(spec: ClusterSpec) -> Op:
+    """The transaction op that stores ``spec`` as the desired state (for writers that store it
+    together with other keys, e.g. an event)."""
+    return Op.put(keys.spec(spec.cluster), encode_json(spec.model_dump(mode="json")))
 
 
 async def put_spec(store: Store, spec: ClusterSpec, expected_mod_revision: int | None = None) -> int | None:
@@ -37,8 +48,8 @@ async def put_spec(store: Store, spec: ClusterSpec, expected_mod_revision: int |
     With ``expected_mod_revision`` the write happens only if the stored spec is still at that
     revision (0: only if none is stored yet); None is returned when it is not.
     """
-    value = encode_json(spec.model_dump(mode="json"))
-    key = keys.spec(spec.cluster)
+    op = spec_op(spec)
+    key, value = op.key, op.value
     if expected_mod_revision is None:
         return await store.put(key, value)
     if await store.compare_and_set(key, value, expected_mod_revision):

@@ -161,6 +161,7 @@ class UpSession:
         from nonstop.lab.services import apply_services, service_changes
         from nonstop.store import keys, open_store
         from nonstop.store.base import StoreError
+        from nonstop.store.records import ServiceBackends, read_or_none
         from nonstop.store.state import get_spec
 
         assert self._stop is not None
@@ -177,8 +178,9 @@ class UpSession:
                         self.services_revision = stored.mod_revision
                         self._record()
                         continue
-                    backends = {s.name: (await store.get_json(keys.service_backends(self.cluster, s.name)) or {})
-                                .get("backends", []) for s in stored.spec.services}
+                    backends = {s.name: b for s in stored.spec.services
+                                if (b := await read_or_none(store, keys.service_backends(self.cluster, s.name),
+                                                            ServiceBackends)) is not None}
                     self.services_error = ""
                     try:
                         for line in await asyncio.to_thread(apply_services, self.lab, stored.spec, backends):
@@ -289,13 +291,14 @@ async def apply_to_running(record: dict[str, Any], spec: ClusterSpec, text: str,
     guests, the running ``up`` session the balancers (services added, removed or changed).
     Raises ValueError when the change needs a new lab (hosts or switches changed)."""
     from nonstop.api import actions
-    from nonstop.store import keys, open_store
+    from nonstop.store import open_store
+    from nonstop.store.state import get_spec
 
     store = open_store(record["store"])
     try:
-        current = await store.get_json(keys.spec(spec.cluster))
+        current = await get_spec(store, spec.cluster)
         if current is not None:
-            before = ClusterSpec.model_validate(current)
+            before = current.spec
             for part in ("switches", "hosts"):
                 if getattr(before, part) != getattr(spec, part):
                     raise ValueError(f"{part} changed: that needs a new lab (`nonstop down`, then `nonstop up`)")

@@ -18,6 +18,7 @@ from nonstop.core.spec import ClusterSpec
 from nonstop.store import keys
 from nonstop.store.base import Store
 from nonstop.store.cluster_records import read_guests
+from nonstop.store.records import ServiceBackends, read_or_none
 
 Say = Callable[[str], None]
 
@@ -85,8 +86,8 @@ class BootWatch:
                 self.say(f"{name} ({boot.kind}) running on {boot.host} after {boot.boot_seconds:.1f} s")
             boot.state = state
         for service, want_n in self.expected_backends().items():
-            doc = await self.store.get_json(keys.service_backends(cluster, service)) or {}
-            members = {b.get("name") for b in doc.get("backends", [])}
+            stored = await read_or_none(self.store, keys.service_backends(cluster, service), ServiceBackends)
+            members = stored.names() if stored is not None else set()
             for name in members:
                 member = self.guests.get(str(name))
                 if (member is not None and member.serving_at is None and member.running_at is not None

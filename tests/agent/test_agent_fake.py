@@ -19,6 +19,7 @@ from nonstop.drivers.fake import FakeDriver
 from nonstop.store import open_store
 from nonstop.store.base import Store, encode_json
 from nonstop.store.operations import new_op_id
+from nonstop.store.records import RunnerLock, read
 
 MiB = 2**20
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.2, stop_timeout=1.0)
@@ -86,8 +87,7 @@ async def test_starts_what_is_desired_and_reports_it(store: Store, agent: Agent)
     await settle(agent, passes=3)
     rec = await observed(store, agent)
     assert rec["state"] == "running" and rec["host"] == "h1" and rec["boot_id"]
-    runner = await store.get_json(agent.keys.runner("g0"))
-    assert runner == {"host": "h1"}
+    assert await read(store, agent.keys.runner("g0"), RunnerLock) == RunnerLock(host="h1")
     host_rec = await store.get_json(agent.keys.host_observed())
     assert host_rec["guests"] == ["g0"] and host_rec["usage"]["guests_vcpus_allocated"] == 1
     assert await store.get(agent.keys.alive()) is not None
@@ -271,7 +271,7 @@ async def test_live_migration_between_two_agents(store: Store, pair: tuple[Agent
     rec = await observed(store, b)
     assert rec["host"] == "h2" and rec["state"] == "running" and rec["boot_id"] == boot and rec["fencing_epoch"] == 0
     assert await fake(a).list_guests() == [] and await fake(b).list_guests() == ["g0"]
-    assert (await store.get_json(b.keys.runner("g0"))) == {"host": "h2"}
+    assert await read(store, b.keys.runner("g0"), RunnerLock) == RunnerLock(host="h2")
     assert fake(a).calls.count(("create", "g0")) == 1 and fake(a).calls.count(("start", "g0")) == 1
     assert await controller_step(store, a) == "finished"
     await settle(a, b, passes=3)

@@ -25,6 +25,7 @@ from nonstop.drivers.process_net import netns_name
 from nonstop.net import netns as nsutil
 from nonstop.store import open_store
 from nonstop.store.base import Store, encode_json
+from nonstop.store.records import RunnerLock
 
 pytestmark = pytest.mark.root
 MiB = 2**20
@@ -126,7 +127,7 @@ async def test_agent_kill9_restart_adopts_without_restarting_guests(
     status, body = await asyncio.to_thread(http_get, ns, "127.0.0.1", PORT, "/")
     assert json.loads(body)["boot_id"] == boot and json.loads(body)["pid"] == pid
     runner = await store.get(keys.runner("web-0"))
-    assert runner is not None and runner.json() == {"host": "h1"}
+    assert runner is not None and RunnerLock.decode(runner.value) == RunnerLock(host="h1")
 
     # Hot-add through the store: the running guest gets the new limits, no restart.
     await store.put(keys.desired("web-0"), encode_json(definition(cluster, "web-0", vcpus=2, memory=128 * MiB).to_dict()))

@@ -22,6 +22,7 @@ from nonstop.core.guests.reconcile import RetryPolicy
 from nonstop.store import open_store
 from nonstop.store.base import Store, encode_json
 from nonstop.store.operations import new_op_id
+from nonstop.store.records import RunnerLock, read
 
 pytestmark = [
     pytest.mark.root,
@@ -117,7 +118,7 @@ async def test_vm_started_resized_and_migrated_by_agents(lab: Any, store: Store,
                              lambda r: r["host"] == "hb" and r["state"] == "running" and r.get("boot_id"), 30)
         assert rec["boot_id"] == boot and rec["fencing_epoch"] == asked.fencing_epoch
         assert (await asyncio.to_thread(page))["boot_id"] == boot
-        assert (await store.get_json(a.keys.runner("vm-0"))) == {"host": "hb"}
+        assert await read(store, a.keys.runner("vm-0"), RunnerLock) == RunnerLock(host="hb")
         # The controller's part: the record on hb, the request cleared, the same epoch.
         await store.put(a.keys.desired("vm-0"), encode_json(mig.handed_over(asked).to_dict()))
         await asyncio.sleep(1.0)

@@ -130,7 +130,7 @@ class ClusterProbe:
         return outcome
 
     def events(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return [e for e in self._run(lambda s: read_events(s, self.lab.cluster)) if e["at"] >= since]
+        return [e.data() for e in self._run(lambda s: read_events(s, self.lab.cluster)) if e.at >= since]
 
     def status(self) -> dict[str, Any]:
         return self._run(lambda s: s.get_json(keys.leader(self.lab.cluster))) or {}

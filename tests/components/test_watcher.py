@@ -99,7 +99,7 @@ async def test_psu_failure_degrades_evacuates_and_repair_releases_after_window(s
         assert degraded["placement"] == "no-new-guests" and degraded["policy"] == "acting"
         desired = await until("maintenance request", lambda: record(store, dkey))
         assert desired["state"] == "maintenance" and desired["evacuate"] is True and desired["by"] == "components"
-        kinds = [(e["kind"], e["subject"]) for e in await read_events(store, "tcomp")]
+        kinds = [(e.kind, e.subject) for e in await read_events(store, "tcomp")]
         assert ("component", "h1/power/PSU1") in kinds and ("host-health", "h1") in kinds
         assert ("component-alert", "h1") in kinds
 
@@ -162,7 +162,7 @@ async def test_alert_only_never_requests_maintenance(store: Store, bmc: RunningB
     assert a.health.value == "degraded" and "network: degraded" in a.reason
     assert watcher.placement(watcher.hosts["h1"]) == "normal"
     assert await store.get(keys.host_desired("tcomp", "h1")) is None
-    kinds = [e["kind"] for e in await read_events(store, "tcomp")]
+    kinds = [e.kind for e in await read_events(store, "tcomp")]
     assert "component-alert" in kinds and "component-policy" not in kinds
 
 

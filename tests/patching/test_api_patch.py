@@ -45,7 +45,7 @@ def _events(url: str, kind: str) -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
         store = open_store(url)
         try:
-            return [e for e in await read_events(store, CLUSTER) if e.get("kind") == kind]
+            return [e.data() for e in await read_events(store, CLUSTER) if e.kind == kind]
         finally:
             await store.close()
 

@@ -11,6 +11,7 @@ import pytest
 from nonstop.controller.leadership import LeaderGuardedStore, NotLeader, campaign, leader_lease_ttl
 from nonstop.store import Compare, Op
 from nonstop.store.lease import LeaseKeeper
+from nonstop.store.records import LeaderRecord
 
 from .helpers import Backend
 
@@ -27,7 +28,7 @@ async def test_standby_leads_when_the_leader_lease_ends_and_the_old_leader_canno
     a_store, b_store = backend.open(), backend.open()
     key = prefix + "leader"
     a_lease = await a_store.grant_lease(backend.min_ttl)
-    a_rev, took = await campaign(a_store, key, {"id": "a"}, a_lease, my_id="a", lease_lost=lambda: False)
+    a_rev, took = await campaign(a_store, key, LeaderRecord(id="a"), a_lease, my_id="a", lease_lost=lambda: False)
     assert not took
     a = LeaderGuardedStore(a_store, key)
     with pytest.raises(NotLeader):
@@ -42,7 +43,7 @@ async def test_standby_leads_when_the_leader_lease_ends_and_the_old_leader_canno
         await a.txn([], [Op.put(prefix + "guest", b"x")], [Op.put(prefix + "other", b"y")])
 
     async with LeaseKeeper(b_store, backend.min_ttl) as b_lease:
-        standby = asyncio.create_task(campaign(b_store, key, {"id": "b"}, b_lease.id, my_id="b",
+        standby = asyncio.create_task(campaign(b_store, key, LeaderRecord(id="b"), b_lease.id, my_id="b",
                                                lease_lost=b_lease.lost.is_set, poll=0.05))
         await asyncio.sleep(0.3)
         assert not standby.done(), "b must stand by while a's lease lives"
@@ -67,13 +68,13 @@ async def test_a_restart_with_the_same_id_takes_over_at_once_and_fences_its_prev
     old_store, new_store = backend.open(), backend.open()
     key = prefix + "leader"
     old_lease = await old_store.grant_lease(60)  # would stand for a minute
-    old_rev, _ = await campaign(old_store, key, {"id": "ctl@m", "pid": 1}, old_lease, my_id="ctl@m",
+    old_rev, _ = await campaign(old_store, key, LeaderRecord(id="ctl@m", pid=1), old_lease, my_id="ctl@m",
                                 lease_lost=lambda: False)
     old = LeaderGuardedStore(old_store, key)
     old.arm(old_rev)
     new_lease = await new_store.grant_lease(60)
     new_rev, took = await asyncio.wait_for(
-        campaign(new_store, key, {"id": "ctl@m", "pid": 2}, new_lease, my_id="ctl@m", lease_lost=lambda: False), 5)
+        campaign(new_store, key, LeaderRecord(id="ctl@m", pid=2), new_lease, my_id="ctl@m", lease_lost=lambda: False), 5)
     assert took and new_rev != old_rev
     kv = await new_store.get(key)
     assert kv is not None and kv.lease == new_lease and json.loads(kv.value)["pid"] == 2
@@ -81,7 +82,7 @@ async def test_a_restart_with_the_same_id_takes_over_at_once_and_fences_its_prev
         await old.put(prefix + "guest", b"from the previous life")
     # another id is never taken over
     other_lease = await old_store.grant_lease(60)
-    other = asyncio.create_task(campaign(old_store, key, {"id": "other"}, other_lease, my_id="other",
+    other = asyncio.create_task(campaign(old_store, key, LeaderRecord(id="other"), other_lease, my_id="other",
                                          lease_lost=lambda: False, poll=0.05))
     await asyncio.sleep(0.3)
     assert not other.done()
@@ -94,10 +95,10 @@ async def test_a_candidate_whose_own_lease_is_lost_stops_campaigning(backend: Ba
     store = backend.open()
     key = prefix + "leader"
     holder = await store.grant_lease(60)
-    await campaign(store, key, {"id": "holder"}, holder, my_id="holder", lease_lost=lambda: False)
+    await campaign(store, key, LeaderRecord(id="holder"), holder, my_id="holder", lease_lost=lambda: False)
     lost = asyncio.Event()
     mine = await store.grant_lease(60)
-    task = asyncio.create_task(campaign(store, key, {"id": "me"}, mine, my_id="me", lease_lost=lost.is_set,
+    task = asyncio.create_task(campaign(store, key, LeaderRecord(id="me"), mine, my_id="me", lease_lost=lost.is_set,
                                         poll=0.05))
     await asyncio.sleep(0.2)
     lost.set()

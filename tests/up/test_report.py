@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nonstop.demo.load import Sample
 from nonstop.demo.report import build_report, percentile, write_plot
+from nonstop.store.records import EventRecord
 
 
 def samples(began: float) -> list[Sample]:
@@ -23,8 +24,8 @@ def test_report_counts_failures_and_latency_per_event_window(tmp_path: Path) -> 
     steps = [{"event": "host-failure", "target": "h1", "at": began + 3.0, "end": began + 4.0, "healed_at": began + 3.5,
               "dead_s": 0.5},
              {"event": "link-cut", "target": "h2/eth1", "at": began + 6.0, "end": began + 8.0, "healed_at": None}]
-    events = [{"at": began + 3.5, "kind": "host-dead", "subject": "h1", "reason": "silent"},
-              {"at": began + 3.6, "kind": "backends", "subject": "api", "reason": "x"}]
+    events = [EventRecord(seq=1, at=began + 3.5, kind="host-dead", subject="h1", reason="silent"),
+              EventRecord(seq=2, at=began + 3.6, kind="backends", subject="api", reason="x")]
     report = build_report("c", "api", samples(began), steps, events, began)
     assert report["requests"] == 400 and report["failed"] == 4
     first, second = report["events"]

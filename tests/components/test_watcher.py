@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from api.seeding import ControllerStandIn  # tests/api (a rootdir package)
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nonstop.bmc.model import HostHardware
@@ -24,7 +25,6 @@ from nonstop.store import intents, keys, open_store
 from nonstop.store.base import Store
 from nonstop.store.events import read_events
 from nonstop.store.state import put_spec
-from tests.api.seeding import ControllerStandIn
 
 
 def spec(on_degraded: str = "evacuate", window: float = 0.6) -> ClusterSpec:

@@ -33,9 +33,10 @@ from nonstop.core.guests.model import GuestDefinition
 from nonstop.store import keys as store_keys
 from nonstop.store import operations
 from nonstop.store.base import Compare, KeyValue, Op, Store
+from nonstop.store.cluster_records import ClusterRecords
 from nonstop.store.operations import OperationRecord
 from nonstop.store.record import RecordError, merge, read_prefix
-from nonstop.store.records import EpochRecord, GuestDesired, HostObserved, ObservedGuestRecord, RunnerLock
+from nonstop.store.records import EpochRecord, HostObserved, RunnerLock
 
 
 @dataclass(frozen=True)
@@ -96,23 +97,16 @@ class ClusterGuests:
 
 
 async def read_guests(store: Store, keys: AgentKeys) -> ClusterGuests:
-    desired: dict[str, GuestDefinition] = {}
-    runners: dict[str, tuple[str, KeyValue]] = {}
-    unreadable: dict[str, str] = {}
-    observed_hosts: dict[str, str | None] = {}
-    prefix = keys.guests_prefix
-    for kv in await store.list(prefix):
-        name, _, leaf = kv.key[len(prefix):].partition("/")
-        try:
-            if leaf == "desired":
-                desired[name] = GuestDesired.decode(kv.value)
-            elif leaf == "runner":
-                runners[name] = (RunnerLock.decode(kv.value).host, kv)
-            elif leaf == "observed":
-                observed_hosts[name] = ObservedGuestRecord.decode(kv.value).host
-        except RecordError as exc:
-            if leaf == "desired":
-                unreadable[name] = f"unreadable desired record: {exc}"
+    """One read of ``guests/``, parsed by the store's one reader of these records (cluster_records)."""
+    kvs = await store.list(keys.guests_prefix)
+    records = ClusterRecords.from_kvs(keys.cluster, kvs)
+    by_key = {kv.key: kv for kv in kvs}
+    desired = {g: r.desired for g, r in records.guests.items() if r.desired is not None}
+    runners = {g: (r.runner[0], by_key[keys.runner(g)]) for g, r in records.guests.items()
+               if r.runner is not None and keys.runner(g) in by_key}
+    observed_hosts = {g: r.observed.host for g, r in records.guests.items() if r.observed is not None}
+    unreadable = {store_keys.parse(key).name: f"unreadable desired record: {why}"
+                  for key, why in records.unreadable.items() if key.endswith("/desired")}
     return ClusterGuests(desired, runners, unreadable, observed_hosts)
 
 

@@ -17,7 +17,9 @@ of on one Linux machine, and takes it down again:
 Every process is recorded in the lab state, so ``nonstop lab down`` removes it too.
 Faults: ``fail_host`` (Redfish ForceOff through the host's BMC, or kill -9 of everything in its
 namespace), ``power_on``, ``cut_link`` / ``restore_link``, ``partition`` (an nftables table in
-the host's namespace dropping heartbeats and acknowledgements, host left running) / ``heal``.
+the host's namespace dropping heartbeats and acknowledgements, host left running) / ``heal``,
+``fail_component`` / ``repair_component`` (a PSU, NIC, drive or fan through the host's lab BMC:
+nonstop/components/chaos.py).
 
 With a SQLite store (a file on this machine) a partition cannot cut store traffic and the
 partitioned agent self-fences on controller silence; with an etcd store reached on 127.0.0.1
@@ -404,3 +406,16 @@ class LabCluster:
         if self._partition_table_exists(host):
             netns.run(ns, ["nft", "-j", "-f", "-"], input=json.dumps(doc).encode())
         faults.rejoin(self.spec, host)
+
+    def fail_component(self, kind: str, host: str, name: str) -> dict[str, Any]:
+        """Fail one PSU, NIC, drive or fan of ``host`` through its lab BMC, with the lab's own
+        consequences (``nonstop.components.chaos.fail_component``); the BMC's state summary."""
+        from nonstop.components.chaos import fail_component
+
+        return fail_component(self, kind, host, name)
+
+    def repair_component(self, kind: str, host: str, name: str) -> dict[str, Any]:
+        """Undo ``fail_component`` (a NIC's cable back, a blank replacement drive)."""
+        from nonstop.components.chaos import repair_component
+
+        return repair_component(self, kind, host, name)

@@ -10,7 +10,7 @@ makes the Port ``LinkDown``. With a ``LabCluster`` a NIC failure (repair) also c
 (restores) that NIC's cable in the lab fabric, so the host's team fails over for real —
 idempotent with a BMC whose ``on_nic`` hook already does it. Likewise a drive failure in a lab
 that runs VMs kills the servers of the mirror legs on that drive (a repair brings a blank
-drive): nonstop/components/mirror.py ``lab_set_drive``.
+drive): nonstop/drivers/qemu_mirror_legs.py ``lab_set_drive``.
 
 Must not: be pointed at a real BMC (the admin path exists only in the lab BMC).
 """
@@ -62,7 +62,7 @@ def fail_component(target: _Lab | str, kind: str, host: str, name: str, failed: 
         (faults.cut if failed else faults.restore)(lab.spec, host, name)
     if kind == "drive" and "qemu" in str(getattr(lab, "drivers", "")):
         # The lab's drives are directories; the drive dies for real: its mirror legs' servers.
-        from nonstop.components.mirror import lab_set_drive
+        from nonstop.drivers.qemu_mirror_legs import lab_set_drive
 
         lab_set_drive(lab.cluster, host, name, failed)
     return result

@@ -41,11 +41,8 @@ class Scorer(Protocol):
     """What the explaining path reads of an ``engine.Engine``: its run, its configuration and
     its two scoring functions."""
 
-    @property
-    def state(self) -> ClusterState: ...
-
-    @property
-    def view(self) -> RunView: ...
+    state: ClusterState
+    view: RunView
 
     @property
     def config(self) -> ScorerConfig: ...

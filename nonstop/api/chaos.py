@@ -7,12 +7,12 @@ a 404 and never a half-done fault. ``LabChaos`` adapts a ``nonstop.lab.cluster.L
     host    lab.fail_host(host)  (Redfish ForceOff through the host's BMC)
     link    lab.cut_link(host, nic)
     switch  lab.cut_link(h, n) for every NIC cabled to that switch (all its ports go dark)
-    psu / drive / nic   nonstop.components.chaos.fail_component(lab, kind, host, name) (the lab BMC)
+    psu / drive / nic   lab.fail_component(kind, host, name) (through the host's lab BMC)
     guest   SIGKILL of the guest's process (pid from its observed record; only a process in a
             ``nonstop`` cgroup is ever signalled)
     partition   lab.partition(host)
     heal    every fault injected through this API undone: lab.heal(h) for every host (partition and
-            cables), power_on of hosts failed here, components repaired
+            cables), power_on of hosts failed here, lab.repair_component of components failed here
 
 A lab object that already has a method of the exact name (``fail_switch``, ``heal()`` with no
 arguments, ...) is called directly. Without a lab → 409 "chaos needs the lab".
@@ -110,11 +110,9 @@ class LabChaos:
                 result = direct(*args)
             elif method == "fail_switch" and spec is not None and self._direct("cut_link"):
                 result = self._fail_switch(spec, args[0])
-            elif method in ("fail_psu", "fail_drive", "fail_nic") and hasattr(self.lab, "bmc_ports"):
-                from nonstop.components.chaos import fail_component
-
+            elif method in ("fail_psu", "fail_drive", "fail_nic") and self._direct("fail_component"):
                 kind = method.removeprefix("fail_")
-                result = fail_component(self.lab, kind, args[0], args[1])
+                result = self.lab.fail_component(kind, args[0], args[1])
                 self.components.add((args[0], kind, args[1]))
             elif method == "fail_guest":
                 result = self._kill_guest(args[0], guest_pid)
@@ -184,11 +182,9 @@ class LabChaos:
         for host, nic in sorted(self.cut_links):
             if host not in healed_hosts and self._direct("restore_link"):
                 attempt(f"restore {host}/{nic}", self.lab.restore_link, host, nic)
-        if self.components and hasattr(self.lab, "bmc_ports"):
-            from nonstop.components.chaos import repair_component
-
+        if self.components and self._direct("repair_component"):
             for host, kind, name in sorted(self.components):
-                attempt(f"repair {host}/{kind}/{name}", repair_component, self.lab, kind, host, name)
+                attempt(f"repair {host}/{kind}/{name}", self.lab.repair_component, kind, host, name)
         for host in sorted(self.failed_hosts):
             if self._direct("power_on"):
                 attempt(f"power on {host}", self.lab.power_on, host)

@@ -10,8 +10,8 @@ rollout the planner refuses, or one asked for while another is unfinished, is a 
 reasons.
 
 A started or resumed rollout runs in this API process, in a thread of its own with its own event
-loop and store client (``PatchRunner``), inside the lab's ctl namespace when the API runs beside
-a lab (the balancers' admin addresses live there). It is the same ``Patcher`` the CLI drives:
+loop and store client (``PatchRunner``), inside the lab's admin namespace when the API runs beside
+a lab (``ApiRuntime.lab_admin_namespace``: the balancers' admin addresses live there). It is the same ``Patcher`` the CLI drives:
 progress is in the store step by step, so if this process dies the rollout is resumed by
 ``POST /api/v1/patch/resume`` or ``nonstop patch --resume``; ``abort`` reaches a patcher running
 in any process through the store.
@@ -93,20 +93,9 @@ class PatchRunner:
         self.thread = threading.Thread(target=self._main, name="nonstop-patch-rollout", daemon=True)
         self.thread.start()
 
-    def _namespace(self) -> str | None:
-        """The lab's ctl namespace when the API runs beside a lab (where the balancers answer)."""
-        lab = self.runtime.lab
-        if lab is None or not hasattr(lab, "bmc_ports"):
-            return None
-        from nonstop.lab import names
-        from nonstop.net import netns
-
-        ns = names.ctl_ns(self.runtime.cluster)
-        return ns if netns.exists(ns) else None
-
     def _main(self) -> None:
         try:
-            ns = self._namespace()
+            ns = self.runtime.lab_admin_namespace()  # where the lab's balancers answer, if any
             if ns is not None:
                 from nonstop.net.netns import enter
 

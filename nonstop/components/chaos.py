@@ -1,18 +1,19 @@
 """Break and repair hardware on purpose: ``fail_component`` for tests, the chaos CLI and the API.
 
 Role: one plain function, ``fail_component(target, kind, host, name, failed=True)``, where
-``target`` is either a running ``LabCluster`` (its BMCs listen on 127.0.0.1 inside the ctl
-namespace; credentials from the lab's password file) or a BMC URL
-(``http://127.0.0.1:PORT``, reachable from here). It goes through the lab BMC's private admin
-path (``nonstop.bmc.client.set_component``), so the BMC's own consequences follow: a PSU
-failure changes PowerSubsystem, the last PSU powers the host off for real, a NIC failure
-makes the Port ``LinkDown``. With a ``LabCluster`` a NIC failure (repair) also cuts
-(restores) that NIC's cable in the lab fabric, so the host's team fails over for real —
-idempotent with a BMC whose ``on_nic`` hook already does it. Likewise a drive failure in a lab
+``target`` is either a BMC URL (``http://127.0.0.1:PORT``, reachable from here) or a running
+lab: an object with ``fail_component(kind, host, name)`` / ``repair_component(...)``, as
+``nonstop.lab.cluster.LabCluster`` has them (its BMCs listen inside the ctl namespace). Either
+way the change goes through the lab BMC's private admin path
+(``nonstop.bmc.client.set_component``), so the BMC's own consequences follow: a PSU failure
+changes PowerSubsystem, the last PSU powers the host off for real, a NIC failure makes the Port
+``LinkDown``. The lab adds its own: a NIC failure (repair) also cuts (restores) that NIC's
+cable in the lab fabric, so the host's team fails over for real, and a drive failure in a lab
 that runs VMs kills the servers of the mirror legs on that drive (a repair brings a blank
-drive): nonstop/components/mirror.py ``lab_set_drive``.
+drive): nonstop/drivers/qemu_mirror_legs.py ``lab_set_drive``.
 
-Must not: be pointed at a real BMC (the admin path exists only in the lab BMC).
+Must not: be pointed at a real BMC (the admin path exists only in the lab BMC), or import the
+lab (it takes one as an argument).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ KINDS = ("psu", "nic", "drive", "fan")
 
 
 class _Lab(Protocol):
-    spec: Any
-    cluster: str
-    bmc_ports: dict[str, int]
-    password_file: Any
+    def fail_component(self, kind: str, host: str, name: str, *, timeout: float = ...) -> dict[str, Any]: ...
+
+    def repair_component(self, kind: str, host: str, name: str, *, timeout: float = ...) -> dict[str, Any]: ...
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -47,25 +47,9 @@ def fail_component(target: _Lab | str, kind: str, host: str, name: str, failed: 
         raise ValueError(f"unknown component kind {kind!r} (one of {', '.join(KINDS)})")
     if isinstance(target, str):
         return set_component(target, kind, name, failed, username=username, password=password, timeout=timeout)
-    from nonstop.lab import faults, names
-    from nonstop.net import netns
-
-    lab = target
-    if host not in lab.bmc_ports:
-        raise KeyError(f"no BMC for host {host!r} in lab {lab.cluster}")
-    url = f"http://127.0.0.1:{lab.bmc_ports[host]}"
-    user = lab.spec.host(host).bmc.username
-    secret = lab.password_file.read_text().strip()
-    with netns.inside(names.ctl_ns(lab.cluster)) as thread:
-        result = thread.call(set_component, url, kind, name, failed, username=user, password=secret, timeout=timeout)
-    if kind == "nic" and result.get("power") != "Off":
-        (faults.cut if failed else faults.restore)(lab.spec, host, name)
-    if kind == "drive" and "qemu" in str(getattr(lab, "drivers", "")):
-        # The lab's drives are directories; the drive dies for real: its mirror legs' servers.
-        from nonstop.components.mirror import lab_set_drive
-
-        lab_set_drive(lab.cluster, host, name, failed)
-    return result
+    if failed:
+        return target.fail_component(kind, host, name, timeout=timeout)
+    return target.repair_component(kind, host, name, timeout=timeout)
 
 
 def repair_component(target: _Lab | str, kind: str, host: str, name: str, **kwargs: Any) -> dict[str, Any]:

@@ -1,22 +1,18 @@
-"""Mirrored VM disks on a host: the QEMU driver's hook, and the host-side reconciler.
+"""Mirrored VM disks on a host: the host-side reconciler.
 
-Role, two halves sharing one per-VM record, ``<qemu state dir>/<guest>/mirror.json``:
+Role: ``MirrorReconciler``, run beside the agent loop (``run_mirror_reconciler``), keeps every
+mirrored disk of this host's VMs on two working drives. Level-triggered, every pass it reads
+the host's drive states (the hardware watcher's ``hosts/<h>/components`` storage group; no
+record, or an unreadable BMC = unknown) and each mirrored disk's legs (is the leg's server
+alive), asks the pure ``plan_mirror`` what to do, and does it: drop a dead leg, or re-mirror
+onto a drive that has worked for the stability window
+(``policies.components.stability_window``). Every change is an event (``mirror-leg-dropped``,
+``mirror-remirrored``, ``mirror-failed``; source ``mirror``).
 
-- The driver hook (nonstop/drivers/qemu.py calls ``create_disks``, ``before_launch``,
-  ``after_launch``, ``legs_of``/``remove_legs``): a disk with ``redundancy: mirror`` is not
-  a file in the shared disk directory but a quorum over one leg per working host drive
-  (nonstop/components/mirror.py). ``create`` makes a blank leg on each drive; every launch
-  serves the legs (their servers outlive the agent, as QEMU does) and, as soon as QMP
-  answers — before the guest's kernel scans its PCI bus — plugs the quorum and its
-  virtio-blk device at the disk's own slot, so the guest boots with it. ``destroy`` removes
-  the legs. A VM with mirrored disks does not live-migrate: its legs are this host's drives.
-- ``MirrorReconciler``, run beside the agent loop: level-triggered, every pass it reads the
-  host's drive states (the hardware watcher's ``hosts/<h>/components`` storage group; no
-  record, or an unreadable BMC = unknown) and each mirrored disk's legs (is the leg's server
-  alive), asks the pure ``plan_mirror`` what to do, and does it: drop a dead leg, or
-  re-mirror onto a drive that has worked for the stability window
-  (``policies.components.stability_window``). Every change is an event
-  (``mirror-leg-dropped``, ``mirror-remirrored``, ``mirror-failed``; source ``mirror``).
+It works on the per-VM record the QEMU driver's mirror hook keeps,
+``<qemu state dir>/<guest>/mirror.json``, under the same per-VM lock
+(nonstop/drivers/qemu_mirror.py), and on the legs through nonstop/drivers/qemu_mirror_legs.py
+(qemu-nbd servers, quorum QMP). Components import drivers; drivers never import this.
 
 Must not: decide (the core does), touch guests without a mirror record, or leave a guest
 paused (``MirrorQmp.remirror`` resumes it whatever fails).
@@ -26,157 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nonstop.components import mirror as legs_io
-from nonstop.components.mirror import MirrorError, MirrorQmp
 from nonstop.core.components.mirror import (
     DROP,
     DriveView,
     LegView,
     MirrorAction,
-    MirrorLeg,
     plan_mirror,
     track_ok_since,
 )
+from nonstop.drivers import qemu_mirror_legs as legs_io
+from nonstop.drivers.qemu_mirror import STATE_FILE, leg_of, load, lock, new_leg, save
+from nonstop.drivers.qemu_mirror_legs import MirrorError, MirrorQmp
 
 log = logging.getLogger("nonstop.components.mirror")
 
-STATE_FILE = "mirror.json"
 SPEC_EVERY = 5.0
-ACTION_TIMEOUT = 180.0
 """How often the stored spec is read again (drives, stability window), seconds."""
-_locks: dict[str, asyncio.Lock] = {}
-
-
-def lock(run_dir: Path) -> asyncio.Lock:
-    """One lock per VM in this process: the driver's launch and the reconciler never overlap."""
-    return _locks.setdefault(str(run_dir), asyncio.Lock())
-
-
-def mirrored(definition: Any) -> list[tuple[int, Any]]:
-    """(slot, disk) for every ``redundancy: mirror`` disk of a guest definition."""
-    return [(i, d) for i, d in enumerate(definition.disks) if getattr(d, "redundancy", "none") == "mirror"]
-
-
-def load(run_dir: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {"disks": {}}
-    return data
-
-
-def save(run_dir: Path, state: dict[str, Any]) -> None:
-    path = run_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
-def leg_of(entry: dict[str, Any]) -> MirrorLeg:
-    return MirrorLeg(entry["drive"], entry["socket"], int(entry["generation"]))
-
-
-def _new_leg(disk_root: Path, host: str, guest: str, disk: str, drive: str, generation: int) -> dict[str, Any]:
-    path = legs_io.drive_dir(disk_root, host, drive) / f"{guest}-{disk}-g{generation}.qcow2"
-    return {"drive": drive, "path": str(path), "socket": legs_io.leg_socket(path), "generation": generation}
-
-
-# ---------------------------------------------------------------------- driver hook
-
-
-def create_disks(driver: Any, definition: Any, plain: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The driver's ``_create_disks`` with mirrored disks taken out (they become legs)."""
-    disks = mirrored(definition)
-    if not disks:
-        return plain(definition)
-    names = {d.name for _, d in disks}
-    slots = {d.name: i for i, d in enumerate(definition.disks)}
-    entries = plain(definition.with_changes(disks=tuple(d for d in definition.disks if d.name not in names)))
-    for entry in entries:
-        entry["slot"] = slots[entry["name"]]
-    state: dict[str, Any] = {"disks": {}}
-    made: list[Path] = []
-    try:
-        for slot, disk in disks:
-            drives = [d for d in legs_io.host_drives(driver.disk_root, driver.host)
-                      if not legs_io.drive_failed(legs_io.drive_dir(driver.disk_root, driver.host, d))]
-            if not drives:
-                raise MirrorError(f"no working drive on {driver.host} for mirrored disk {disk.name}")
-            legs = [_new_leg(driver.disk_root, driver.host, definition.name, disk.name, d, 0) for d in drives[:2]]
-            for leg in legs:
-                legs_io.create_leg_file(Path(leg["path"]), disk.size)
-                made.append(Path(leg["path"]))
-            state["disks"][disk.name] = {"size": disk.size, "slot": slot, "generation": 0, "legs": legs}
-        save(driver._run_dir(definition.name), state)  # noqa: SLF001 - the driver's own run directory
-    except BaseException:
-        for path in made:
-            legs_io.remove_leg(path)
-        raise
-    return entries
-
-
-async def before_launch(driver: Any, name: str, incoming: str | None) -> None:
-    """Serve every leg whose server is not running (a restart, or after a host power-off)."""
-    run_dir = driver._run_dir(name)  # noqa: SLF001
-    if incoming is not None:
-        from nonstop.core.guests.model import GuestDefinition
-        from nonstop.drivers.qemu_runtime import RuntimeFailure
-
-        if mirrored(GuestDefinition.from_dict(driver._load(name)["definition"])):  # noqa: SLF001
-            raise RuntimeFailure("a VM with mirrored disks does not live-migrate: its legs are its host's drives")
-    state = load(run_dir)
-    if not state["disks"]:
-        return
-    async with lock(run_dir):
-        for disk, entry in state["disks"].items():
-            kept = []
-            for leg in entry["legs"]:
-                path = Path(leg["path"])
-                if legs_io.server_alive(path):
-                    kept.append(leg)
-                elif path.exists() and not legs_io.drive_failed(path.parent):
-                    await asyncio.to_thread(legs_io.serve_leg, path, leg["socket"])
-                    kept.append(leg)
-                else:
-                    log.warning("%s/%s: leg on %s is gone (drive failed or replaced)", name, disk, leg["drive"])
-            if not kept:
-                from nonstop.drivers.qemu_runtime import RuntimeFailure
-
-                raise RuntimeFailure(f"mirrored disk {disk}: no leg left on any drive")
-            entry["legs"] = kept
-        save(run_dir, state)
-
-
-async def after_launch(driver: Any, name: str) -> None:
-    """Plug each mirrored disk (quorum over its legs) into the just-started QEMU."""
-    run_dir = driver._run_dir(name)  # noqa: SLF001
-    state = load(run_dir)
-    if not state["disks"]:
-        return
-    qmp = MirrorQmp(run_dir / "qmp.sock")
-    async with lock(run_dir):
-        for disk, entry in sorted(state["disks"].items(), key=lambda kv: int(kv[1]["slot"])):
-            await qmp.attach(disk, tuple(leg_of(leg) for leg in entry["legs"]), slot=int(entry["slot"]))
-
-
-def legs_of(driver: Any, name: str) -> list[Path]:
-    return [Path(leg["path"]) for entry in load(driver._run_dir(name))["disks"].values()  # noqa: SLF001
-            for leg in entry["legs"]]
-
-
-def remove_legs(paths: list[Path]) -> None:
-    for path in paths:
-        legs_io.remove_leg(path)
-
-
-# ---------------------------------------------------------------------- reconciler
+ACTION_TIMEOUT = 180.0
+"""Longest one drop or re-mirror may take (a hung QMP call) before the pass reports it, seconds."""
 
 
 class MirrorReconciler:
@@ -272,7 +140,7 @@ class MirrorReconciler:
             return
         entry["generation"] = int(entry["generation"]) + 1
         save(run_dir, state)
-        leg = _new_leg(self.disk_root, self.host, guest, action.disk, action.drive, entry["generation"])
+        leg = new_leg(self.disk_root, self.host, guest, action.disk, action.drive, entry["generation"])
         path = Path(leg["path"])
         try:
             await asyncio.to_thread(legs_io.create_leg_file, path, int(entry["size"]))

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nonstop.core.guests.qemu_argv import MachineLayout
+from nonstop.drivers import qemu_mirror
 from nonstop.drivers import qemu_runtime as rt
 from nonstop.drivers.base import (
     Capabilities,
@@ -76,20 +77,17 @@ class QemuDriver(QemuHotplug):
 
     # ------------------------------------------- mirrored disks (issue 9): hook only
     # A ``redundancy: mirror`` disk is a quorum over one leg per host drive, not a file in the
-    # disk directory; all of it lives in nonstop/components/mirror_host.py (owner: components).
+    # disk directory; all of it lives in nonstop/drivers/qemu_mirror.py (the host-side
+    # reconciler that re-mirrors after a drive failure is nonstop/components/mirror_host.py).
 
     def _create_disks(self, definition: GuestDefinition) -> list[dict[str, Any]]:
-        from nonstop.components import mirror_host
-
-        return mirror_host.create_disks(self, definition, super()._create_disks)
+        return qemu_mirror.create_disks(self, definition, super()._create_disks)
 
     async def _launch(self, name: str, record: dict[str, Any], layout: MachineLayout, incoming: str | None) -> None:
-        from nonstop.components import mirror_host
-
-        await mirror_host.before_launch(self, name, incoming)
+        await qemu_mirror.before_launch(self, name, incoming)
         await super()._launch(name, record, layout, incoming)
         try:
-            await mirror_host.after_launch(self, name)
+            await qemu_mirror.after_launch(self, name)
         except BaseException as exc:
             pid = self._load(name).get("pid")
             if pid:
@@ -97,11 +95,9 @@ class QemuDriver(QemuHotplug):
             raise rt.RuntimeFailure(f"mirrored disk not attached: {exc}") from exc
 
     async def destroy(self, name: str) -> None:
-        from nonstop.components import mirror_host
-
-        legs = mirror_host.legs_of(self, name)
+        legs = qemu_mirror.legs_of(self, name)
         await super().destroy(name)
-        await asyncio.to_thread(mirror_host.remove_legs, legs)
+        await asyncio.to_thread(qemu_mirror.remove_legs, legs)
 
     # ---------------------------------------------------------------------------- migration
 

@@ -17,7 +17,9 @@ of on one Linux machine, and takes it down again:
 Every process is recorded in the lab state, so ``nonstop lab down`` removes it too.
 Faults: ``fail_host`` (Redfish ForceOff through the host's BMC, or kill -9 of everything in its
 namespace), ``power_on``, ``cut_link`` / ``restore_link``, ``partition`` (an nftables table in
-the host's namespace dropping heartbeats and acknowledgements, host left running) / ``heal``.
+the host's namespace dropping heartbeats and acknowledgements, host left running) / ``heal``,
+``fail_component`` / ``repair_component`` (a PSU, NIC, drive or fan through the host's lab BMC,
+with the lab's consequences: a NIC's cable, a drive's mirror legs).
 
 With a SQLite store (a file on this machine) a partition cannot cut store traffic and the
 partitioned agent self-fences on controller silence; with an etcd store reached on 127.0.0.1
@@ -404,3 +406,41 @@ class LabCluster:
         if self._partition_table_exists(host):
             netns.run(ns, ["nft", "-j", "-f", "-"], input=json.dumps(doc).encode())
         faults.rejoin(self.spec, host)
+
+    def fail_component(self, kind: str, host: str, name: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Fail one PSU, NIC, drive or fan of ``host`` through the private admin path of its lab
+        BMC (``nonstop.bmc.client.set_component``), so the BMC's own consequences follow (the
+        last PSU powers the host off, a NIC's Port goes ``LinkDown``), plus the lab's: a NIC's
+        cable is cut (idempotent with a BMC whose ``on_nic`` hook already does it), and with VMs
+        a drive's mirror-leg servers die (``lab_set_drive``). The BMC's state summary afterwards
+        (``{"host", "power", "health", "failed": [...]}``). The chaos CLI, the tests and the API
+        come here through nonstop/components/chaos.py or call it directly."""
+        return self._set_component(kind, host, name, True, timeout)
+
+    def repair_component(self, kind: str, host: str, name: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Undo ``fail_component``: a NIC's cable restored, a drive replaced by a blank one."""
+        return self._set_component(kind, host, name, False, timeout)
+
+    def _set_component(self, kind: str, host: str, name: str, failed: bool, timeout: float) -> dict[str, Any]:
+        from nonstop.bmc.client import set_component
+        from nonstop.bmc.model import ComponentKind
+
+        kinds = [k.value for k in ComponentKind]
+        if kind not in kinds:
+            raise ValueError(f"unknown component kind {kind!r} (one of {', '.join(kinds)})")
+        if host not in self.bmc_ports:
+            raise KeyError(f"no BMC for host {host!r} in lab {self.cluster}")
+        url = f"http://127.0.0.1:{self.bmc_ports[host]}"
+        user = self.spec.host(host).bmc.username
+        secret = self.password_file.read_text().strip()
+        with netns.inside(names.ctl_ns(self.cluster)) as thread:
+            result: dict[str, Any] = thread.call(set_component, url, kind, name, failed, username=user,
+                                                 password=secret, timeout=timeout)
+        if kind == "nic" and result.get("power") != "Off":
+            (faults.cut if failed else faults.restore)(self.spec, host, name)
+        if kind == "drive" and "qemu" in str(self.drivers):
+            # The lab's drives are directories; the drive dies for real: its mirror legs' servers.
+            from nonstop.drivers.qemu_mirror_legs import lab_set_drive
+
+            lab_set_drive(self.cluster, host, name, failed)
+        return result

@@ -6,7 +6,9 @@ or this process's writer connection) has committed; only then does it read the n
 rows and hand them to the event loop (``call_soon_threadsafe``), in revision order. It also
 notices expired leases and asks the loop to sweep them (a write), so DELETE events for expired
 keys arrive even when nobody writes. ``SqliteWatch`` is the per-watch side: backlog replay from a
-past revision, then live events from its queue, filtered by prefix and start revision.
+past revision, then live events from its queue, filtered by prefix and start revision. It
+knows the store only as ``WatchedStore`` (what it calls on it), so this module does not import
+nonstop/store/sqlite.py, which imports it.
 
 Must not: write to the database (sweeps go through the store's writer), touch asyncio objects
 from its thread other than through ``call_soon_threadsafe``, or block the event loop.
@@ -21,12 +23,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nonstop.store.base import CompactedError, EventType, Watch, WatchEvent
-
-if TYPE_CHECKING:
-    from nonstop.store.sqlite import SqliteStore
 
 POLL_INTERVAL = 0.01
 """Seconds between ``data_version`` checks (other processes' writes); this process's wake the poller."""
@@ -121,8 +120,18 @@ class HistoryPoller(threading.Thread):
             self._wake.clear()
 
 
+class WatchedStore(Protocol):
+    """What a ``SqliteWatch`` needs of its store (``nonstop.store.sqlite.SqliteStore``)."""
+
+    _watches: set[SqliteWatch]
+
+    async def _register(self, watch: SqliteWatch) -> int: ...
+
+    async def _backlog(self, prefix: bytes, start: int | None, upto: int) -> tuple[int, int, Sequence[WatchEvent]]: ...
+
+
 class SqliteWatch(Watch):
-    def __init__(self, store: SqliteStore, prefix: str, start_revision: int | None) -> None:
+    def __init__(self, store: WatchedStore, prefix: str, start_revision: int | None) -> None:
         self._store = store
         self._prefix = prefix.encode()
         self._start_revision = start_revision

@@ -10,6 +10,7 @@ controller recorded and one HTTP answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class BootWatch:
         return {s.name: groups.get(s.backends.group, 0) for s in self.spec.services if s.backends is not None}
 
     async def poll(self) -> None:
-        from nonstop.demo.load import http_get
+        from nonstop.drivers.probe import http_get  # not nonstop.demo: the demo is built on `up`
 
         cluster = self.spec.cluster
         guests = await read_guests(self.store, cluster)
@@ -99,10 +100,14 @@ class BootWatch:
                 self.backends[service] = n
                 self.say(f"service {service}: {n}/{want_n} replicas in the balancer")
             if n == want_n and not self.answering.get(service) and service in self.service_ports:
-                status, _ = await http_get("127.0.0.1", self.service_ports[service], "/", timeout=2.0)
+                port = self.service_ports[service]
+                try:
+                    status, _ = await asyncio.to_thread(http_get, None, "127.0.0.1", port, "/", 2.0)
+                except OSError:  # refused, reset, timed out or not HTTP: not answering yet
+                    status = 0
                 if status == 200:
                     self.answering[service] = True
-                    self.say(f"service {service} answers on 127.0.0.1:{self.service_ports[service]} "
+                    self.say(f"service {service} answers on 127.0.0.1:{port} "
                              f"({time.time() - self.started_at:.1f} s after start)")
 
     def serving(self) -> bool:

@@ -7,7 +7,8 @@ events). ``StoreLab`` is a small, real in-process "lab" for the chaos routes: fa
 to the store what the agent's death and the controller's failover would (presence key gone,
 guests reassigned under a bumped epoch and observed running on their new hosts, the failover
 stored as a finished ``failover`` operation) — the API and dashboard under test read it like any
-store. ``ControllerStandIn`` answers the API's intents with the controller's real ``decide`` and
+store; a PSU, NIC or drive it fails or repairs (``fail_component``, as ``LabCluster`` has it) is
+only remembered. ``ControllerStandIn`` answers the API's intents with the controller's real ``decide`` and
 ``Applier`` (the ``controller`` fixture runs one for a test).
 """
 
@@ -125,6 +126,7 @@ class StoreLab:
         self.store_url = store_url
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.failed_hosts: set[str] = set()
+        self.failed_components: set[tuple[str, str, str]] = set()
         self.delay = 0.3
 
     def faults(self) -> dict[str, Any]:
@@ -136,8 +138,24 @@ class StoreLab:
         asyncio.get_running_loop().create_task(self._failover(host))
         return {"failed": host}
 
+    def fail_component(self, kind: str, host: str, name: str) -> dict[str, Any]:
+        """As ``LabCluster.fail_component`` answers: the host's BMC summary afterwards."""
+        self.calls.append(("fail_component", (kind, host, name)))
+        self.failed_components.add((host, kind, name))
+        return self._bmc_summary(host)
+
+    def repair_component(self, kind: str, host: str, name: str) -> dict[str, Any]:
+        self.calls.append(("repair_component", (kind, host, name)))
+        self.failed_components.discard((host, kind, name))
+        return self._bmc_summary(host)
+
+    def _bmc_summary(self, host: str) -> dict[str, Any]:
+        failed = sorted(f"{k}/{n}" for h, k, n in self.failed_components if h == host)
+        return {"host": host, "power": "On", "failed": failed}
+
     async def heal(self) -> dict[str, Any]:
         self.calls.append(("heal", ()))
+        self.failed_components.clear()
         healed = sorted(self.failed_hosts)
         store = open_store(self.store_url)
         try:

@@ -15,6 +15,8 @@ from fastapi.testclient import TestClient
 
 from nonstop.api.app import create_app
 from nonstop.api.auth import ensure_tokens
+from nonstop.api.chaos import LabChaos
+from nonstop.specfile import load_spec
 
 from .seeding import CLUSTER, LAB_YAML, ControllerStandIn, StoreLab, tokens
 
@@ -284,6 +286,51 @@ def test_chaos_with_lab_and_stream(store_url: str, token_file: Path) -> None:
         metrics = client.get("/metrics").text
         assert 'nonstop_host_up{host="host1"} 0.0' in metrics
         assert "nonstop_failover_duration_seconds_count 1.0" in metrics
+
+
+def test_chaos_on_components_goes_through_the_labs_methods(store_url: str, token_file: Path) -> None:
+    lab = StoreLab(store_url)
+    with TestClient(create_app(store_url, CLUSTER, token_file, lab=lab)) as client:
+        r = client.post("/api/v1/chaos/fail", json={"target": "psu", "name": "host1/PSU9"}, headers=h(token_file))
+        assert r.status_code == 404 and "PSU1" in r.json()["detail"] and not lab.calls
+        r = client.post("/api/v1/chaos/fail", json={"target": "psu", "name": "host1/PSU1"}, headers=h(token_file))
+        assert r.status_code == 200, r.text
+        assert r.json()["result"] == {"host": "host1", "power": "On", "failed": ["psu/PSU1"]}
+        r = client.post("/api/v1/chaos/fail", json={"target": "nic", "name": "host2/eth1"}, headers=h(token_file))
+        assert r.status_code == 200, r.text
+        assert lab.calls == [("fail_component", ("psu", "host1", "PSU1")), ("fail_component", ("nic", "host2", "eth1"))]
+        assert lab.failed_components == {("host1", "psu", "PSU1"), ("host2", "nic", "eth1")}
+        assert client.post("/api/v1/chaos/heal", headers=h(token_file)).status_code == 200
+        assert not lab.failed_components
+
+
+class PerHostLab:
+    """The shape of ``LabCluster``'s chaos surface (``heal`` per host): every call recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def heal(self, host: str) -> None:
+        self.calls.append(("heal", host))
+
+    def fail_component(self, kind: str, host: str, name: str) -> dict[str, str]:
+        self.calls.append(("fail_component", kind, host, name))
+        return {"host": host}
+
+    def repair_component(self, kind: str, host: str, name: str) -> dict[str, str]:
+        self.calls.append(("repair_component", kind, host, name))
+        return {"host": host}
+
+
+def test_heal_repairs_the_components_failed_through_the_api() -> None:
+    spec, lab = load_spec(LAB_YAML), PerHostLab()
+    chaos = LabChaos(lab)
+    chaos.run("fail_drive", ("host2", "Disk0"), spec)
+    assert chaos.faults()["components"] == ["host2/drive/Disk0"]
+    assert chaos.run("heal", (), spec)["errors"] == []
+    assert lab.calls == [("fail_component", "drive", "host2", "Disk0"), ("heal", "host1"), ("heal", "host2"),
+                         ("heal", "host3"), ("repair_component", "drive", "host2", "Disk0")]
+    assert chaos.faults()["components"] == []
 
 
 def test_metrics_text(client: TestClient) -> None:

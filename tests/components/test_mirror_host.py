@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nonstop.components import mirror as legs_io
 from nonstop.components.mirror_host import MirrorReconciler
 from nonstop.core.spec import ClusterSpec
+from nonstop.drivers import qemu_mirror_legs as legs_io
 from nonstop.store import keys, open_store
 from nonstop.store.base import Store, encode_json
 from nonstop.store.state import put_spec

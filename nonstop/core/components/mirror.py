@@ -17,7 +17,7 @@ Re-mirror after repair (``remirror_plan``): add the new leg as a free node, run 
 vCPUs paused for a moment and the job's last dirty blocks copied, cancel the READY job (QEMU leaves the target a point-in-time copy,
 no pivot) and attach the copy as a new quorum child with ``x-blockdev-change``; resume.
 
-Must not: run QEMU or qemu-nbd, or talk QMP (nonstop/components/mirror.py does).
+Must not: run QEMU or qemu-nbd, or talk QMP (nonstop/drivers/qemu_mirror_legs.py does).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class DiskDefinition:
     path: str | None = None
     """Where the disk file lives; drivers pick a path under their disk directory when None."""
     redundancy: str = "none"
-    """``mirror``: a RAID-1 over two host drives (QEMU driver; nonstop/components/mirror_host.py)."""
+    """``mirror``: a RAID-1 over two host drives (QEMU driver; nonstop/drivers/qemu_mirror.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,9 @@ recording how many hosts each removed (exact count, names capped) and how many r
 then scores every remaining host with every weigher and reports the chosen host and
 the runners-up with each weigher's weight, raw and normalized score. It decides exactly
 what the engine's cached path decides (the tests check it); the engine uses it for
-``explain=`` guests and to say why a guest cannot be placed.
+``explain=`` guests and to say why a guest cannot be placed. It sees the engine as a
+``Scorer`` (the parts it reads), so it does not import nonstop/core/placement/engine.py, which
+imports it.
 
 Must not: change the run's state — it only reads the engine's ``RunView``.
 """
@@ -13,21 +15,45 @@ Must not: change the run's state — it only reads the engine's ``RunView``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from nonstop.core.placement.filters import Filter
+from nonstop.core.placement.model import BoolArray, ClusterState, FloatArray, IntArray
 from nonstop.core.placement.results import MAX_NAMES, Explanation, FilterStep, HostScore, WeigherScore
-from nonstop.core.placement.weighers import GroupWeigher, ResourceWeigher
-
-if TYPE_CHECKING:
-    from nonstop.core.placement.engine import Engine
+from nonstop.core.placement.view import RunView
+from nonstop.core.placement.weighers import GroupWeigher, ResourceWeigher, Weigher
 
 RUNNERS_UP = 3
 NEG_INF = float("-inf")
 
 
-def explain_decision(engine: Engine, guest: int) -> tuple[int, Explanation]:
+class ScorerConfig(Protocol):
+    @property
+    def filters(self) -> tuple[Filter, ...]: ...
+
+    @property
+    def weighers(self) -> tuple[tuple[Weigher, float], ...]: ...
+
+
+class Scorer(Protocol):
+    """What the explaining path reads of an ``engine.Engine``: its run, its configuration and
+    its two scoring functions."""
+
+    state: ClusterState
+    view: RunView
+
+    @property
+    def config(self) -> ScorerConfig: ...
+
+    def evaluate(self, request: FloatArray, used: FloatArray, effective: FloatArray, inv_effective: FloatArray,
+                 ok: BoolArray, group_norms: Sequence[FloatArray] | None = None) -> FloatArray: ...
+
+    def group_norms(self, guest: int, hosts: IntArray | None) -> list[FloatArray]: ...
+
+
+def explain_decision(engine: Scorer, guest: int) -> tuple[int, Explanation]:
     """The host for ``guest`` (-1: none) and the full account of why."""
     state, view = engine.state, engine.view
     n = len(state.hosts)
@@ -55,7 +81,7 @@ def explain_decision(engine: Engine, guest: int) -> tuple[int, Explanation]:
     return int(ranked[0]), Explanation(name, tuple(steps), scores[0], tuple(scores[1:]), reason)
 
 
-def host_score(engine: Engine, guest: int, host: int, total: float) -> HostScore:
+def host_score(engine: Scorer, guest: int, host: int, total: float) -> HostScore:
     """Every configured weigher's score of ``guest`` on ``host`` (zero-weight ones too)."""
     state, view = engine.state, engine.view
     util = (view.used[host] + state.request[guest]) * view.inv_effective[host]

@@ -1,6 +1,9 @@
 """Mirrored guest disks for VMs: the legs on host drives, and the QMP operations on them.
 
-Role: the shell around nonstop/core/components/mirror.py.
+Role: the plumbing under nonstop/core/components/mirror.py's plans, shared by the QEMU driver's
+mirror hook (nonstop/drivers/qemu_mirror.py) and the host-side reconciler
+(nonstop/components/mirror_host.py), which imports it from here: drivers never import the
+component-redundancy shell.
 
 - Host drives: each drive of a host (``Disk0``, ``Disk1`` in the host spec) is a directory
   ``<disk_dir>/<cluster>/.drives/<host>/<drive>/`` (``drive_dir``). A leg is a qcow2 file
@@ -16,9 +19,10 @@ Role: the shell around nonstop/core/components/mirror.py.
   The pause is the only moment the guest notices, and ``cont`` is sent whatever happens
   after ``stop``.
 
-Must not: decide anything (nonstop/core/components/mirror.py plans, mirror_host.py acts),
-keep QMP connections open between calls (the QEMU driver connects per operation too), or
-kill a process it cannot prove is the leg server it started.
+Must not: decide anything (nonstop/core/components/mirror.py plans; qemu_mirror.py and
+nonstop/components/mirror_host.py act), keep QMP connections open between calls (the QEMU
+driver connects per operation too), or kill a process it cannot prove is the leg server it
+started.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from nonstop.core.guests import reconcile as rc
 from nonstop.core.guests.model import GuestDefinition, GuestState, GuestStatus
 from nonstop.drivers.base import Driver, DriverError, GuestNotFound, NotSupported
 from nonstop.store.base import Compare, Op, Store, StoreError
-from nonstop.store.records import HostAlive, ObservedGuestRecord, put
+from nonstop.store.records import HostAlive, ObservedGuestRecord, RecordError, put
 from nonstop.vital import vital
 
 log = logging.getLogger("nonstop.agent")
@@ -178,6 +178,8 @@ class Agent:
                                 await self._hold_or_yield(name, driver)
             except StoreError as exc:
                 self.log.warning("keepalive failed: %s", exc)
+            except (DriverError, RecordError) as exc:  # a guest's driver or record: the next round retries
+                self.log.error("keepalive round failed: %s", exc)
 
     async def _hold_or_yield(self, name: str, driver: Driver) -> None:
         """Keep the lock of a guest running here; if another host holds it, that copy wins: stop ours."""
